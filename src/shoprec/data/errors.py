@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+_TEXT = {".csv", ".tsv", ".txt"}
+
 
 class ShoprecError(Exception):
     """Base class for every error shoprec raises on purpose (the CLI prints these plainly)."""
@@ -54,7 +56,9 @@ class DataError(ShoprecError):
         if column is not None:
             parts.append(f"column '{column}'")
         if row is not None:
-            parts.append(f"row {row} (0-based, header not counted)")
+            text_file = self.file is not None and Path(self.file).suffix.lower() in _TEXT
+            line = f", line {row + 2} of the file" if text_file else ""
+            parts.append(f"first bad row {row} (0-based, header not counted{line})")
         where = ", ".join(parts)
         text = f"{where}: {message}" if where else message
         if value is not None:
