@@ -167,14 +167,17 @@ class Catalog:
     @classmethod
     def from_frame(cls, df: pl.DataFrame) -> Catalog:
         if "item" not in df.columns:
-            raise DataError(f"the catalog needs an 'item' column; found {df.columns}", column="item")
+            raise DataError(
+                f"the catalog needs an 'item' column; found {df.columns}", column="item"
+            )
         df = _conform(df, CATALOG_SCHEMA, "catalog")
         _check_ids(df, ("item",), "catalog")
         dup = df["item"].is_duplicated()
         if dup.any():
             row = int(dup.arg_max())  # type: ignore[arg-type]
-            raise DataError("duplicate item id in catalog", column="item", row=row,
-                            value=df["item"][row])
+            raise DataError(
+                "duplicate item id in catalog", column="item", row=row, value=df["item"][row]
+            )
         return cls(df)
 
     def __len__(self) -> int:
@@ -190,8 +193,9 @@ class Users:
     @classmethod
     def from_frame(cls, df: pl.DataFrame) -> Users:
         if "user" not in df.columns:
-            raise DataError(f"the users table needs a 'user' column; found {df.columns}",
-                            column="user")
+            raise DataError(
+                f"the users table needs a 'user' column; found {df.columns}", column="user"
+            )
         df = df.with_columns(pl.col("user").cast(pl.String))
         _check_ids(df, ("user",), "users")
         dup = df["user"].is_duplicated()
