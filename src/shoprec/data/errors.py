@@ -33,6 +33,7 @@ class DataError(ShoprecError):
         column: the column at fault, when one is.
         row: 0-based index of the first bad data row (header not counted), when known.
         value: the offending value, when there is one.
+        header_lines: lines before the first data row in a text file (for the line number).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class DataError(ShoprecError):
         row: int | None = None,
         value: object = None,
         hint: str | None = None,
+        header_lines: int = 1,
     ) -> None:
         self.file = None if file is None else str(file)
         self.column = column
@@ -57,8 +59,9 @@ class DataError(ShoprecError):
             parts.append(f"column '{column}'")
         if row is not None:
             text_file = self.file is not None and Path(self.file).suffix.lower() in _TEXT
-            line = f", line {row + 2} of the file" if text_file else ""
-            parts.append(f"first bad row {row} (0-based, header not counted{line})")
+            line = f", line {row + header_lines + 1} of the file" if text_file else ""
+            header = ", header not counted" if header_lines else ""
+            parts.append(f"first bad row {row} (0-based{header}{line})")
         where = ", ".join(parts)
         text = f"{where}: {message}" if where else message
         if value is not None:
