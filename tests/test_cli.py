@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from shoprec.cli import app
@@ -56,3 +59,36 @@ def test_unknown_target() -> None:
     result = runner.invoke(app, ["data", "describe", "no_such_thing"])
     assert result.exit_code == 2
     assert "neither a built-in dataset" in result.stderr
+
+
+def _installed_cli() -> list[str]:
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).parent / "shoprec"
+    return [str(exe)] if exe.exists() else [shutil.which("shoprec") or "shoprec"]
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("online_retail", {"raw_rows": 541_909, "buy": 395_611, "return": 7_906}),
+        ("tmall", {"view": 858_505, "cart": 180_027, "buy": 92_180}),
+    ],
+)
+def test_installed_command_describes_real_data(real_data: Path, name: str, expected: dict) -> None:
+    """The console script itself (not CliRunner) prints JSON whose counts match the files."""
+    proc = subprocess.run(
+        [*_installed_cli(), "-q", "data", "describe", name, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "SHOPREC_DATA": str(real_data)},
+    )
+    summary = json.loads(proc.stdout)
+    per_behavior = summary["events_per_behavior"]
+    for key, value in expected.items():
+        assert (summary[key] if key == "raw_rows" else per_behavior[key]) == value
+    if name == "online_retail":
+        assert summary["raw_rows"] == summary["events"] + summary["dropped_total"]
