@@ -1,0 +1,1 @@
+"""Training: the one fit loop and task-loss balancing strategies (``weighting``)."""
