@@ -92,3 +92,16 @@ def test_installed_command_describes_real_data(real_data: Path, name: str, expec
         assert (summary[key] if key == "raw_rows" else per_behavior[key]) == value
     if name == "online_retail":
         assert summary["raw_rows"] == summary["events"] + summary["dropped_total"]
+
+
+def test_simulate_then_describe_the_folder(tmp_path: Path) -> None:
+    out = tmp_path / "shop"
+    result = runner.invoke(app, ["data", "simulate", str(out), "--events", "5000", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert (out / "interactions.parquet").exists() and (out / "truth").is_dir()
+    result = runner.invoke(app, ["data", "describe", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert 4500 <= summary["events"] <= 5500
+    assert {"view", "click", "buy"} <= set(summary["events_per_behavior"])
+    assert len(summary["events_per_domain"]) >= 2

@@ -57,7 +57,7 @@ def _load_target(
 ) -> Any:
     """A built-in dataset name, a YAML config, or an events file (CSV/Parquet)."""
     from shoprec.data import datasets
-    from shoprec.data.datasets.custom import FileSpec, load_config, load_files
+    from shoprec.data.datasets.custom import FileSpec, load_config, load_files, load_folder
 
     if config is not None:
         return load_config(config)
@@ -66,6 +66,8 @@ def _load_target(
     path = Path(target)
     if path.suffix.lower() in {".yaml", ".yml"}:
         return load_config(path)
+    if path.is_dir():
+        return load_folder(path)
     if path.exists():
         spec = FileSpec(
             path, columns=columns or {}, behaviors=behaviors or {}, timestamp_format=time_format
@@ -163,6 +165,26 @@ def data_describe(
     _print_summary(summary)
 
 
+@data_app.command("simulate")
+def data_simulate(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the simulated shop into.")],
+    events: Annotated[int, typer.Option(help="Approximate number of events.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Simulate a seeded shop and save its tables, demand and planted ground truth."""
+    import time
+
+    from shoprec.data.describe import describe
+    from shoprec.data.simulate import simulate_shop
+
+    start = time.perf_counter()
+    with err.status(f"simulating {events:,} events..."):
+        shop = simulate_shop(n_events=events, seed=seed)
+        shop.save(out_dir)
+    err.print(f"simulated in {time.perf_counter() - start:.1f} s; written to {out_dir}")
+    _print_summary(describe(shop.dataset))
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"Dataset {summary['name']}", show_header=False)
     table.add_column("what", style="bold")
@@ -170,7 +192,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for key, value in summary.items():
         if key == "name":
             continue
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not value:
+            value = "none"
+        elif isinstance(value, dict):
             value = ", ".join(
                 f"{k}: {v:,}"
                 if isinstance(v, int)

@@ -380,3 +380,25 @@ def load_config(path: str | Path) -> Dataset:
         users=FileSpec.from_dict(cfg["users"], base) if cfg.get("users") else None,
         name=cfg.get("name"),
     )
+
+
+def load_folder(path: str | Path) -> Dataset:
+    """Load a folder in shoprec's own layout: ``interactions.parquet`` (canonical columns), and
+    optionally ``catalog.parquet`` and ``users.parquet`` (as ``shoprec data simulate`` writes).
+    """
+    path = Path(path)
+    events = path / "interactions.parquet"
+    if not events.exists():
+        raise DataError(
+            "a dataset folder needs interactions.parquet (canonical columns user, item, "
+            "timestamp, behavior, quantity, price, domain)",
+            file=path,
+        )
+    catalog = path / "catalog.parquet"
+    users = path / "users.parquet"
+    return load_files(
+        FileSpec(events),
+        catalog=FileSpec(catalog) if catalog.exists() else None,
+        users=FileSpec(users) if users.exists() else None,
+        name=path.name,
+    )
