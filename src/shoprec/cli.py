@@ -185,6 +185,20 @@ def data_simulate(
     _print_summary(describe(shop.dataset))
 
 
+@app.command("demo")
+def demo(
+    events: Annotated[int, typer.Option(help="Simulated events.")] = 400_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 8,
+) -> None:
+    """Offline, end to end: simulate a shop, train MMoE beside single-task models, recommend."""
+    from shoprec.demo import DemoConfig, run_demo
+
+    if logging.getLogger().level > logging.DEBUG:  # keep the demo's story readable
+        logging.getLogger("shoprec").setLevel(logging.WARNING)
+    run_demo(DemoConfig(events=events, seed=seed, epochs=epochs), console=out)
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"Dataset {summary['name']}", show_header=False)
     table.add_column("what", style="bold")

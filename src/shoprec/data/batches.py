@@ -19,7 +19,13 @@ def to_tensors(arrays: Mapping[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
     """Convert numpy columns to tensors (int -> int64, float -> float32), sharing memory."""
     out: dict[str, Tensor] = {}
     for name, arr in arrays.items():
-        t = arr if isinstance(arr, Tensor) else torch.from_numpy(np.ascontiguousarray(arr))
+        if isinstance(arr, Tensor):
+            t = arr
+        else:
+            arr = np.ascontiguousarray(arr)
+            if not arr.flags.writeable:  # e.g. a zero-copy view of a Polars column
+                arr = arr.copy()
+            t = torch.from_numpy(arr)
         if t.dtype.is_floating_point:
             t = t.float()
         elif t.dtype == torch.bool:

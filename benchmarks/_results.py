@@ -1,0 +1,86 @@
+"""Write one benchmark's section into benchmarks/RESULTS.md without touching the others.
+
+Each benchmark owns the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``; a
+new section is appended. A lock file keeps two benchmarks from writing at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = """# Benchmark results
+
+Every number here was measured by the command shown above its table, on the machine named
+there. Peers were run by the same script, on the same split, in the same run. Where ours
+loses, the table says so. Regenerate with `make bench` (or one script each).
+"""
+
+
+def machine() -> str:
+    """A one-line description of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    import torch
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}){mem}, no GPU used, Python "
+        f"{platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def stamp(command: str | None = None) -> str:
+    """The standard preamble of a section: command, date, machine, commit."""
+    command = command or "python -m " + " ".join(
+        [Path(sys.argv[0]).with_suffix("").as_posix().replace("/", "."), *sys.argv[1:]]
+    )
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=RESULTS.parent,
+        ).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    return (
+        f"- command: `{command}`\n- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
+        f"- machine: {machine()}\n- code: commit {commit or 'unknown'}\n"
+    )
+
+
+def write_section(name: str, markdown: str) -> Path:
+    """Replace (or append) section ``name`` of RESULTS.md with ``markdown``."""
+    lock = RESULTS.with_suffix(".lock")
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        text = RESULTS.read_text() if RESULTS.exists() else HEADER
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        block = f"{start}\n{markdown.strip()}\n{end}"
+        if start in text and end in text:
+            before, rest = text.split(start, 1)
+            _, after = rest.split(end, 1)
+            text = before + block + after
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        RESULTS.write_text(text)
+    return RESULTS
