@@ -185,6 +185,110 @@ def data_simulate(
     _print_summary(describe(shop.dataset))
 
 
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
+    output: Annotated[
+        Path | None, typer.Option(help="Artifact folder (default: the config's output).")
+    ] = None,
+) -> None:
+    """Train a multi-task model from a YAML config; write the artifact and metrics.json."""
+    from shoprec.experiment import ExperimentConfig, train_from_config
+
+    try:
+        cfg = ExperimentConfig.from_yaml(config)
+        path = train_from_config(cfg, output)
+    except (ShoprecError, ValueError, TypeError) as e:
+        _fail(str(e))
+        return
+    metrics = json.loads((path / "metrics.json").read_text())
+    _print_metrics(f"{cfg.name}: test metrics", metrics["test"])
+    out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
+
+
+def _print_metrics(title: str, scores: dict[str, float]) -> None:
+    tasks = sorted(
+        {k.split("/")[0] for k in scores},
+        key=list(dict.fromkeys(k.split("/")[0] for k in scores)).index,
+    )
+    names = list(dict.fromkeys(k.split("/")[1] for k in scores))
+    table = Table(title=title)
+    table.add_column("task")
+    for n in names:
+        table.add_column(n, justify="right")
+    for t in tasks:
+        table.add_row(
+            t, *[f"{scores[f'{t}/{n}']:.4f}" if f"{t}/{n}" in scores else "-" for n in names]
+        )
+    out.print(table)
+
+
+@app.command("evaluate")
+def evaluate(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Rebuild the artifact's test split and print per-task test metrics."""
+    from shoprec.experiment import Artifact, ExperimentConfig, prepare_from_config, task_metrics
+
+    try:
+        art = Artifact.load(artifact)
+        cfg = ExperimentConfig(**art.config)
+        data = prepare_from_config(cfg, art.builder)
+        scores = task_metrics(art.model, data)
+    except (ShoprecError, ValueError) as e:
+        _fail(str(e))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(scores, indent=2) + "\n")
+    else:
+        _print_metrics(f"{cfg.name}: test metrics ({len(data.test):,} test samples)", scores)
+
+
+@app.command("recommend")
+def recommend(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
+    user: Annotated[str, typer.Option("--user", "-u", help="The shopper's id.")],
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    task: Annotated[str | None, typer.Option(help="Rank by this task (default: the last).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Top-k items for a shopper, with each task's prediction, beside their history."""
+    from dataclasses import asdict
+
+    from shoprec.experiment import Artifact
+
+    try:
+        art = Artifact.load(artifact)
+        recs = art.recommend(user, k, task=task)
+    except (ShoprecError, ValueError) as e:
+        _fail(str(e))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps([asdict(r) for r in recs], indent=2, default=str) + "\n")
+        return
+    hist = art.history(user)
+    if hist.height == 0:
+        out.print(f"[yellow]{user} is new to this model: a cold-start list.[/]")
+    else:
+        counts = hist.group_by("behavior").len().sort("behavior")
+        out.print(f"{user}'s history: " + ", ".join(f"{b} {n}" for b, n in counts.iter_rows()))
+    table = Table(title=f"top {k} for {user} by p({task or art.task_names[-1]})")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("title / attributes", overflow="fold")
+    for t in art.task_names:
+        table.add_column(f"p({t})", justify="right")
+    for i, r in enumerate(recs, 1):
+        label = r.attributes.get("item_title") or ", ".join(
+            f"{v}" for c, v in r.attributes.items() if v is not None and "log" not in c
+        )
+        table.add_row(
+            str(i), r.item, str(label), *[f"{r.predictions[t]:.3f}" for t in art.task_names]
+        )
+    out.print(table)
+
+
 @app.command("demo")
 def demo(
     events: Annotated[int, typer.Option(help="Simulated events.")] = 400_000,

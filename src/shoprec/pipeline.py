@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -38,24 +40,25 @@ ID_COLUMNS = ("user", "item", "domain")
 
 
 @dataclass
-class RankingData:
-    """Encoded samples of a split plus everything needed to score new pairs."""
+class FeatureBuilder:
+    """Turns (user, item) pairs into model input: attribute joins plus the fitted encoder.
+
+    Everything it holds is saved as JSON or Parquet (:meth:`save` / :meth:`load`), so an
+    artifact can score pairs without the training data.
+    """
 
     encoder: Encoder
-    features: list[FeatureSpec]
-    tasks: list[Task]
-    train: TensorData
-    valid: TensorData | None
-    test: TensorData
     item_table: pl.DataFrame  # one row per known item: item + attributes (prefixed item_)
-    user_table: pl.DataFrame | None  # user attributes
+    user_table: pl.DataFrame | None  # user attributes and the user's main domain
     categorical: list[str]
     numeric: list[str]
 
-    def pairs(self, users: Sequence[str], items: Sequence[str] | None = None) -> TensorData:
-        """Encoded features for every (user, item) of ``users`` x ``items`` (all known items
-        by default), in user-major order."""
-        item_ids = self.item_table["item"] if items is None else pl.Series(items)
+    def frame(
+        self, users: Sequence[str], items: Sequence[str] | pl.Series | None = None
+    ) -> pl.DataFrame:
+        """Raw feature columns for every (user, item) of ``users`` x ``items`` (all known
+        items by default), in user-major order."""
+        item_ids = self.item_table["item"] if items is None else pl.Series(items, dtype=pl.String)
         frame = pl.DataFrame(
             {
                 "user": np.repeat(np.asarray(users, dtype=object), len(item_ids)),
@@ -63,20 +66,79 @@ class RankingData:
             },
             schema={"user": pl.String, "item": pl.String},
         )
-        frame = frame.join(self.item_table, on="item", how="left")
+        frame = frame.join(self.item_table, on="item", how="left", maintain_order="left")
         if self.user_table is not None:
-            frame = frame.join(self.user_table, on="user", how="left")
-        if "domain" in self.categorical:
+            frame = frame.join(self.user_table, on="user", how="left", maintain_order="left")
+        if "domain" in self.categorical and "user_domain" in frame.columns:
             frame = frame.with_columns(pl.col("user_domain").alias("domain"))
-        return TensorData(
-            to_tensors(self.encoder.transform(frame, self.categorical + self.numeric))
+        return frame
+
+    def pairs(
+        self, users: Sequence[str], items: Sequence[str] | pl.Series | None = None
+    ) -> TensorData:
+        """Encoded model input for ``users`` x ``items``."""
+        arrays = self.encoder.transform(self.frame(users, items), self.categorical + self.numeric)
+        return TensorData(to_tensors(arrays))
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.to_json(directory / "encoder.json")
+        self.item_table.write_parquet(directory / "items.parquet")
+        if self.user_table is not None:
+            self.user_table.write_parquet(directory / "users.parquet")
+        (directory / "features.json").write_text(
+            json.dumps({"categorical": self.categorical, "numeric": self.numeric}, indent=2)
         )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FeatureBuilder:
+        directory = Path(directory)
+        cols = json.loads((directory / "features.json").read_text())
+        users = directory / "users.parquet"
+        return cls(
+            encoder=Encoder.from_json(directory / "encoder.json"),
+            item_table=pl.read_parquet(directory / "items.parquet"),
+            user_table=pl.read_parquet(users) if users.exists() else None,
+            categorical=cols["categorical"],
+            numeric=cols["numeric"],
+        )
+
+
+def score_pairs(
+    model: torch.nn.Module,
+    builder: FeatureBuilder,
+    users: Sequence[str],
+    items: Sequence[str] | pl.Series | None = None,
+) -> dict[str, np.ndarray]:
+    """Predictions of every task for ``users`` x ``items``: arrays of shape (U, I)."""
+    n_items = builder.item_table.height if items is None else len(items)
+    preds = predict(model, builder.pairs(users, items))
+    return {k: v.numpy().reshape(len(users), n_items) for k, v in preds.items()}
+
+
+@dataclass
+class RankingData:
+    """Encoded samples of a split plus the :class:`FeatureBuilder` to score new pairs."""
+
+    builder: FeatureBuilder
+    features: list[FeatureSpec]
+    tasks: list[Task]
+    train: TensorData
+    valid: TensorData | None
+    test: TensorData
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.builder.encoder
+
+    @property
+    def item_table(self) -> pl.DataFrame:
+        return self.builder.item_table
 
     def score(self, model: torch.nn.Module, users: Sequence[str]) -> dict[str, np.ndarray]:
         """Predictions of every task for ``users`` x all items: arrays of shape (U, I)."""
-        preds = predict(model, self.pairs(users))
-        n_items = self.item_table.height
-        return {k: v.numpy().reshape(len(users), n_items) for k, v in preds.items()}
+        return score_pairs(model, self.builder, users)
 
 
 def _with_item_features(table: pl.DataFrame) -> pl.DataFrame:
@@ -94,6 +156,7 @@ def prepare_ranking(
     seed: int = 0,
     embedding_dim: int = 16,
     user_attributes: Sequence[str] | None = None,
+    encoder: Encoder | None = None,
 ) -> RankingData:
     """Samples, encoder (fitted on train only), feature and task specs for multi-task ranking.
 
@@ -105,6 +168,8 @@ def prepare_ranking(
         seed: seed of the negative draws.
         embedding_dim: embedding size of every categorical feature.
         user_attributes: user columns to use as features; all of them by default.
+        encoder: an already fitted encoder to reuse (e.g. a saved artifact's); fitted on
+            the training samples otherwise.
 
     Returns:
         The encoded parts and what is needed to score more pairs later.
@@ -165,7 +230,8 @@ def prepare_ranking(
         ],
     ]
     numeric = [c for c in ITEM_NUMERIC if c in item_table.columns]
-    encoder = Encoder(categorical=categorical, numeric=numeric).fit(train_df)
+    if encoder is None:
+        encoder = Encoder(categorical=categorical, numeric=numeric).fit(train_df)
     features: list[FeatureSpec] = [
         CategoricalFeature(c, vocab_size=encoder.vocab_size(c), dim=embedding_dim)
         for c in categorical
@@ -177,15 +243,12 @@ def prepare_ranking(
         arrays.update({b: df[b].to_numpy().astype(np.float32) for b in behaviors})
         return TensorData(to_tensors(arrays))
 
+    builder = FeatureBuilder(encoder, item_table, user_table, categorical, numeric)
     return RankingData(
-        encoder=encoder,
+        builder=builder,
         features=features,
         tasks=tasks,
         train=tensors(train_df),
         valid=tensors(valid_df) if valid_df is not None else None,
         test=tensors(test_df),
-        item_table=item_table,
-        user_table=user_table,
-        categorical=categorical,
-        numeric=numeric,
     )

@@ -26,13 +26,7 @@ def to_tensors(arrays: Mapping[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
             if not arr.flags.writeable:  # e.g. a zero-copy view of a Polars column
                 arr = arr.copy()
             t = torch.from_numpy(arr)
-        if t.dtype.is_floating_point:
-            t = t.float()
-        elif t.dtype == torch.bool:
-            t = t.float()
-        else:
-            t = t.long()
-        out[name] = t
+        out[name] = t.float() if t.dtype.is_floating_point or t.dtype == torch.bool else t.long()
     return out
 
 

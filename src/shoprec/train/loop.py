@@ -218,8 +218,12 @@ def fit(
             train_time += time.perf_counter() - tick
             scores = _validate(model, valid, evaluator, cfg)
             score = scores.get(cfg.monitor, main_score(scores)) if scores else float("nan")
-            row = {"epoch": epoch, "train_loss": running / max(steps_per_epoch, 1), **scores,
-                   "weights": weighting.weights()}
+            row = {
+                "epoch": epoch,
+                "train_loss": running / max(steps_per_epoch, 1),
+                **scores,
+                "weights": weighting.weights(),
+            }
             state.history.append(row)
             improved = not scores or score > state.best_score + cfg.min_delta
             if improved:
@@ -230,12 +234,16 @@ def fit(
                 state.bad_epochs += 1
             state.epoch = epoch
             shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if "logloss" not in k)
-            progress.update(bar, info=f"loss {row['train_loss']:.4f}  {shown}"
-                            + ("  *" if improved else ""))
-            progress.console.print(
-                f"epoch {epoch}: train loss {row['train_loss']:.4f}  {shown}"
-                + ("  [green](best)[/]" if improved else ""), highlight=False
+            progress.update(
+                bar, info=f"loss {row['train_loss']:.4f}  {shown}" + ("  *" if improved else "")
             )
+            line = f"epoch {epoch}: train loss {row['train_loss']:.4f}  {shown}"
+            if cfg.progress:
+                progress.console.print(
+                    line + ("  [green](best)[/]" if improved else ""), highlight=False
+                )
+            else:
+                log.info("%s%s", line, "  (best)" if improved else "")
             if ckpt is not None:
                 _save_checkpoint(ckpt, model, optimizer, weighting, generator, state)
     if state.best_weights is not None:
@@ -291,8 +299,9 @@ def _save_checkpoint(
     tmp.mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     if state.best_weights is not None:
-        save_file({k: v.contiguous() for k, v in state.best_weights.items()},
-                  tmp / "best.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in state.best_weights.items()}, tmp / "best.safetensors"
+        )
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
