@@ -195,7 +195,7 @@ def prepare_ranking(
         user_table = ds.users.df.select("user", *keep)
     # The user's main domain, from training events, for scoring new pairs.
     user_domain = split.train.df.group_by("user").agg(
-        pl.col("domain").mode().first().alias("user_domain")
+        pl.col("domain").mode().sort().first().alias("user_domain")
     )
     user_table = (
         user_domain if user_table is None else user_table.join(user_domain, on="user", how="left")

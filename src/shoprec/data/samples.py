@@ -80,7 +80,7 @@ def pair_samples(
         touched = pl.concat([touched, exclude.df.select("user", "item")]).unique()
     neg = neg.join(touched, on=["user", "item"], how="anti").unique(maintain_order=True)
     main_domain = (
-        df.group_by("user").agg(pl.col("domain").mode().first()).rename({"domain": "_dom"})
+        df.group_by("user").agg(pl.col("domain").mode().sort().first()).rename({"domain": "_dom"})
     )
     neg = neg.join(main_domain, on="user", how="left").select(
         "user",
