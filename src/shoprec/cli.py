@@ -329,6 +329,56 @@ def _print_summary(summary: dict[str, Any]) -> None:
     out.print(table)
 
 
+@app.command("serve")
+def serve(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    db: Annotated[
+        Path | None, typer.Option(help="SQLite event store (default: ARTIFACT/events.sqlite).")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SHOPREC_API_KEY", help="Key for POST /events and /admin (X-API-Key)."),
+    ] = None,
+    fusion: Annotated[
+        str | None, typer.Option(help="Final score, e.g. 'buy * price * (1-return)'.")
+    ] = None,
+    rebuild: Annotated[
+        bool, typer.Option(help="Retrain the two-tower retrieval model before serving.")
+    ] = False,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: as is).")] = None,
+) -> None:
+    """Serve recommendations over HTTP, with a web page at /ui/ and API docs at /docs."""
+    import uvicorn
+
+    from shoprec.recommend import RecommenderConfig, build_retrieval, has_retrieval
+    from shoprec.serve import ServeConfig, create_app
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        if rebuild or not has_retrieval(artifact):
+            with err.status("training the two-tower retrieval model..."):
+                build_retrieval(artifact)
+        rec_cfg = RecommenderConfig(fusion=fusion)
+        if fusion:
+            from shoprec.recommend import Fusion
+
+            meta = json.loads((artifact / "config.json").read_text())
+            Fusion.parse(fusion).check([t["name"] for t in meta["tasks"]])
+    except (ShoprecError, ValueError, OSError) as e:
+        _fail(str(e))
+        return
+    if not api_key:
+        err.print("[yellow]no --api-key / SHOPREC_API_KEY: a random key is logged at start.[/]")
+    err.print(f"web page: http://{host}:{port}/ui/   API docs: http://{host}:{port}/docs")
+    app_ = create_app(ServeConfig(artifact, db=db, api_key=api_key, recommender=rec_cfg))
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,364 @@
+"""Candidate sources and the serving step that prepares them inside an artifact folder.
+
+Three sources feed the ranker (:mod:`shoprec.recommend.recommender` unions them):
+
+* **two-tower** (:mod:`shoprec.recommend.two_tower`): nearest items to the user's vector in
+  an inner-product index (faiss ``IndexFlatIP`` when faiss is installed, NumPy otherwise);
+* **popularity**: items by behavior-weighted event counts;
+* **co-occurrence**: item-to-item neighbours, ``|U_i & U_j| / sqrt(|U_i| |U_j|)`` (cosine of
+  the item columns of the user x item matrix), seeded by the shopper's recent items.
+
+:func:`build_retrieval` trains the two-tower model and writes, next to the ranking model::
+
+    two_tower.safetensors + two_tower.json   the retrieval model
+    items.faiss                              the index of item vectors (with faiss)
+    cooccurrence.parquet                     item, neighbor, score (top neighbours per item)
+    catalog.parquet                          titles and stock from the training data's catalog
+
+Example:
+    >>> build_retrieval("runs/sim_mmoe")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from shoprec.pipeline import FeatureBuilder
+from shoprec.recommend.two_tower import (
+    META_FILE,
+    TwoTower,
+    TwoTowerConfig,
+    embed_items,
+    train_two_tower,
+)
+
+# faiss logs each CPU-feature build it tries at INFO; only its problems are news here.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+try:  # faiss is optional: exact NumPy search gives the same answers on small catalogs
+    import faiss
+except ImportError:  # pragma: no cover - depends on the environment
+    faiss = None
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "items.faiss"
+COOC_FILE = "cooccurrence.parquet"
+CATALOG_FILE = "catalog.parquet"
+#: Weight of each behavior in the popularity count (and in session signals).
+BEHAVIOR_WEIGHT: dict[str, float] = {
+    "impression": 0.0,
+    "view": 1.0,
+    "click": 1.5,
+    "favorite": 2.0,
+    "cart": 3.0,
+    "buy": 4.0,
+    "rate": 2.0,
+    "return": 0.0,
+}
+
+
+class ItemIndex:
+    """Nearest items by inner product over ``(N, D)`` unit vectors.
+
+    Example:
+        >>> idx = ItemIndex(np.eye(3, dtype=np.float32))
+        >>> idx.search(np.array([[0.0, 1.0, 0.0]], dtype=np.float32), 1)[1].tolist()
+        [[1]]
+    """
+
+    def __init__(
+        self, vectors: np.ndarray, index: object | None = None, *, use_faiss: bool = True
+    ) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index = index
+        if self.index is None and use_faiss and faiss is not None:
+            self.index = faiss.IndexFlatIP(self.vectors.shape[1])
+            self.index.add(self.vectors)
+
+    @property
+    def backend(self) -> str:
+        return "faiss" if self.index is not None else "numpy"
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per query: scores and indices, each ``(Q, min(k, N))``."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = min(k, len(self))
+        if k <= 0:
+            empty = np.zeros((queries.shape[0], 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        if self.index is not None:
+            scores, idx = self.index.search(queries, k)
+            return scores, idx.astype(np.int64)
+        sims = queries @ self.vectors.T  # (Q, N)
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, idx, 1), axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, 1)
+        return np.take_along_axis(sims, idx, 1), idx
+
+    def save(self, path: str | Path) -> None:
+        """Write the faiss index (nothing without faiss)."""
+        if self.index is not None:
+            faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, vectors: np.ndarray) -> ItemIndex:
+        """The saved faiss index if it matches ``vectors``, else one built from them."""
+        path = Path(path)
+        if faiss is not None and path.exists():
+            index = faiss.read_index(str(path))
+            if index.ntotal == len(vectors) and index.d == vectors.shape[1]:
+                return cls(vectors, index)
+            log.warning("%s does not match the item vectors; rebuilding it", path)
+        return cls(vectors)
+
+
+@dataclass
+class CoOccurrence:
+    """Top item-to-item neighbours in CSR form over item positions (rows of the item table).
+
+    Attributes:
+        indptr: ``(N + 1,)`` row starts.
+        indices: neighbour positions, best first within a row.
+        scores: cosine co-occurrence of each neighbour, in ``(0, 1]``.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def fit(
+        cls,
+        seen: pl.DataFrame,
+        items: pl.Series,
+        n_neighbors: int = 50,
+        max_items_per_user: int = 500,
+    ) -> CoOccurrence:
+        """Count co-occurrences of items in users' training events.
+
+        Args:
+            seen: ``user, item, behavior`` rows (returns and impressions are ignored).
+            items: the item ids, in position order.
+            n_neighbors: neighbours kept per item.
+            max_items_per_user: users with more items are cut to this many (bounds the cost,
+                which grows with the square of a user's item count).
+        """
+        pos = pl.DataFrame({"item": items, "pos": np.arange(len(items))})
+        pairs = (
+            seen.filter(~pl.col("behavior").is_in(["return", "impression"]))
+            .select("user", "item")
+            .unique()
+            .join(pos, on="item", how="inner")
+            .sort("user", "pos")
+            .filter(pl.int_range(pl.len()).over("user") < max_items_per_user)
+        )
+        users = pairs["user"].unique(maintain_order=True)
+        rows = pairs["user"].replace_strict(users, range(len(users)), return_dtype=pl.Int64)
+        x = sp.csr_matrix(
+            (np.ones(pairs.height, np.float32), (rows.to_numpy(), pairs["pos"].to_numpy())),
+            shape=(len(users), len(items)),
+        )
+        counts = np.asarray(x.sum(axis=0)).ravel()  # (N,) users per item
+        c = (x.T @ x).tocoo()  # (N, N) co-occurrence counts
+        keep = c.row != c.col
+        i, j, n = c.row[keep], c.col[keep], c.data[keep]
+        score = n / np.sqrt(counts[i] * counts[j])
+        table = (
+            pl.DataFrame({"i": i.astype(np.int64), "j": j.astype(np.int64), "s": score})
+            .sort(["i", "s", "j"], descending=[False, True, False])
+            .filter(pl.int_range(pl.len()).over("i") < n_neighbors)
+        )
+        return cls._from_table(table, len(items))
+
+    @classmethod
+    def _from_table(cls, table: pl.DataFrame, n_items: int) -> CoOccurrence:
+        rows = table["i"].to_numpy()
+        indptr = np.zeros(n_items + 1, np.int64)
+        np.add.at(indptr, rows + 1, 1)
+        return cls(np.cumsum(indptr), table["j"].to_numpy().astype(np.int64), table["s"].to_numpy())
+
+    def to_frame(self, items: pl.Series) -> pl.DataFrame:
+        """``item, neighbor, score`` rows (ids, not positions)."""
+        counts = np.diff(self.indptr)
+        ids = items.to_numpy()
+        return pl.DataFrame(
+            {
+                "item": ids[np.repeat(np.arange(len(counts)), counts)],
+                "neighbor": ids[self.indices],
+                "score": self.scores,
+            },
+            schema={"item": pl.String, "neighbor": pl.String, "score": pl.Float64},
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame, items: pl.Series) -> CoOccurrence:
+        """Inverse of :meth:`to_frame`; rows naming unknown items are dropped."""
+        pos = pl.DataFrame({"item": items, "i": np.arange(len(items), dtype=np.int64)})
+        table = (
+            frame.join(pos, on="item", how="inner")
+            .join(pos.rename({"item": "neighbor", "i": "j"}), on="neighbor", how="inner")
+            .select("i", "j", pl.col("score").alias("s"))
+            .sort(["i", "s", "j"], descending=[False, True, False])
+        )
+        return cls._from_table(table, len(items))
+
+    def neighbours(
+        self, seeds: np.ndarray, weights: np.ndarray | None = None, k: int = 100
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of the ``seeds`` (positions), scores summed over seeds (times their
+        ``weights``), best ``k`` first; the seeds themselves are left out."""
+        seeds = np.asarray(seeds, dtype=np.int64)
+        if seeds.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        w = np.ones(len(seeds)) if weights is None else np.asarray(weights, float)
+        starts, stops = self.indptr[seeds], self.indptr[seeds + 1]
+        lengths = stops - starts
+        flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        idx = self.indices[flat]
+        total = np.bincount(idx, self.scores[flat] * np.repeat(w, lengths), len(self.indptr) - 1)
+        total[seeds] = 0
+        found = np.flatnonzero(total > 0)
+        top = found[np.argsort(-total[found], kind="stable")[:k]]
+        return top, total[top]
+
+
+def centred(vectors: np.ndarray) -> np.ndarray:
+    """Unit vectors after removing the mean vector.
+
+    Two-tower item vectors share a large common direction (cosines of unrelated items are
+    often above 0.5); without it, item-to-item cosines spread over [-1, 1] and tell related
+    items from unrelated ones more clearly.
+    """
+    c = vectors - vectors.mean(axis=0, keepdims=True)
+    return (c / np.clip(np.linalg.norm(c, axis=1, keepdims=True), 1e-9, None)).astype(np.float32)
+
+
+def popularity(seen: pl.DataFrame, items: pl.Series) -> np.ndarray:
+    """``(N,)`` behavior-weighted event counts per item position (see :data:`BEHAVIOR_WEIGHT`)."""
+    weights = pl.DataFrame({"behavior": list(BEHAVIOR_WEIGHT), "w": list(BEHAVIOR_WEIGHT.values())})
+    counts = (
+        seen.join(weights, on="behavior", how="left")
+        .group_by("item")
+        .agg(pl.col("w").fill_null(1.0).sum())
+    )
+    return (
+        pl.DataFrame({"item": items})
+        .join(counts, on="item", how="left", maintain_order="left")["w"]
+        .fill_null(0.0)
+        .to_numpy()
+    )
+
+
+def _catalog_from_config(directory: Path) -> pl.DataFrame | None:
+    """Titles and stock from the dataset the artifact was trained on, where it can be read."""
+    import yaml
+
+    from shoprec.experiment import load_dataset
+
+    try:
+        cfg = yaml.safe_load((directory / "experiment.yaml").read_text())
+        ds = load_dataset(cfg["data"])
+    except Exception as e:  # the data may be gone or elsewhere: titles are optional
+        log.warning("no catalog for %s (%s); items are shown by id and attributes", directory, e)
+        return None
+    return ds.catalog.df if ds.catalog is not None else None
+
+
+def build_retrieval(
+    directory: str | Path,
+    config: TwoTowerConfig | None = None,
+    *,
+    catalog: pl.DataFrame | None = None,
+    load_catalog: bool = True,
+    n_neighbors: int = 50,
+) -> Path:
+    """Train the two-tower model and write the retrieval files into an artifact folder.
+
+    Args:
+        directory: an artifact folder written by ``shoprec train``.
+        config: the two-tower model's sizes and training knobs.
+        catalog: the shop's catalog (``item`` plus ``title``, ``stock``, ...); by default
+            it is read from the dataset named in the artifact's ``experiment.yaml``.
+        load_catalog: read the catalog from the dataset when none is given.
+        n_neighbors: co-occurrence neighbours kept per item.
+
+    Returns:
+        The folder.
+    """
+    from shoprec.experiment import Artifact
+
+    directory = Path(directory)
+    start = time.perf_counter()
+    art = Artifact.load(directory)
+    items = art.builder.item_table["item"]
+    model, user_cols, item_cols = train_two_tower(art.builder, art.seen, config)
+    model.save(directory, user_cols, item_cols)
+    ItemIndex(embed_items(model, art.builder, items, item_cols)).save(directory / INDEX_FILE)
+    cooc = CoOccurrence.fit(art.seen, items, n_neighbors)
+    cooc.to_frame(items).write_parquet(directory / COOC_FILE)
+    if catalog is None and load_catalog:
+        catalog = _catalog_from_config(directory)
+    if catalog is not None:
+        keep = [
+            c
+            for c in ("item", "title", "category", "brand", "price", "stock")
+            if c in catalog.columns
+        ]
+        catalog.select(keep).write_parquet(directory / CATALOG_FILE)
+    log.info("retrieval files written to %s in %.1f s", directory, time.perf_counter() - start)
+    return directory
+
+
+def has_retrieval(directory: str | Path) -> bool:
+    """Whether :func:`build_retrieval` has run on the folder."""
+    directory = Path(directory)
+    return (directory / META_FILE).exists() and (directory / COOC_FILE).exists()
+
+
+@dataclass
+class Retrieval:
+    """The loaded candidate sources of an artifact (see the module docstring)."""
+
+    two_tower: TwoTower
+    user_columns: list[str]
+    item_columns: list[str]
+    item_vectors: np.ndarray  # (N, D) unit vectors, item-table order
+    similarity_vectors: np.ndarray  # (N, D) centred unit vectors for item-to-item cosines
+    index: ItemIndex
+    cooccurrence: CoOccurrence
+    popularity: np.ndarray  # (N,)
+
+    @classmethod
+    def load(cls, directory: str | Path, builder: FeatureBuilder, seen: pl.DataFrame) -> Retrieval:
+        """Load the files :func:`build_retrieval` wrote (co-occurrences are recounted if
+        their file is missing)."""
+        directory = Path(directory)
+        model, user_cols, item_cols = TwoTower.load(directory)
+        items = builder.item_table["item"]
+        vectors = embed_items(model, builder, items, item_cols)
+        cooc_path = directory / COOC_FILE
+        cooc = (
+            CoOccurrence.from_frame(pl.read_parquet(cooc_path), items)
+            if cooc_path.exists()
+            else CoOccurrence.fit(seen, items)
+        )
+        return cls(
+            two_tower=model,
+            user_columns=user_cols,
+            item_columns=item_cols,
+            item_vectors=vectors,
+            similarity_vectors=centred(vectors),
+            index=ItemIndex.load(directory / INDEX_FILE, vectors),
+            cooccurrence=cooc,
+            popularity=popularity(seen, items),
+        )

@@ -1,0 +1,345 @@
+"""The HTTP service: a thin FastAPI layer over :class:`~shoprec.recommend.Recommender`.
+
+::
+
+    GET  /recommend/{user}?k=10&exclude_category=..&fusion=..&explain=false
+    GET  /similar/{item}?k=10
+    GET  /explain/{user}/{item}
+    GET  /history/{user}          GET /users          GET /items/new      GET /audience/{item}
+    POST /events                  (API key) stored in SQLite (WAL) before it is acknowledged
+    PUT  /admin/stock             (API key) live stock levels
+    POST /admin/reload            (API key) swap in a new artifact without dropping requests
+    GET  /health    GET /metrics (Prometheus text)    GET /docs (OpenAPI)    GET /ui/ (web page)
+
+The artifact is loaded in the lifespan. Every request reads the current recommender once and
+uses that object to the end, so a reload (which builds the new one off the event loop, then
+swaps one reference) never drops or mixes a request. Live events go to the shared
+:class:`~shoprec.recommend.SessionLog`, which survives reloads and is refilled from the store
+at start-up. Write and admin endpoints need the ``X-API-Key`` header.
+
+Example:
+    >>> app = create_app(ServeConfig("runs/sim_mmoe", api_key="secret"))  # doctest: +SKIP
+    >>> uvicorn.run(app)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi import Path as PathParam
+from fastapi.responses import PlainTextResponse, RedirectResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+
+import shoprec
+from shoprec.data.errors import ShoprecError
+from shoprec.recommend import Recommender, RecommenderConfig, SessionLog, UnknownItemError
+from shoprec.serve import schemas as s
+from shoprec.serve.metrics import Metrics, MetricsMiddleware
+from shoprec.serve.store import EventStore
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+STATIC = resources.files("shoprec.serve") / "static"
+
+
+@dataclass
+class ServeConfig:
+    """How to serve an artifact.
+
+    Attributes:
+        artifact: the artifact folder (retrieval files are built on first load if missing).
+        db: the SQLite event store; ``<artifact>/events.sqlite`` by default.
+        api_key: the key for write and admin endpoints; a random one (logged) when None.
+        recommender: recommender knobs (fusion, candidate counts, diversity, ...).
+        session_events: live events kept per shopper.
+    """
+
+    artifact: str | Path
+    db: str | Path | None = None
+    api_key: str | None = None
+    recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
+    session_events: int = 50
+
+
+@dataclass
+class Service:
+    """What the running app holds; ``recommender`` is swapped on reload."""
+
+    config: ServeConfig
+    recommender: Recommender
+    store: EventStore
+    sessions: SessionLog
+    metrics: Metrics
+    api_key: str
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _load(path: Path, config: ServeConfig, sessions: SessionLog) -> Recommender:
+    return Recommender.from_artifact(path, config.recommender, sessions=sessions)
+
+
+def get_service(request: Request) -> Service:
+    """The running app's :class:`Service` (a FastAPI dependency)."""
+    return request.app.state.service
+
+
+Svc = Annotated[Service, Depends(get_service)]
+_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="write/admin key")
+
+
+def require_key(svc: Svc, key: Annotated[str | None, Security(_key_header)]) -> None:
+    """401 without the API key header, 403 with a wrong key."""
+    if key is None:
+        raise HTTPException(401, f"this endpoint needs the {API_KEY_HEADER} header")
+    if not secrets.compare_digest(key.encode(), svc.api_key.encode()):
+        raise HTTPException(403, "wrong API key")
+
+
+UserId = Annotated[str, PathParam(min_length=1, max_length=128, description="shopper id")]
+ItemId = Annotated[str, PathParam(min_length=1, max_length=128, description="item id")]
+K = Annotated[int, Query(ge=1, le=100, description="how many items")]
+FusionQuery = Annotated[
+    str | None, Query(max_length=200, description="final score formula, e.g. buy * price")
+]
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """The FastAPI app serving ``config.artifact``; see the module docstring."""
+    metrics = Metrics()
+    api_key = config.api_key or secrets.token_urlsafe(18)
+    if not config.api_key:
+        log.warning(
+            "no API key given: write and admin endpoints accept %s=%s", API_KEY_HEADER, api_key
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        artifact = Path(config.artifact)
+        store = EventStore(config.db or artifact / "events.sqlite")
+        sessions = SessionLog(config.session_events)
+        sessions.extend(store.recent(config.session_events))
+        rec = await asyncio.to_thread(_load, artifact, config, sessions)
+        app.state.service = Service(config, rec, store, sessions, metrics, api_key)
+        log.info(
+            "serving %s (%s, %d items); %d stored events",
+            artifact, rec.model.model_name, rec.n_items, store.count(),
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            store.close()
+
+    app = FastAPI(
+        title="shoprec",
+        version=shoprec.__version__,
+        summary="Multi-task recommendations for an online shop, with explanations.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    @app.get("/recommend/{user}", response_model=s.RecommendResponse, tags=["recommend"])
+    def recommend(
+        svc: Svc,
+        user: UserId,
+        k: K = 10,
+        exclude_category: Annotated[list[str], Query(description="categories to leave out")] = [],  # noqa: B006
+        fusion: FusionQuery = None,
+        explain: bool = False,
+    ) -> s.RecommendResponse:
+        """Top-k items for a shopper; an unknown shopper gets a cold-start list."""
+        rec = svc.recommender
+        try:
+            items = rec.recommend(
+                user, k, exclude_categories=exclude_category, fusion=fusion, explain=explain
+            )
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
+        return s.RecommendResponse(
+            user=user,
+            known_user=rec.is_known_user(user),
+            live_events=len(svc.sessions.recent(user)),
+            fusion=rec.resolve_fusion(fusion).formula(),
+            model=rec.model.model_name,
+            items=[s.RecommendationOut.model_validate(r) for r in items],
+        )
+
+    @app.get("/similar/{item}", response_model=s.SimilarResponse, tags=["recommend"])
+    def similar(svc: Svc, item: ItemId, k: K = 10) -> s.SimilarResponse:
+        """Items like this one (two-tower cosine plus co-occurrence)."""
+        try:
+            items = svc.recommender.similar(item, k)
+        except UnknownItemError as e:
+            raise HTTPException(404, str(e)) from e
+        return s.SimilarResponse(item=item, items=[s.SimilarOut.model_validate(x) for x in items])
+
+    @app.get("/explain/{user}/{item}", response_model=s.ExplanationOut, tags=["recommend"])
+    def explain(
+        svc: Svc,
+        user: UserId,
+        item: ItemId,
+        fusion: FusionQuery = None,
+    ) -> s.ExplanationOut:
+        """Why this item for this shopper: task contributions, feature attributions,
+        gate weights, the closest history item and a sentence."""
+        try:
+            exp = svc.recommender.explain(user, item, fusion=fusion)
+        except UnknownItemError as e:
+            raise HTTPException(404, str(e)) from e
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
+        return s.ExplanationOut.model_validate(exp)
+
+    @app.get("/history/{user}", response_model=s.HistoryResponse, tags=["shoppers"])
+    def history(
+        svc: Svc, user: UserId, limit: Annotated[int, Query(ge=1, le=500)] = 30
+    ) -> s.HistoryResponse:
+        """Live events (newest first), then training events (deepest behavior first)."""
+        rec = svc.recommender
+        return s.HistoryResponse(
+            user=user,
+            known_user=rec.is_known_user(user),
+            events=[s.HistoryOut.model_validate(h) for h in rec.history(user, limit)],
+        )
+
+    @app.get("/users", response_model=s.UsersResponse, tags=["shoppers"])
+    def users(svc: Svc, limit: Annotated[int, Query(ge=1, le=1000)] = 30) -> s.UsersResponse:
+        """Known shoppers with the most training events."""
+        top = svc.recommender.top_users(limit)
+        return s.UsersResponse(users=[s.UserOut(user=u, events=n) for u, n in top])
+
+    @app.get("/items/new", response_model=s.NewItemsResponse, tags=["merchant"])
+    def new_items(
+        svc: Svc,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+        audience: Annotated[int, Query(ge=0, le=50)] = 3,
+    ) -> s.NewItemsResponse:
+        """New items (no training events), by how many shoppers' candidate lists they enter,
+        each with the shoppers it would reach most surely."""
+        items = svc.recommender.new_item_reach(limit, audience)
+        return s.NewItemsResponse(items=[s.NewItemOut.model_validate(x) for x in items])
+
+    @app.get("/audience/{item}", response_model=s.AudienceResponse, tags=["merchant"])
+    def audience(svc: Svc, item: ItemId, k: K = 10) -> s.AudienceResponse:
+        """The known shoppers an item would reach most surely (two-tower score over their
+        candidate cut-off), with the ranking model's predictions."""
+        try:
+            users = svc.recommender.audience(item, k)
+        except UnknownItemError as e:
+            raise HTTPException(404, str(e)) from e
+        return s.AudienceResponse(item=item, users=[s.AudienceOut.model_validate(u) for u in users])
+
+    @app.post(
+        "/events",
+        response_model=s.EventAck,
+        status_code=201,
+        dependencies=[Depends(require_key)],
+        tags=["events"],
+    )
+    def post_event(svc: Svc, event: s.EventIn) -> s.EventAck:
+        """Store an event (committed to SQLite before this returns); the shopper's next
+        recommendation uses it. An unknown item is stored but cannot change the list."""
+        ts = time.time() if event.timestamp is None else event.timestamp
+        row = svc.store.append(event.user, event.item, event.behavior.value, event.quantity, ts)
+        svc.sessions.add(event.user, event.item, event.behavior.value, ts)
+        svc.metrics.inc(
+            "shoprec_events_total", "Events stored, by behavior.", behavior=event.behavior.value
+        )
+        known = svc.recommender.has_item(event.item)
+        return s.EventAck(
+            id=row, user=event.user, item=event.item, behavior=event.behavior.value,
+            timestamp=ts, known_item=known,
+        )  # fmt: skip
+
+    @app.put(
+        "/admin/stock",
+        response_model=s.StockOut,
+        dependencies=[Depends(require_key)],
+        tags=["admin"],
+    )
+    def put_stock(svc: Svc, body: s.StockIn) -> s.StockOut:
+        """Set live stock levels; items at 0 are no longer recommended."""
+        if any(v < 0 for v in body.stock.values()):
+            raise HTTPException(422, "stock levels must be >= 0")
+        unknown = svc.recommender.set_stock(body.stock)
+        return s.StockOut(updated=len(body.stock) - len(unknown), unknown=unknown)
+
+    @app.post(
+        "/admin/reload",
+        response_model=s.ReloadOut,
+        dependencies=[Depends(require_key)],
+        tags=["admin"],
+    )
+    async def reload(svc: Svc, body: s.ReloadIn | None = None) -> s.ReloadOut:
+        """Load an artifact (the current one by default) and swap it in; requests keep being
+        answered by the old model until the new one is ready. Stock set through the API and
+        live events carry over."""
+        path = Path(body.artifact) if body and body.artifact else Path(svc.config.artifact)
+        start = time.perf_counter()
+        async with svc.reload_lock:
+            try:
+                rec = await asyncio.to_thread(_load, path, svc.config, svc.sessions)
+            except (ShoprecError, OSError, ValueError) as e:
+                svc.metrics.inc("shoprec_reloads_total", "Model reloads.", outcome="error")
+                raise HTTPException(400, f"cannot load {path}: {e}") from e
+            rec.set_stock(svc.recommender.stock_overrides)
+            svc.recommender = rec  # the swap: one reference, atomic for every reader
+            svc.config.artifact = path
+        svc.metrics.inc("shoprec_reloads_total", "Model reloads.", outcome="ok")
+        log.info("reloaded %s in %.1f s", path, time.perf_counter() - start)
+        return s.ReloadOut(
+            artifact=str(path), model=rec.model.model_name, seconds=time.perf_counter() - start
+        )
+
+    @app.get("/health", response_model=s.HealthOut, tags=["ops"])
+    def health(svc: Svc) -> s.HealthOut:
+        """Liveness and what is being served."""
+        d = svc.recommender.describe()
+        return s.HealthOut(
+            status="ok",
+            version=shoprec.__version__,
+            events_stored=svc.store.count(),
+            journal_mode=svc.store.journal_mode,
+            uptime_seconds=time.time() - svc.metrics.started,
+            **d,
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
+    def prometheus(svc: Svc) -> PlainTextResponse:
+        """Prometheus text format: requests, latency histograms, events, reloads, model."""
+        rec = svc.recommender
+        gauges = {
+            "shoprec_model_info": (
+                "The artifact being served (value 1).",
+                1.0,
+                {"artifact": str(rec.artifact.directory), "model": rec.model.model_name},
+            ),
+            "shoprec_items": ("Items the model can recommend.", float(rec.n_items), {}),
+            "shoprec_live_events": ("Live events held in memory.", float(len(svc.sessions)), {}),
+            "shoprec_model_loaded_timestamp_seconds": (
+                "When the served model was loaded.",
+                rec.loaded_at,
+                {},
+            ),
+        }
+        return PlainTextResponse(
+            svc.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    app.mount("/ui", StaticFiles(directory=str(STATIC), html=True), name="ui")
+    return app

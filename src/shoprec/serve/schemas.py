@@ -1,0 +1,200 @@
+"""Request and response models of the HTTP service (what ``/docs`` shows)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from shoprec.data.schema import Behavior
+
+#: A user or item id: 1 to 128 characters, no whitespace.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class TaskContributionOut(_Out):
+    name: str = Field(description="a task, 'price' or 'session'")
+    value: float = Field(description="the item's probability, price or session similarity")
+    reference: float = Field(description="the same for a typical reference item")
+    contribution: float = Field(description="log-score term minus the reference items' mean")
+
+
+class FeatureAttributionOut(_Out):
+    feature: str
+    value: Any = None
+    attribution: float
+
+
+class BecauseOut(_Out):
+    item: str
+    title: str | None
+    behavior: str
+    similarity: float
+
+
+class ExplanationOut(_Out):
+    """Task contributions sum exactly to ``log_score - reference_log_score``; feature
+    attributions sum to ``model_log_score - baseline_model_log_score`` up to the
+    Integrated-Gradients quadrature error; both lists are sorted by absolute value."""
+
+    user: str
+    item: str
+    fusion: str
+    score: float
+    log_score: float
+    reference_log_score: float
+    tasks: list[TaskContributionOut]
+    model_log_score: float | None
+    baseline_model_log_score: float | None
+    features: list[FeatureAttributionOut]
+    gates: dict[str, list[float]] | None
+    because: BecauseOut | None
+    sentence: str
+    notes: list[str]
+
+
+class RecommendationOut(_Out):
+    item: str
+    rank: int
+    score: float = Field(description="fused * exp(session_boost)")
+    fused: float = Field(description="the fusion of the task outputs, e.g. expected revenue")
+    session_boost: float
+    predictions: dict[str, float]
+    sources: list[str]
+    is_new: bool
+    slot: str
+    attributes: dict[str, Any]
+    explanation: ExplanationOut | None = None
+
+
+class RecommendResponse(BaseModel):
+    user: str
+    known_user: bool = Field(description="false: a cold-start list for a shopper the model lacks")
+    live_events: int = Field(description="the shopper's recent events the list used")
+    fusion: str
+    model: str
+    items: list[RecommendationOut]
+
+
+class SimilarOut(_Out):
+    item: str
+    score: float
+    similarity: float
+    cooccurrence: float
+    attributes: dict[str, Any]
+
+
+class SimilarResponse(BaseModel):
+    item: str
+    items: list[SimilarOut]
+
+
+class HistoryOut(_Out):
+    item: str
+    behavior: str
+    source: str
+    timestamp: float | None
+    attributes: dict[str, Any]
+
+
+class HistoryResponse(BaseModel):
+    user: str
+    known_user: bool
+    events: list[HistoryOut]
+
+
+class EventIn(BaseModel):
+    """One shopper event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: Id
+    item: Id
+    behavior: Behavior
+    quantity: int = Field(1, ge=1, le=10_000)
+    timestamp: float | None = Field(None, ge=0, description="seconds since the epoch; now if null")
+
+
+class EventAck(BaseModel):
+    id: int = Field(description="row id in the event store")
+    user: str
+    item: str
+    behavior: str
+    timestamp: float
+    known_item: bool = Field(description="false: stored, but the model cannot use it yet")
+
+
+class AudienceOut(_Out):
+    user: str
+    margin: float = Field(description="two-tower score minus the shopper's top-50 cut-off")
+    score: float = Field(description="the fused score of the pair")
+    predictions: dict[str, float]
+
+
+class AudienceResponse(BaseModel):
+    item: str
+    users: list[AudienceOut]
+
+
+class NewItemOut(_Out):
+    item: str
+    attributes: dict[str, Any]
+    reach: int = Field(description="known shoppers whose top-50 two-tower candidates it enters")
+    audience: list[AudienceOut]
+
+
+class NewItemsResponse(BaseModel):
+    items: list[NewItemOut]
+
+
+class UserOut(BaseModel):
+    user: str
+    events: int
+
+
+class UsersResponse(BaseModel):
+    users: list[UserOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    artifact: str
+    model: str
+    tasks: list[str]
+    fusion: str
+    items: int
+    new_items: int
+    users: int
+    index: str
+    events_stored: int
+    journal_mode: str
+    loaded_at: float
+    uptime_seconds: float
+
+
+class ReloadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    artifact: str | None = Field(None, description="a new artifact folder; the current one if null")
+
+
+class ReloadOut(BaseModel):
+    artifact: str
+    model: str
+    seconds: float
+
+
+class StockIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stock: dict[str, int] = Field(description="item -> units in stock (0 = out of stock)")
+
+
+class StockOut(BaseModel):
+    updated: int
+    unknown: list[str]

@@ -1,0 +1,271 @@
+"""The HTTP service: API contract, events, auth, bad input, metrics, reload under load."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from serving_helpers import API_KEY, serving, tiny_artifact
+from shoprec.serve import ServeConfig, create_app
+
+AUTH = {"X-API-Key": API_KEY}
+EVENT = {"user": "u1", "item": "i1", "behavior": "view"}
+JSON_TYPE = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_artifact(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "events.sqlite"
+
+
+@pytest.fixture(scope="module")
+def client(artifact: Path, db: Path) -> Iterator[TestClient]:
+    app = create_app(ServeConfig(artifact, db=db, api_key=API_KEY))
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def known_user(client: TestClient) -> str:
+    return client.get("/users", params={"limit": 5}).json()["users"][0]["user"]
+
+
+def test_docs_and_openapi(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/recommend/{user}",
+        "/similar/{item}",
+        "/explain/{user}/{item}",
+        "/events",
+        "/health",
+        "/metrics",
+        "/admin/reload",
+    ):
+        assert path in paths
+
+
+def test_recommend_contract(client: TestClient, known_user: str) -> None:
+    r = client.get(f"/recommend/{known_user}", params={"k": 4})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["user"] == known_user and body["known_user"] is True
+    assert body["fusion"] == "buy * price" and body["model"] == "mmoe"
+    assert [x["rank"] for x in body["items"]] == [1, 2, 3, 4]
+    first = body["items"][0]
+    assert set(first["predictions"]) == {"view", "cart", "buy"}
+    assert first["explanation"] is None
+    assert {"category", "price", "title", "stock"} <= set(first["attributes"])
+    explained = client.get(f"/recommend/{known_user}", params={"k": 2, "explain": True}).json()
+    assert explained["items"][0]["explanation"]["sentence"].startswith("Recommended")
+
+
+def test_unknown_user_gets_cold_start_never_5xx(client: TestClient) -> None:
+    for user in ("brand-new-shopper", "ünïcødé-user", "x" * 128):
+        r = client.get(f"/recommend/{user}", params={"k": 5})
+        assert r.status_code == 200, r.text
+        assert r.json()["known_user"] is False and len(r.json()["items"]) == 5
+    r = client.get("/explain/brand-new-shopper/i1")
+    assert r.status_code == 200 and r.json()["because"] is None
+    assert client.get("/history/brand-new-shopper").json()["events"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "message"),
+    [
+        ("get", "/recommend/u1?k=0", {}, 422, "greater than or equal to 1"),
+        ("get", "/recommend/u1?k=1000", {}, 422, "less than or equal to 100"),
+        ("get", "/recommend/u1?k=ten", {}, 422, "valid integer"),
+        ("get", "/recommend/u1?fusion=buy%2Bprice", {}, 400, "cannot read"),
+        ("get", "/recommend/u1?fusion=click", {}, 400, "unknown task"),
+        ("get", f"/recommend/{'x' * 129}", {}, 422, "at most 128"),
+        ("get", "/similar/no-such-item", {}, 404, "unknown item 'no-such-item'"),
+        ("get", "/explain/u1/no-such-item", {}, 404, "unknown item"),
+        ("get", "/audience/no-such-item", {}, 404, "unknown item"),
+        ("post", "/events", {"json": {"user": "u1", "item": "i1"}}, 422, "behavior"),
+        ("post", "/events", {"json": {"user": "u1", "item": "i1", "behavior": "hug"}}, 422, "view"),
+        ("post", "/events", {"json": {"user": " ", "item": "i1", "behavior": "view"}}, 422, "user"),
+        ("post", "/events", {"json": {**EVENT, "x": 1}}, 422, "extra"),
+        ("post", "/events", {"content": b"{not json", "headers": JSON_TYPE}, 422, "JSON"),
+        ("put", "/admin/stock", {"json": {"stock": {"i1": -1}}}, 422, ">= 0"),
+        ("post", "/admin/reload", {"json": {"artifact": "/no/such/folder"}}, 400, "cannot load"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_with_a_message(
+    client: TestClient, method: str, path: str, kwargs: dict, status: int, message: str
+) -> None:
+    kwargs = dict(kwargs)
+    headers = {**AUTH, **kwargs.pop("headers", {})}
+    r = client.request(method.upper(), path, headers=headers, **kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.text
+
+
+def test_write_and_admin_endpoints_need_the_key(client: TestClient) -> None:
+    event = {"user": "u1", "item": "i1", "behavior": "view"}
+    assert client.post("/events", json=event).status_code == 401
+    r = client.post("/events", json=event, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 403 and "wrong API key" in r.text
+    assert client.post("/admin/reload").status_code == 401
+    assert client.put("/admin/stock", json={"stock": {}}).status_code == 401
+
+
+def test_an_event_changes_the_next_recommendation(client: TestClient, db: Path) -> None:
+    user = client.get("/users", params={"limit": 3}).json()["users"][1]["user"]
+    first = client.get(f"/recommend/{user}", params={"k": 6}).json()
+    top = first["items"][0]["item"]
+    r = client.post("/events", json={"user": user, "item": top, "behavior": "buy"}, headers=AUTH)
+    assert r.status_code == 201 and r.json()["known_item"] is True
+    # persisted before it was acknowledged: another connection sees it, in WAL mode
+    with sqlite3.connect(db) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = other.execute("SELECT item, behavior FROM events WHERE user = ?", (user,))
+        assert (top, "buy") in rows.fetchall()
+    second = client.get(f"/recommend/{user}", params={"k": 6}).json()
+    assert top not in {x["item"] for x in second["items"]}
+    assert second["live_events"] == 1
+    history = client.get(f"/history/{user}").json()["events"]
+    assert history[0] == {**history[0], "item": top, "behavior": "buy", "source": "session"}
+
+
+def test_events_survive_a_restart(artifact: Path, tmp_path: Path) -> None:
+    config = ServeConfig(artifact, db=tmp_path / "events.sqlite", api_key=API_KEY)
+    event = {"user": "returning-guest", "item": "i3", "behavior": "cart"}
+    with TestClient(create_app(config)) as c:
+        assert c.post("/events", json=event, headers=AUTH).status_code == 201
+    with TestClient(create_app(config)) as c:
+        history = c.get("/history/returning-guest").json()["events"]
+        assert [(h["item"], h["behavior"]) for h in history] == [("i3", "cart")]
+        assert c.get("/health").json()["events_stored"] == 1
+
+
+def test_unknown_item_event_is_stored_but_flagged(client: TestClient) -> None:
+    event = {"user": "u5", "item": "brand-new-sku", "behavior": "view"}
+    r = client.post("/events", json=event, headers=AUTH)
+    assert r.status_code == 201 and r.json()["known_item"] is False
+    assert client.get("/recommend/u5").status_code == 200
+
+
+def test_similar_and_explain(client: TestClient, known_user: str) -> None:
+    item = client.get(f"/recommend/{known_user}", params={"k": 1}).json()["items"][0]["item"]
+    similar = client.get(f"/similar/{item}", params={"k": 5}).json()["items"]
+    assert len(similar) == 5 and item not in {s["item"] for s in similar}
+    exp = client.get(f"/explain/{known_user}/{item}").json()
+    total = sum(t["contribution"] for t in exp["tasks"])
+    assert math.isclose(total, exp["log_score"] - exp["reference_log_score"], abs_tol=1e-6)
+    gap = exp["model_log_score"] - exp["baseline_model_log_score"]
+    assert abs(sum(f["attribution"] for f in exp["features"]) - gap) <= 0.03 * abs(gap) + 1e-3
+    assert set(exp["gates"]) == {"view", "cart", "buy"}
+
+
+def test_stock_endpoint_filters_out_of_stock(client: TestClient, known_user: str) -> None:
+    top = client.get(f"/recommend/{known_user}", params={"k": 3}).json()["items"][0]["item"]
+    r = client.put("/admin/stock", json={"stock": {top: 0, "nope": 2}}, headers=AUTH)
+    assert r.json() == {"updated": 1, "unknown": ["nope"]}
+    items = client.get(f"/recommend/{known_user}", params={"k": 3}).json()["items"]
+    assert top not in {x["item"] for x in items}
+    client.put("/admin/stock", json={"stock": {top: 5}}, headers=AUTH)
+
+
+def test_merchant_endpoints(client: TestClient) -> None:
+    new = client.get("/items/new", params={"limit": 3, "audience": 2}).json()["items"]
+    assert new and all(len(x["audience"]) == 2 for x in new)
+    users = client.get(f"/audience/{new[0]['item']}", params={"k": 3}).json()["users"]
+    assert len(users) == 3
+
+
+def test_health_and_prometheus_metrics(client: TestClient, known_user: str) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["journal_mode"] == "wal"
+    assert health["index"] == "faiss" and health["items"] > 0
+    client.get(f"/recommend/{known_user}")
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'shoprec_requests_total{method="GET",route="/recommend/{user}",status="200"}' in text
+    assert (
+        'shoprec_request_seconds_bucket{method="GET",route="/recommend/{user}",le="+Inf"}' in text
+    )
+    assert "# TYPE shoprec_request_seconds histogram" in text
+    assert 'shoprec_events_total{behavior="buy"}' in text
+    assert 'shoprec_model_info{artifact="' in text
+
+
+def test_reload_swaps_the_model(client: TestClient, artifact: Path) -> None:
+    before = client.get("/health").json()["loaded_at"]
+    r = client.post("/admin/reload", json={"artifact": str(artifact)}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["model"] == "mmoe"
+    assert client.get("/health").json()["loaded_at"] > before
+
+
+def test_reload_under_load_loses_no_request(artifact: Path, tmp_path: Path) -> None:
+    """8 clients keep requesting while the model is reloaded twice: every request gets a
+    200, and some of them were answered while a reload was in progress."""
+    app = create_app(ServeConfig(artifact, db=tmp_path / "events.sqlite", api_key=API_KEY))
+    results: list[tuple[float, float, int]] = []  # start, end, status
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    with serving(app) as base:
+
+        def client_loop(worker: int) -> None:
+            with httpx.Client(base_url=base, timeout=30) as http:
+                for i in range(2000):  # bounded; normally stopped much earlier
+                    if stop.is_set():
+                        return
+                    n = worker * 1000 + i
+                    path = f"/recommend/u{n % 50}" if n % 3 else f"/similar/i{n % 50}"
+                    start = time.monotonic()
+                    try:
+                        status = http.get(path, params={"k": 5}).status_code
+                    except httpx.HTTPError as e:  # a dropped connection is a lost request
+                        with lock:
+                            errors.append(repr(e))
+                        continue
+                    with lock:
+                        results.append((start, time.monotonic(), status))
+
+        windows: list[tuple[float, float]] = []
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(client_loop, w) for w in range(8)]
+            with httpx.Client(base_url=base, timeout=60) as admin:
+                time.sleep(0.3)
+                for _ in range(2):
+                    t0 = time.monotonic()
+                    r = admin.post("/admin/reload", headers=AUTH)
+                    windows.append((t0, time.monotonic()))
+                    assert r.status_code == 200, r.text
+                time.sleep(0.3)
+            stop.set()
+            for f in futures:
+                f.result()
+        with httpx.Client(base_url=base) as http:
+            metrics = http.get("/metrics").text
+    assert errors == []
+    assert results and {status for *_, status in results} == {200}
+    during = [r for r in results if any(a < r[1] and r[0] < b for a, b in windows)]
+    assert during, "no request overlapped a reload"
+    assert 'shoprec_reloads_total{outcome="ok"} 2' in metrics
