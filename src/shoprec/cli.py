@@ -294,13 +294,40 @@ def demo(
     events: Annotated[int, typer.Option(help="Simulated events.")] = 400_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 8,
+    output: Annotated[Path, typer.Option(help="Where to save the artifact.")] = Path("runs/demo"),
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="End by serving the web page.")
+    ] = True,
+    port: Annotated[int, typer.Option(help="Port for the web page.")] = 8000,
 ) -> None:
-    """Offline, end to end: simulate a shop, train MMoE beside single-task models, recommend."""
+    """Offline, end to end: simulate a shop, train MMoE beside single-task models, recommend,
+    then serve the result over HTTP with its web page."""
     from shoprec.demo import DemoConfig, run_demo
 
     if logging.getLogger().level > logging.DEBUG:  # keep the demo's story readable
         logging.getLogger("shoprec").setLevel(logging.WARNING)
-    run_demo(DemoConfig(events=events, seed=seed, epochs=epochs), console=out)
+    run_demo(DemoConfig(events=events, seed=seed, epochs=epochs, output=str(output)), console=out)
+    if not serve_after:
+        return
+    import secrets
+
+    import uvicorn
+
+    from shoprec.serve import ServeConfig, create_app
+
+    key = secrets.token_urlsafe(12)
+    out.rule("[bold]6. The service")
+    out.print(
+        f"web page: [bold]http://127.0.0.1:{port}/ui/[/]   API docs: http://127.0.0.1:{port}/docs\n"
+        f"API key for sending events from the page: [bold]{key}[/]   (Ctrl-C stops the service)"
+    )
+    logging.getLogger("shoprec").setLevel(logging.INFO)
+    uvicorn.run(
+        create_app(ServeConfig(output, api_key=key)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
