@@ -52,7 +52,7 @@ class TensorData:
 
     def take(self, index: Tensor) -> dict[str, Tensor]:
         """Rows at ``index`` (a 1-D long tensor), as a batch."""
-        return {k: v[index] for k, v in self.columns.items()}
+        return {k: v.index_select(0, index) for k, v in self.columns.items()}  # > v[index]
 
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None

@@ -6,6 +6,9 @@
   instead of one module call per feature.
 * :class:`ExpertBank` evaluates ``E`` same-shaped MLPs (MMoE/PLE experts) together: the first
   layer is a single matmul ``(B, in) @ (in, E*out)``, later layers one batched matmul.
+* :meth:`InputLayer.linear` computes ``input_layer(batch) @ W + b`` without building the
+  ``(B, input_dim)`` input when the vocabularies are small next to the batch: each feature's
+  table is multiplied by its rows of ``W`` once per step and the batch sums looked-up rows.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,10 @@ from shoprec.models.features import (
 )
 
 Batch = dict[str, Tensor]
+
+#: :meth:`InputLayer.linear` folds a group of categorical features into the next layer only
+#: when its largest vocabulary is at most this (the folded table has about ``sum_f V_f`` rows).
+FOLD_MAX_VOCAB = 4096
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -151,8 +159,14 @@ class ExpertBank(nn.Module):
         """``(B, in_dim) -> (B, E, out_dim)``."""
         e, d0 = self.first_bias.shape
         w = self.first_weight.view(x.shape[-1], e * d0)  # (in, E*D0), no copy
-        h = torch.addmm(self.first_bias.view(e * d0), x, w).view(-1, e, d0)  # (B, E, D0)
-        h = self.dropout(self.activation(h))
+        return self.from_first_layer(torch.addmm(self.first_bias.view(e * d0), x, w))
+
+    def from_first_layer(self, pre: Tensor) -> Tensor:
+        """The rest of :meth:`forward`, given the first layer's pre-activations
+        ``x @ first_weight.view(in, E*D0) + first_bias.view(E*D0)`` of shape ``(B, E*D0)``
+        (e.g. from :meth:`InputLayer.linear`) -> ``(B, E, D)``."""
+        e, d0 = self.first_bias.shape
+        h = self.dropout(self.activation(pre.view(-1, e, d0)))  # (B, E, D0)
         if not self.weights:
             return h
         h = h.transpose(0, 1)  # (E, B, D0), a view
@@ -244,6 +258,36 @@ class InputLayer(nn.Module):
             self.register_buffer(f"offsets_{dim}", offsets, persistent=False)
         position = {n: (key, i) for key, names in self.groups for i, n in enumerate(names)}
 
+        # For linear(): each group with small vocabularies is cut into buckets of features of
+        # similar vocabulary size (padding each to its largest wastes little). Per bucket, the
+        # table row of each (feature, id) on a (F_b, V_b) grid (row 0, the zero padding row,
+        # for id 0 and ids past the vocabulary) and the feature's rows of the weight; per
+        # group, where each feature's ids start in the buckets' stacked folded tables.
+        by_name = {f.name: f for f in categoricals}
+        self.fold_cells: dict[str, int] = {}  # group -> rows of its folded table
+        self.fold_buckets: dict[str, int] = {}  # group -> number of buckets
+        for key, names in self.groups:
+            sizes = [by_name[n].vocab_size for n in names]
+            if max(sizes) > FOLD_MAX_VOCAB:
+                continue
+            d = int(key)
+            base = torch.zeros(len(names), dtype=torch.long)  # (F,) folded row of id 0
+            cells = 0
+            buckets = _fold_buckets(sizes)
+            for b, positions in enumerate(buckets):
+                vmax = max(sizes[i] for i in positions)
+                grid = torch.zeros(len(positions), vmax, dtype=torch.long)  # (F_b, V_b)
+                for j, i in enumerate(positions):
+                    grid[j, 1 : sizes[i]] = torch.arange(1, sizes[i]) + offset_of[names[i]][1]
+                    base[i] = cells + j * vmax
+                cells += len(positions) * vmax
+                weight_rows = torch.cat([torch.arange(i * d, (i + 1) * d) for i in positions])
+                self.register_buffer(f"fold_rows_{key}_{b}", grid, persistent=False)
+                self.register_buffer(f"fold_wrows_{key}_{b}", weight_rows, persistent=False)
+            self.register_buffer(f"fold_base_{key}", base, persistent=False)
+            self.fold_cells[key] = cells
+            self.fold_buckets[key] = len(buckets)
+
         # (name, table key, offset, pooling, (group key, index) of the attention query)
         self.sequences: list[tuple[str, str, int, str, tuple[str, int] | None]] = []
         self.attention = nn.ModuleDict()
@@ -260,18 +304,89 @@ class InputLayer(nn.Module):
             + len(self.numeric_names)
             + sum(f.dim for f in features if isinstance(f, TextFeature))
         )
+        self._queried = {q[0] for *_, q in self.sequences if q is not None}
 
     def forward(self, batch: Batch) -> Tensor:
         """Batch dict -> ``(B, input_dim)`` float tensor."""
-        parts: list[Tensor] = []
+        grouped = {key: self._embed(batch, key, names) for key, names in self.groups}
+        parts = [emb.flatten(1) for emb in grouped.values()]  # (B, F*D) each
+        parts.extend(self._other_parts(batch, grouped))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def linear(self, batch: Batch, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``self(batch) @ weight + bias``, ``(B, input_dim) @ (input_dim, N) -> (B, N)``.
+
+        The same function and gradients as the plain product, computed faster when a group's
+        vocabularies are small next to the batch (tabular data such as census-income): the
+        group's embedding tables are first multiplied by their rows of ``weight`` (one
+        ``(F_b, V_b, D) @ (F_b, D, N)`` matmul per bucket of features of similar vocabulary
+        size, once per call), then each sample sums its ``F`` looked-up rows of ``N`` numbers,
+        so the matmuls have about ``sum_f V_f`` rows instead of ``B * F``. Groups queried by
+        attention pooling, groups with a vocabulary over ``FOLD_MAX_VOCAB``, and batches whose
+        ``B * F`` is under twice the folded rows (e.g. a batch of one) take the plain path.
+
+        Args:
+            batch: the batch dict.
+            weight: ``(input_dim, N)``, rows in this layer's column order.
+            bias: ``(N,)`` or None.
+
+        Returns:
+            ``(B, N)``.
+        """
+        folded: list[Tensor] = []  # (B, N) each
+        dense: list[Tensor] = []  # (B, width) inputs of the plain product
+        dense_w: list[Tensor] = []  # their (width, N) rows of weight
         grouped: dict[str, Tensor] = {}
+        col = 0
         for key, names in self.groups:
+            d = int(key)
+            w = weight[col : col + len(names) * d]  # (F*D, N)
+            col += len(names) * d
+            n_rows = batch[names[0]].shape[0]
+            cells = self.fold_cells.get(key)
+            if cells is None or key in self._queried or 2 * cells > n_rows * len(names):
+                grouped[key] = self._embed(batch, key, names)  # (B, F, D)
+                dense.append(grouped[key].flatten(1))
+                dense_w.append(w)
+                continue
+            parts = []
+            for b in range(self.fold_buckets[key]):
+                grid: Tensor = getattr(self, f"fold_rows_{key}_{b}")
+                n_feat, vmax = grid.shape
+                emb = F.embedding(grid, self.tables[key].weight, padding_idx=0)  # (F_b, V_b, D)
+                w_b = w.index_select(0, getattr(self, f"fold_wrows_{key}_{b}"))  # (F_b*D, N)
+                folded_b = torch.bmm(emb, w_b.view(n_feat, d, -1))  # (F_b, V_b, N)
+                parts.append(folded_b.view(n_feat * vmax, -1))
+            table = torch.cat(parts) if len(parts) > 1 else parts[0]  # (cells, N)
             ids = torch.stack([batch[n] for n in names], dim=1)  # (B, F)
-            offsets: Tensor = getattr(self, f"offsets_{key}")
-            rows = torch.where(ids > 0, ids + offsets, 0)  # (B, F)
-            emb = self.tables[key](rows)  # (B, F, D)
-            grouped[key] = emb
-            parts.append(emb.flatten(1))  # (B, F*D)
+            base: Tensor = getattr(self, f"fold_base_{key}")
+            folded.append(_RowSum.apply(ids + base, table))  # (B, N)
+        others = self._other_parts(batch, grouped)
+        if others:
+            dense.extend(others)
+            dense_w.append(weight[col:])
+        out: Tensor | None = None
+        if dense:
+            x = torch.cat(dense, dim=1) if len(dense) > 1 else dense[0]
+            w = torch.cat(dense_w, dim=0) if len(dense_w) > 1 else dense_w[0]
+            out = x @ w if bias is None else torch.addmm(bias, x, w)
+        elif bias is not None:
+            folded.append(bias)
+        for part in folded:
+            out = part if out is None else out + part
+        assert out is not None
+        return out
+
+    def _embed(self, batch: Batch, key: str, names: list[str]) -> Tensor:
+        """The embeddings ``(B, F, D)`` of one group of categorical features."""
+        ids = torch.stack([batch[n] for n in names], dim=1)  # (B, F)
+        offsets: Tensor = getattr(self, f"offsets_{key}")
+        rows = torch.where(ids > 0, ids + offsets, 0)  # (B, F)
+        return self.tables[key](rows)  # (B, F, D)
+
+    def _other_parts(self, batch: Batch, grouped: dict[str, Tensor]) -> list[Tensor]:
+        """Pooled sequences, numerics and text vectors, in column order."""
+        parts: list[Tensor] = []
         for name, key, offset, pooling, query in self.sequences:
             ids = batch[name]  # (B, L)
             mask = ids > 0  # (B, L)
@@ -288,11 +403,64 @@ class InputLayer(nn.Module):
         if self.numeric_names:
             parts.append(torch.stack([batch[n].float() for n in self.numeric_names], dim=1))
         parts.extend(batch[n].float() for n in self.text_names)
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return parts
 
 
 #: Alias: the same module under the name other libraries use.
 FeatureEmbedding = InputLayer
+
+
+def _fold_buckets(
+    sizes: Sequence[int], max_buckets: int = 4, overhead: int = 64
+) -> list[list[int]]:
+    """Positions of ``sizes`` in at most ``max_buckets`` groups of similar size, minimising
+    the padded cells ``sum(len(group) * max(group))`` plus ``overhead`` cells per group (the
+    cost of one more matmul call). Groups are runs of the positions sorted by size."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    n = len(order)
+    if n > 256:  # the search below is O(n^2); so many features: one bucket
+        return [order]
+    inf = float("inf")
+    # cost[k][j]: best cost of the first j sorted positions in k groups; cut[k][j]: last start
+    cost = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    cost[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):  # last group: sorted positions i .. j-1
+                c = cost[k - 1][i] + (j - i) * sizes[order[j - 1]] + overhead
+                if c < cost[k][j]:
+                    cost[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda k: cost[k][n])
+    groups, j = [], n
+    while k > 0:
+        i = cut[k][j]
+        groups.append(order[i:j])
+        j, k = i, k - 1
+    return groups[::-1]
+
+
+class _RowSum(torch.autograd.Function):
+    """``out[b] = sum_f table[ids[b, f]]``: ``ids (B, F)``, ``table (R, N)`` -> ``(B, N)``.
+
+    The forward is ``embedding_bag(mode="sum")``; the backward adds the output gradient into
+    the table one column of ``ids`` at a time (``F`` calls of ``index_add_``), which on CPU is
+    faster than embedding_bag's own backward (that sorts all ``B * F`` ids first).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, ids: Tensor, table: Tensor) -> Tensor:
+        ctx.save_for_backward(ids)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(ids, table, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        (ids,) = ctx.saved_tensors
+        grad_table = grad.new_zeros(ctx.rows, grad.shape[1])  # (R, N)
+        for column in ids.t().contiguous():  # (B,) ids of one feature
+            grad_table.index_add_(0, column, grad)
+        return None, grad_table
 
 
 class _DinAttention(nn.Module):

@@ -72,9 +72,21 @@ class MMoE(MultiTaskModel):
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Raw output per task: ``(B,)`` or ``(B, C)``."""
-        x = self.inputs(batch)  # (B, I)
-        experts = self.experts(x)  # (B, E, D)
-        mixed = torch.bmm(self._gates(x), experts)  # (B, T, D)
+        # The experts' first layer and the gates read the same input: one product for all,
+        # which InputLayer.linear computes without building x when vocabularies are small.
+        e, d0 = self.experts.first_bias.shape
+        weight = torch.cat(
+            [self.experts.first_weight.view(-1, e * d0), *(g.weight.t() for g in self.gates)], 1
+        )  # (I, E*D0 + T*E)
+        bias = torch.cat([self.experts.first_bias.view(-1), *(g.bias for g in self.gates)])
+        pre = self.inputs.linear(batch, weight, bias)  # (B, E*D0 + T*E) = x @ weight + bias
+        first, logits = pre.split([e * d0, len(self.tasks) * e], dim=1)
+        experts = self.experts.from_first_layer(first)  # (B, E, D)
+        logits = logits.reshape(-1, len(self.tasks), e)  # (B, T, E)
+        # On CPU a softmax over a short last dim (E = 8) is many times slower than over the
+        # first dim of a contiguous tensor: take it as (E, B, T) and view the result back.
+        gates = torch.softmax(logits.permute(2, 0, 1).contiguous(), dim=0).permute(1, 2, 0)
+        mixed = torch.bmm(gates, experts)  # (B, T, D)
         return {
             task.name: head(tower(mixed[:, k]))
             for k, (task, tower, head) in enumerate(
