@@ -23,7 +23,9 @@ improvement), best weights restored, then test AUC once.
 Both peers are driven through their own trainers, as a user would (``MTLTrainer.fit`` and
 ``BaseModel.compile``/``fit``), with the least wrapping needed to monitor the mean AUC, time
 the training passes alone and restore the best weights; ``trainer_used`` in the JSON says
-exactly how. ``samples_per_s`` counts training passes only (no validation, no data set-up).
+exactly how. ``samples_per_s`` counts training passes only (no validation, no data set-up);
+``cpu_samples_per_s`` does the same per second of this process's CPU time (all its threads),
+which a busy, shared machine disturbs far less than the wall clock.
 Peer libraries come from requirements-bench.txt and are imported only when needed.
 """
 
@@ -134,6 +136,7 @@ class RunLog:
     valid_history: list[dict[str, float]]  # per epoch, in order
     valid_restored: dict[str, float]  # validation AUC re-measured after restoring the best
     epoch_train_seconds: list[float]  # training pass alone, per epoch
+    epoch_cpu_seconds: list[float]  # process CPU time of the same passes
     best_epoch: int  # 1-based
     test_auc: dict[str, float]
     n_params: int
@@ -174,6 +177,7 @@ def run_torch_rechub(args: argparse.Namespace, data: Data) -> RunLog:
 
     history: list[dict[str, float]] = []
     epoch_seconds: list[float] = []
+    epoch_cpu: list[float] = []
 
     class Trainer(MTLTrainer):
         """MTLTrainer.fit monitors one task's score (``earlystop_taskid``); we append the mean
@@ -183,9 +187,10 @@ def run_torch_rechub(args: argparse.Namespace, data: Data) -> RunLog:
         in_fit = True
 
         def train_one_epoch(self, data_loader):  # type: ignore[no-untyped-def]
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             out = super().train_one_epoch(data_loader)
             epoch_seconds.append(time.perf_counter() - start)
+            epoch_cpu.append(time.process_time() - cpu)
             return out
 
         def evaluate(self, model, data_loader):  # type: ignore[no-untyped-def]
@@ -228,6 +233,7 @@ def run_torch_rechub(args: argparse.Namespace, data: Data) -> RunLog:
         valid_history=history,
         valid_restored={**dict(zip(TASKS, restored, strict=False)), "mean": restored[-1]},
         epoch_train_seconds=epoch_seconds,
+        epoch_cpu_seconds=epoch_cpu,
         best_epoch=int(np.argmax(means)) + 1,  # first max, as EarlyStopper's strict ">"
         test_auc=test,
         n_params=sum(p.numel() for p in trainer.model.parameters()),
@@ -331,16 +337,18 @@ def run_deepctr(args: argparse.Namespace, data: Data) -> RunLog:
     x_valid = data.valid.columns(data.cat_keys, data.num_keys)
     history: list[dict[str, float]] = []
     epoch_seconds: list[float] = []
+    epoch_cpu: list[float] = []
 
     class MeanValidAUC(Callback):
         """Times the training pass (epoch begin -> epoch end, before validating), then puts
         the per-task and mean validation AUC into the epoch logs for EarlyStopping."""
 
         def on_epoch_begin(self, epoch, logs=None):  # type: ignore[no-untyped-def]
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
             epoch_seconds.append(time.perf_counter() - self.start)
+            epoch_cpu.append(time.process_time() - self.cpu)
             aucs = task_aucs(data.valid.y, self.model.predict(dict(x_valid), args.eval_batch_size))
             self.model.train()
             history.append(aucs)
@@ -371,6 +379,7 @@ def run_deepctr(args: argparse.Namespace, data: Data) -> RunLog:
         valid_history=history,
         valid_restored=restored,
         epoch_train_seconds=epoch_seconds,
+        epoch_cpu_seconds=epoch_cpu,
         best_epoch=int(np.argmax(means)) + 1,
         test_auc=test,
         n_params=sum(p.numel() for p in model.parameters()),
@@ -440,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     epochs_run = len(log.epoch_train_seconds)
     train_seconds = float(sum(log.epoch_train_seconds))
+    cpu_seconds = float(sum(log.epoch_cpu_seconds))
     best = log.valid_history[log.best_epoch - 1]
     restored_ok = all(abs(log.valid_restored[k] - best[k]) < 1e-6 for k in best)
     if not restored_ok:
@@ -495,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_s": epochs_run * len(data.train) / train_seconds if train_seconds else 0.0,
         "train_seconds": train_seconds,
         "epoch_train_seconds": log.epoch_train_seconds,
+        "cpu_samples_per_s": epochs_run * len(data.train) / cpu_seconds if cpu_seconds else 0.0,
+        "epoch_cpu_seconds": log.epoch_cpu_seconds,
+        "load_avg_end": list(os.getloadavg()),
         "wall_seconds": wall_seconds,
         "peak_rss_mib": peak_rss_mib,
         "trainer_used": log.trainer_used,

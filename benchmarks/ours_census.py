@@ -1,0 +1,242 @@
+"""Our side of the census-income benchmark: one shoprec model, one seed, one process.
+
+The twin of :mod:`benchmarks.peers_census`, with the same inputs and the same JSON, so that
+peak RSS, threads and timing are measured the same way for every library::
+
+    python -m benchmarks.ours_census --config configs/census_mmoe.yaml --data census.npz \\
+        --seed 0 --out result.json [--threads 1 --epochs N --no-fold]
+
+``--data`` is the npz the driver writes for the peers (see :mod:`benchmarks.peers_census`):
+the split encoded once by shoprec's :class:`~shoprec.data.encode.Encoder` fitted on train.
+Everything else comes from the YAML config (the shape of ``shoprec train`` configs): model
+name and config, embedding size, training settings, loss weighting. ``--seed`` seeds the
+model's initialisation and the batch order (the driver passes the split seed).
+
+The run is the library's own path, as a user would write it: :func:`shoprec.models.build_model`,
+:func:`shoprec.train.loop.fit` (Adam, early stopping on the mean validation AUC, best weights
+restored) and :func:`shoprec.train.loop.task_scores` on test, once. ``fit`` is given an
+``evaluator`` that computes exactly the per-task validation scores ``fit`` would compute
+itself (:func:`task_scores`) and notes the clock; the training data notes it when ``fit`` asks
+for an epoch's batches, so each training pass is timed alone (wall and CPU), from its first
+batch to its validation, as the peer harness does.
+
+``--no-fold`` builds the model with the plain first layer (no folding of the embedding tables
+into the first layer, see :meth:`shoprec.models.layers.InputLayer.linear`), to show what the
+fold is worth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from shoprec.data.batches import TensorData
+from shoprec.models import CategoricalFeature, NumericFeature, Task, build_model, layers
+from shoprec.train.loop import TrainConfig, fit, main_score, task_scores
+from shoprec.train.weighting import make_weighting
+
+TASKS = ("income", "never_married")  # column order of y_*, as in peers_census
+SECTIONS = {"name", "data", "model", "train", "weighting", "output"}  # shoprec train's keys
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """The YAML config, checked for the top-level keys ``shoprec train`` configs have."""
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise SystemExit(f"{path}: expected a mapping with a 'model:' section")
+    unknown = sorted(set(raw) - SECTIONS)
+    if unknown:
+        raise SystemExit(f"{path}: unknown top-level keys {unknown}; allowed {sorted(SECTIONS)}")
+    raw.setdefault("train", {})
+    raw.setdefault("weighting", {"name": "fixed"})
+    return raw
+
+
+def load_npz(path: str) -> dict[str, Any]:
+    """The splits as :class:`TensorData` (feature columns named as in the peer harness, and
+    one label column per task) plus the vocabulary sizes and feature keys. Reads the npz
+    without importing the peer harness, whose scikit-learn would count in our peak RSS."""
+    z = np.load(path, allow_pickle=False)
+    safe = [re.sub(r"[^0-9A-Za-z_]", "_", str(n)) for n in z["cat_names"]]
+    cat_keys = [f"c{i:02d}_{n}" for i, n in enumerate(safe)]
+    safe = [re.sub(r"[^0-9A-Za-z_]", "_", str(n)) for n in z["num_names"]]
+    num_keys = [f"n{i:02d}_{n}" for i, n in enumerate(safe)]
+    out: dict[str, Any] = {
+        "vocab_sizes": [int(v) for v in z["vocab_sizes"]],
+        "cat_keys": cat_keys,
+        "num_keys": num_keys,
+    }
+    for s in ("train", "valid", "test"):
+        cat = z[f"cat_{s}"].astype(np.int64, copy=False)
+        num = z[f"num_{s}"].astype(np.float32, copy=False)
+        y = z[f"y_{s}"].astype(np.float32, copy=False)
+        cols = {k: np.ascontiguousarray(cat[:, i]) for i, k in enumerate(cat_keys)}
+        cols.update({k: np.ascontiguousarray(num[:, i]) for i, k in enumerate(num_keys)})
+        cols.update({t: np.ascontiguousarray(y[:, k]) for k, t in enumerate(TASKS)})
+        out[s] = TensorData({k: torch.from_numpy(v) for k, v in cols.items()})
+    return out
+
+
+def aucs(scores: dict[str, float]) -> dict[str, float]:
+    """``{"income/auc": a, ...}`` -> ``{"income": a, "never_married": b, "mean": ...}``."""
+    out = {t: float(scores[f"{t}/auc"]) for t in TASKS}
+    return {**out, "mean": float(np.mean(list(out.values())))}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML: model, train, weighting")
+    p.add_argument("--data", required=True, help="npz with the encoded split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="where to write the result JSON")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--patience", type=int, default=None, help="override train.patience")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-fold", action="store_true", help="plain first layer (for timing)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    exp = load_config(args.config)
+    data = load_npz(args.data)
+    t0 = time.perf_counter()
+
+    if args.no_fold:
+        layers.FOLD_MAX_VOCAB = 0  # InputLayer reads it when built: no group is folded
+    model_cfg = exp["model"]
+    emb_dim = int(model_cfg.get("embedding_dim", 16))
+    cat_keys, num_keys = data["cat_keys"], data["num_keys"]
+    features = [
+        CategoricalFeature(k, v, emb_dim)
+        for k, v in zip(cat_keys, data["vocab_sizes"], strict=True)
+    ] + [NumericFeature(k) for k in num_keys]
+    tasks = [Task(t) for t in TASKS]
+    torch.manual_seed(args.seed)
+    model = build_model(model_cfg["name"], features, tasks, **model_cfg.get("config", {}))
+    weighting_cfg = dict(exp["weighting"])
+    weighting = make_weighting(
+        weighting_cfg.pop("name", "fixed"), [t.name for t in tasks], **weighting_cfg
+    )
+    train_cfg = dict(exp["train"])
+    train_cfg.update(seed=args.seed, progress=False, threads=None)
+    if args.epochs is not None:
+        train_cfg["epochs"] = args.epochs
+    if args.patience is not None:
+        train_cfg["patience"] = args.patience
+    cfg = TrainConfig(**train_cfg)
+
+    train, valid, test = data["train"], data["valid"], data["test"]
+
+    # A training pass runs from fit's first request for this epoch's batches to the
+    # evaluator, which fit calls right after the pass: time exactly that span (wall and CPU).
+    marks = {"wall": 0.0, "cpu": 0.0}
+    epoch_wall: list[float] = []
+    epoch_cpu: list[float] = []
+    history: list[dict[str, float]] = []
+
+    def timed_batches(*a: Any, **k: Any) -> Iterator[dict[str, torch.Tensor]]:
+        marks.update(wall=time.perf_counter(), cpu=time.process_time())
+        yield from TensorData.batches(train, *a, **k)
+
+    def evaluator(m: torch.nn.Module) -> dict[str, float]:
+        epoch_wall.append(time.perf_counter() - marks["wall"])
+        epoch_cpu.append(time.process_time() - marks["cpu"])
+        scores = task_scores(m, valid, cfg.eval_batch_size)
+        history.append(aucs(scores))
+        return scores
+
+    train.batches = timed_batches  # type: ignore[method-assign]
+    result = fit(model, train, valid, cfg, weighting=weighting, evaluator=evaluator)
+    restored = aucs(task_scores(model, valid, cfg.eval_batch_size))
+    test_auc = aucs(task_scores(model, test, cfg.eval_batch_size))  # read once, after fit
+    test_auc.pop("mean")
+    wall_seconds = time.perf_counter() - t0
+
+    epochs_run = len(epoch_wall)
+    best = history[result.best_epoch - 1]
+    restored_ok = all(abs(restored[k] - best[k]) < 1e-6 for k in best)
+    if not restored_ok:
+        print(f"warning: restored model scores {restored}, best epoch {best}")
+    assert abs(main_score(result.best_scores) - best["mean"]) < 1e-9
+    train_seconds, cpu_seconds = float(sum(epoch_wall)), float(sum(epoch_cpu))
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    input_dim = emb_dim * len(cat_keys) + len(num_keys)
+    out = {
+        "lib": "shoprec",
+        "lib_version": version("shoprec"),
+        "model": model_cfg["name"],
+        "weighting": exp["weighting"].get("name", "fixed"),
+        "config": {
+            **model_cfg.get("config", {}),
+            "fold_first_layer": not args.no_fold,
+            "emb_dim": emb_dim,
+            "n_categorical": len(cat_keys),
+            "n_numeric": len(num_keys),
+            "input_dim": input_dim,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "optimizer": "Adam",
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "batch_size": cfg.batch_size,
+            "max_epochs": cfg.epochs,
+            "patience": cfg.patience,
+            "monitor": f"mean validation AUC of the two tasks (min_delta {cfg.min_delta:g})",
+            "threads": args.threads,
+            "n_train": len(train),
+            "n_valid": len(valid),
+            "n_test": len(test),
+            "yaml": str(args.config),
+            "experiment": exp,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
+        "seed": args.seed,
+        "epochs_run": epochs_run,
+        "best_epoch": result.best_epoch,
+        "test_auc": test_auc,
+        "valid_auc": best,
+        "best_weights_restored": restored_ok,
+        "valid_history": history,
+        "samples_per_s": epochs_run * len(train) / train_seconds if train_seconds else 0.0,
+        "train_seconds": train_seconds,
+        "epoch_train_seconds": epoch_wall,
+        "cpu_samples_per_s": epochs_run * len(train) / cpu_seconds if cpu_seconds else 0.0,
+        "epoch_cpu_seconds": epoch_cpu,
+        "load_avg_end": list(os.getloadavg()),
+        "fit_samples_per_s": result.samples_per_second,  # the loop's own count, for a check
+        "wall_seconds": wall_seconds,
+        "peak_rss_mib": peak_rss_mib,
+        "trainer_used": (
+            "shoprec.train.loop.fit with an evaluator equal to its default validation "
+            "(task_scores on valid) that also times each training pass; test via task_scores"
+        ),
+    }
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(
+        f"shoprec {model_cfg['name']}/{out['weighting']} seed {args.seed}: test AUC "
+        + " / ".join(f"{t} {test_auc[t]:.4f}" for t in TASKS)
+        + f", best epoch {result.best_epoch}/{epochs_run}, {out['samples_per_s']:.0f} samples/s,"
+        f" peak RSS {peak_rss_mib:.0f} MiB -> {path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
