@@ -16,6 +16,7 @@ from shoprec.experiment import Artifact
 from shoprec.models import build_model
 from shoprec.models.base import output_to_prediction
 from shoprec.models.features import CategoricalFeature, NumericFeature, Task
+from shoprec.pipeline import score_pairs
 from shoprec.recommend import (
     SOURCES,
     Fusion,
@@ -306,3 +307,38 @@ def test_explanation_without_attributions_still_answers(
     exp = rec.explain(rec.top_users(1)[0][0], rec.items[0])
     assert exp.features == [] and exp.model_log_score is None
     assert "another way" in exp.notes[0] and exp.sentence.startswith("Recommended")
+
+
+def test_cached_model_input_matches_the_feature_builder(rec: Recommender) -> None:
+    """The serving path's cached inputs give the same batch and predictions as the
+    dataframe path, for a known shopper and for one the artifact has never seen."""
+    positions = np.array([0, 7, 3, 7, rec.n_items - 1])
+    items = rec.items[positions.tolist()]
+    for user in (rec.known_users[3], "never-seen-shopper"):
+        slow = rec.builder.pairs([user], items).columns
+        fast = rec.features.batch(user, positions)
+        assert set(fast) == set(slow)
+        for key, value in slow.items():
+            torch.testing.assert_close(fast[key], value, rtol=0, atol=0)
+        expected = score_pairs(rec.model, rec.builder, [user], items)
+        got = rec.predict(user, positions)
+        for task in rec.tasks:
+            np.testing.assert_allclose(got[task], expected[task][0], rtol=1e-5, atol=1e-7)
+
+
+def test_candidates_fill_up_to_the_minimum(make: Make) -> None:
+    small = make(n_two_tower=10, n_popular=5, n_cooccurrence=5, n_new=2, min_candidates=60)
+    user = _user_with_buys(small)
+    ranking = small.rank(user, k=5)
+    assert ranking.candidates == 60 and len(ranking.items) == 5
+    seen = small.artifact.seen
+    bought = set(seen.filter((pl.col("user") == user) & (pl.col("behavior") == "buy"))["item"])
+    assert bought and not bought & {r.item for r in ranking.items}
+    # no fill-up: the union of the sources only
+    plain = make(n_two_tower=10, n_popular=5, n_cooccurrence=5, n_new=2, min_candidates=0)
+    assert plain.rank(user, k=5).candidates <= 22
+    # a catalog smaller than the minimum: every allowed item is ranked
+    everything = make(min_candidates=10_000)
+    events, _, _ = everything._recent(user)
+    allowed = int((~everything._excluded(user, events)).sum())
+    assert everything.rank(user, k=5).candidates == allowed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -269,3 +271,30 @@ def test_reload_under_load_loses_no_request(artifact: Path, tmp_path: Path) -> N
     during = [r for r in results if any(a < r[1] and r[0] < b for a, b in windows)]
     assert during, "no request overlapped a reload"
     assert 'shoprec_reloads_total{outcome="ok"} 2' in metrics
+
+
+def test_benchmark_percentile_and_recall() -> None:
+    """The serving benchmark's statistics (benchmarks/serve_latency.py)."""
+    root = str(Path(__file__).resolve().parent.parent)  # benchmarks/ is at the repo root
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks.serve_latency import exact_top, percentile, recall_at_k
+
+    values = np.arange(1, 201, dtype=float)[::-1]  # order must not matter
+    assert percentile(values, 50) == 100.0
+    assert percentile(values, 99) == 198.0
+    assert percentile(values, 100) == 200.0
+    assert percentile([5.0], 99) == 5.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    queries = rng.normal(size=(5, 8)).astype(np.float32)
+    top = exact_top(queries, vectors, 10)
+    sims = queries @ vectors.T
+    np.testing.assert_array_equal(top, np.argsort(-sims, axis=1)[:, :10])
+    assert recall_at_k(top, top, 10) == 1.0
+    worse = top.copy()
+    worse[:, -2:] = 299 - np.arange(2)  # two of ten replaced (not in any top 10 here)
+    assert not np.isin(worse[:, -2:], top).any()
+    assert recall_at_k(worse, top, 10) == pytest.approx(0.8)

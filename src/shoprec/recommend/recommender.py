@@ -36,9 +36,11 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from shoprec.data.errors import ShoprecError
 from shoprec.experiment import Artifact
+from shoprec.models.base import output_to_prediction
 from shoprec.pipeline import score_pairs
 from shoprec.recommend.explain import (
     BecauseItem,
@@ -48,6 +50,7 @@ from shoprec.recommend.explain import (
     integrated_gradients,
     sentence,
 )
+from shoprec.recommend.features import PairEncoder
 from shoprec.recommend.fusion import PRICE, Fusion
 from shoprec.recommend.retrieve import (
     BEHAVIOR_WEIGHT,
@@ -80,6 +83,7 @@ class UnknownItemError(ShoprecError, KeyError):
 class RecommenderConfig:
     fusion: str | None = None  # a Fusion formula, e.g. "buy * price * (1-return)"; None: default
     n_two_tower: int = 200  # candidates from the two-tower index
+    min_candidates: int = 500  # more two-tower neighbours fill the union up to this many
     n_popular: int = 50  # candidates from popularity
     n_cooccurrence: int = 100  # candidates from co-occurrence neighbours
     n_new: int = 20  # candidates among new items (no training events)
@@ -125,6 +129,19 @@ class RankedItem:
     slot: str
     attributes: dict[str, Any]
     explanation: Explanation | None = None
+
+
+@dataclass
+class Ranking:
+    """What :meth:`Recommender.rank` returns.
+
+    Attributes:
+        items: the recommendations, best first.
+        candidates: how many candidates the ranking model scored to choose them.
+    """
+
+    items: list[RankedItem]
+    candidates: int
 
 
 @dataclass
@@ -231,7 +248,8 @@ class Recommender:
         items = self.builder.item_table
         self.items: pl.Series = items["item"]
         self.n_items = len(self.items)
-        self._pos = dict(zip(self.items.to_list(), range(self.n_items), strict=True))
+        self._ids: list[str] = self.items.to_list()
+        self._pos = dict(zip(self._ids, range(self.n_items), strict=True))
 
         if catalog is None and (artifact.directory / CATALOG_FILE).exists():
             catalog = pl.read_parquet(artifact.directory / CATALOG_FILE)
@@ -276,22 +294,39 @@ class Recommender:
         hist = seen.join(pos, on="item", how="inner").with_columns(
             pl.col("behavior").replace_strict(BEHAVIOR_WEIGHT, default=1.0).alias("w")
         )
-        self._history: dict[str, pl.DataFrame] = {
-            str(k[0]): v for k, v in hist.partition_by("user", as_dict=True).items()
-        }
+        # Training events grouped by shopper: one frame sorted by user (events keep their
+        # order within a user) and each user's row range, so a request slices, never filters.
+        self._hist = hist.sort("user", maintain_order=True)
+        self._hist_range = self._ranges(self._hist["user"])
+        self._hist_pos = self._hist["pos"].to_numpy().astype(np.int64)
+        self._hist_excluded = self._hist["behavior"].is_in(list(c.exclude_behaviors)).to_numpy()
+        # The seeds of co-occurrence: each user's deepest history events, precomputed.
+        seeds = self._hist.sort(["user", "w"], descending=[False, True], maintain_order=True)
+        seeds = seeds.filter(pl.int_range(pl.len()).over("user") < c.history_seeds)
+        self._seed_range = self._ranges(seeds["user"])
+        self._seed_pos = seeds["pos"].to_numpy().astype(np.int64)
+        self._seed_w = seeds["w"].to_numpy() / max(BEHAVIOR_WEIGHT.values())
         self.is_new = ~np.isin(np.arange(self.n_items), hist["pos"].unique().to_numpy())
+        self._new = np.flatnonzero(self.is_new)
+        self._new_vectors = np.ascontiguousarray(retrieval.item_vectors[self._new])
         self._popular = np.argsort(-retrieval.popularity, kind="stable")
         users = self.builder.user_table
         known = users["user"] if users is not None else seen["user"].unique().sort()
         self.known_users: list[str] = known.to_list()
         self._known = set(self.known_users)
+        self._user_index = {u: i for i, u in enumerate(self.known_users)}
+        # Serving path: the model input of every item and known shopper, encoded once.
+        self.features = PairEncoder(self.builder, self.known_users)
+        self._info_columns = {col: table[col].to_list() for col in table.columns if col != "item"}
         self._user_vectors: np.ndarray | None = None
+        self._unknown_vectors: dict[str, np.ndarray] = {}
         self._reach_thresholds: np.ndarray | None = None
         self.stock_overrides: dict[str, int] = {}
         self._lock = threading.Lock()
         # Integrated Gradients swaps the model's input layers while it runs: a private copy.
         self._explain_model = copy.deepcopy(self.model).eval()
         self._explain_lock = threading.Lock()
+        self._users_matrix()  # known shoppers' query vectors, before the first request
 
     @classmethod
     def from_artifact(
@@ -323,6 +358,20 @@ class Recommender:
         return cls(art, retrieval, config, sessions=sessions)
 
     # ----------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _ranges(users: pl.Series) -> dict[str, tuple[int, int]]:
+        """``user -> (start, stop)`` rows of a column sorted (grouped) by user."""
+        runs = users.rle()
+        stops = runs.struct.field("len").cum_sum().to_numpy()
+        starts = stops - runs.struct.field("len").to_numpy()
+        names = runs.struct.field("value").to_list()
+        return {str(u): (int(a), int(b)) for u, a, b in zip(names, starts, stops, strict=True)}
+
+    def _user_history(self, user: str) -> pl.DataFrame | None:
+        """The shopper's training events (``user, item, behavior, pos, w``), or None."""
+        r = self._hist_range.get(user)
+        return None if r is None else self._hist.slice(r[0], r[1] - r[0])
+
     def position(self, item: str) -> int:
         """The item's row in the item table; :class:`UnknownItemError` if unknown."""
         try:
@@ -332,11 +381,11 @@ class Recommender:
 
     def attributes(self, positions: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """Title, category, brand, price, stock of items by position."""
-        positions = np.asarray(positions, dtype=np.int64)
-        rows = self.item_info[positions.tolist()].to_dicts()
-        for row, p in zip(rows, positions, strict=True):
-            row.pop("item", None)
+        rows = []
+        for p in np.asarray(positions, dtype=np.int64).tolist():
+            row = {col: values[p] for col, values in self._info_columns.items()}
             row["stock"] = int(self.stock[p]) if self.stock[p] >= 0 else None
+            rows.append(row)
         return rows
 
     def _recent(self, user: str) -> tuple[list[Event], np.ndarray, np.ndarray]:
@@ -358,11 +407,10 @@ class Recommender:
         """``(N,)`` True where an item must not be recommended."""
         c = self.config
         banned = np.zeros(self.n_items, dtype=bool)
-        hist = self._history.get(user)
-        if hist is not None and c.exclude_behaviors:
-            banned[
-                hist.filter(pl.col("behavior").is_in(list(c.exclude_behaviors)))["pos"].to_numpy()
-            ] = True
+        r = self._hist_range.get(user)
+        if r is not None and c.exclude_behaviors:
+            lo, hi = r
+            banned[self._hist_pos[lo:hi][self._hist_excluded[lo:hi]]] = True
         for e in events:
             if e.behavior in c.exclude_behaviors:
                 banned[self._pos[e.item]] = True
@@ -379,7 +427,7 @@ class Recommender:
         """The two-tower query: the user tower's vector moved towards the recent items'
         (weighted) mean vector; an unknown user's query is mostly their recent items."""
         r = self.retrieval
-        u = embed_users(r.two_tower, self.builder, [user], r.user_columns)[0]
+        u = self._tower_vector(user)
         if len(recent_pos):
             m = (weights[:, None] * r.item_vectors[recent_pos]).sum(0)
             m /= max(float(np.linalg.norm(m)), 1e-9)
@@ -387,6 +435,24 @@ class Recommender:
             share = (self.config.session_weight if user in self._known else 0.9) * n / (n + 1)
             u = (1 - share) * u + share * m
         return (u / max(float(np.linalg.norm(u)), 1e-9)).astype(np.float32)
+
+    def _tower_vector(self, user: str) -> np.ndarray:
+        """The user tower's vector: precomputed for known shoppers, cached for others."""
+        i = self._user_index.get(user)
+        if i is not None:
+            return self._users_matrix()[i]
+        v = self._unknown_vectors.get(user)
+        if v is None:
+            r = self.retrieval
+            if list(r.user_columns) == self.features.user_columns:
+                with torch.inference_mode():
+                    v = r.two_tower.user_vectors(self.features.user_row(user))[0].numpy()
+            else:
+                v = embed_users(r.two_tower, self.builder, [user], r.user_columns)[0]
+            if len(self._unknown_vectors) >= 10_000:
+                self._unknown_vectors.clear()
+            self._unknown_vectors[user] = v
+        return v
 
     def session_similarity(
         self, positions: np.ndarray, recent_pos: np.ndarray, weights: np.ndarray
@@ -407,40 +473,61 @@ class Recommender:
         weights: np.ndarray,
         banned: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Union of the sources: positions ``(C,)`` and a source bit mask per position."""
+        """Union of the sources: positions ``(C,)`` and a source bit mask per position.
+
+        Each source gives its configured count of allowed items; when their union is smaller
+        than ``min_candidates``, the next two-tower neighbours fill it up."""
         c = self.config
         r = self.retrieval
         allowed = ~banned
         n_banned = int(banned.sum())
         parts: list[np.ndarray] = []
-        bits: list[np.ndarray] = []
+        bits: list[int] = []
 
         def add(pos: np.ndarray, source: str, limit: int) -> None:
-            pos = pos[allowed[pos]][:limit]
-            parts.append(pos)
-            bits.append(np.full(len(pos), 1 << SOURCES.index(source), np.int64))
+            parts.append(pos[allowed[pos]][:limit])
+            bits.append(1 << SOURCES.index(source))
 
-        _, tt = r.index.search(query[None, :], c.n_two_tower + n_banned)
-        add(tt[0][tt[0] >= 0], "two_tower", c.n_two_tower)
+        tt = self._two_tower_allowed(query, max(c.n_two_tower, c.min_candidates), allowed)
+        add(tt, "two_tower", c.n_two_tower)
         add(self._popular[: c.n_popular + n_banned], "popular", c.n_popular)
-        hist = self._history.get(user)
         seeds, seed_w = recent_pos, 2.0 * weights
-        if hist is not None and c.history_seeds:
-            deep = hist.sort("w", descending=True).head(c.history_seeds)
-            seeds = np.concatenate([seeds, deep["pos"].to_numpy()])
-            seed_w = np.concatenate([seed_w, deep["w"].to_numpy() / max(BEHAVIOR_WEIGHT.values())])
+        sr = self._seed_range.get(user)
+        if sr is not None and c.history_seeds:
+            seeds = np.concatenate([seeds, self._seed_pos[sr[0] : sr[1]]])
+            seed_w = np.concatenate([seed_w, self._seed_w[sr[0] : sr[1]]])
         nb, _ = r.cooccurrence.neighbours(seeds, seed_w, c.n_cooccurrence + n_banned)
         add(nb, "cooccurrence", c.n_cooccurrence)
-        new = np.flatnonzero(self.is_new & allowed)
-        if len(new) and c.n_new:
-            sims = r.item_vectors[new] @ query
+        if len(self._new) and c.n_new:
+            ok = allowed[self._new]
+            new, sims = self._new[ok], (self._new_vectors @ query)[ok]
+            if len(new) > 4 * c.n_new:  # the best n_new, in the order a full sort gives
+                top = np.sort(np.argpartition(-sims, c.n_new - 1)[: c.n_new])
+                new, sims = new[top], sims[top]
             add(new[np.argsort(-sims, kind="stable")], "new", c.n_new)
-        cand = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        mask = np.concatenate(bits) if bits else np.zeros(0, np.int64)
-        uniq, inv = np.unique(cand, return_inverse=True)
-        merged = np.zeros(len(uniq), np.int64)
-        np.bitwise_or.at(merged, inv, mask)
-        return uniq, merged
+        # The union as a bit mask over the catalog (each source's positions are distinct).
+        marks = np.zeros(self.n_items, np.int64)
+        for pos, b in zip(parts, bits, strict=True):
+            marks[pos] |= b
+        n = int(np.count_nonzero(marks))
+        if n < c.min_candidates and len(tt) > c.n_two_tower:
+            more = tt[c.n_two_tower :]
+            more = more[marks[more] == 0][: c.min_candidates - n]
+            marks[more] |= 1 << SOURCES.index("two_tower")
+        uniq = np.flatnonzero(marks)
+        return uniq, marks[uniq]
+
+    def _two_tower_allowed(self, query: np.ndarray, n: int, allowed: np.ndarray) -> np.ndarray:
+        """The ``n`` nearest allowed items to ``query``, nearest first (fewer if the catalog
+        has fewer): the index is searched deeper until enough of them pass the filters."""
+        depth = min(n + 64, len(self.retrieval.index))
+        while True:
+            _, tt = self.retrieval.index.search(query[None, :], depth)
+            tt = tt[0][tt[0] >= 0]
+            tt = tt[allowed[tt]]
+            if len(tt) >= n or depth >= len(self.retrieval.index):
+                return tt[:n]
+            depth = min(4 * depth, len(self.retrieval.index))
 
     def resolve_fusion(self, fusion: str | Fusion | None) -> Fusion:
         """The configured fusion, or ``fusion`` (a formula or :class:`Fusion`) checked
@@ -456,10 +543,18 @@ class Recommender:
         self, user: str, positions: np.ndarray, fusion: Fusion
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Per-task predictions ``(C,)`` and the fusion's log terms ``(C,)`` for one user."""
-        preds = score_pairs(self.model, self.builder, [user], self.items[positions.tolist()])
-        preds = {t: p[0] for t, p in preds.items()}
+        preds = self.predict(user, positions)
         price = self.price[positions] if self.price is not None else None
         return preds, fusion.log_terms(preds, price)
+
+    def predict(self, user: str, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """The ranking model's predictions ``(C,)`` per task for ``user`` x the items at
+        ``positions``, in one forward pass over cached item and user inputs (equal to
+        :func:`~shoprec.pipeline.score_pairs` on the same pairs)."""
+        batch = self.features.batch(user, positions)
+        with torch.inference_mode():
+            out = self.model(batch)
+            return {t.name: output_to_prediction(t, out[t.name]).numpy() for t in self.model.tasks}
 
     # ------------------------------------------------------------------------ public API
     def record(self, user: str, item: str, behavior: str, timestamp: float | None = None) -> Event:
@@ -497,6 +592,29 @@ class Recommender:
         Raises:
             ValueError: ``k < 1`` or a fusion the model's tasks cannot make.
         """
+        return self.rank(
+            user,
+            k,
+            exclude_categories=exclude_categories,
+            exclude_items=exclude_items,
+            fusion=fusion,
+            explain=explain,
+        ).items
+
+    def rank(
+        self,
+        user: str,
+        k: int = 10,
+        *,
+        exclude_categories: Sequence[str] = (),
+        exclude_items: Sequence[str] = (),
+        fusion: str | Fusion | None = None,
+        explain: bool = False,
+    ) -> Ranking:
+        """:meth:`recommend`, plus how many candidates the ranking model scored.
+
+        Args and raises as :meth:`recommend`.
+        """
         if k < 1:
             raise ValueError("k must be at least 1")
         c = self.config
@@ -506,7 +624,7 @@ class Recommender:
         query = self.user_vector(user, recent_pos, w)
         cand, bits = self._candidates(user, query, recent_pos, w, banned)
         if len(cand) == 0:
-            return []
+            return Ranking([], 0)
         preds, terms = self._score(user, cand, f)
         fused = np.sum(list(terms.values()), axis=0)
         boost = c.session_boost * self.session_similarity(cand, recent_pos, w)
@@ -515,27 +633,31 @@ class Recommender:
         slot_items: set[int] = set()
         need = min(c.new_item_slots, k) - int(self.is_new[cand[order]].sum())
         if need > 0:  # the best new items take the last places
-            picked = set(order)
-            extra = [
-                int(i) for i in np.argsort(-total, kind="stable")
-                if self.is_new[cand[i]] and i not in picked
-            ][:need]  # fmt: skip
+            fresh = self.is_new[cand]
+            fresh[order] = False
+            idx = np.flatnonzero(fresh)
+            extra = idx[np.argsort(-total[idx], kind="stable")][:need].tolist()
             room = max(0, len(order) + len(extra) - k)
             drop = set([i for i in reversed(order) if not self.is_new[cand[i]]][:room])
             order = [i for i in order if i not in drop] + extra
             slot_items = set(extra)
         attrs = self.attributes(cand[order])
+        chosen = np.asarray(order, dtype=np.int64)
+        task_preds = {t: preds[t][chosen].tolist() for t in self.tasks}
+        scores = np.exp(total[chosen]).tolist()
+        fused_scores = np.exp(fused[chosen]).tolist()
+        boosts = boost[chosen].tolist()
         out = []
-        for rank, (i, a) in enumerate(zip(order, attrs, strict=True), start=1):
+        for j, (i, a) in enumerate(zip(order, attrs, strict=True)):
             p = int(cand[i])
             out.append(
                 RankedItem(
-                    item=self.items[p],
-                    rank=rank,
-                    score=float(np.exp(total[i])),
-                    fused=float(np.exp(fused[i])),
-                    session_boost=float(boost[i]),
-                    predictions={t: float(preds[t][i]) for t in self.tasks},
+                    item=self._ids[p],
+                    rank=j + 1,
+                    score=scores[j],
+                    fused=fused_scores[j],
+                    session_boost=boosts[j],
+                    predictions={t: v[j] for t, v in task_preds.items()},
                     sources=[s for b, s in enumerate(SOURCES) if bits[i] >> b & 1],
                     is_new=bool(self.is_new[p]),
                     slot="new" if i in slot_items else "ranked",
@@ -548,7 +670,7 @@ class Recommender:
                 r.explanation = self._explain(
                     user, self._pos[r.item], f, events, recent_pos, w, ref
                 )
-        return out
+        return Ranking(out, len(cand))
 
     def similar(self, item: str, k: int = 10) -> list[SimilarItem]:
         """Items like ``item``: cosine of the (centred) two-tower item vectors plus the
@@ -592,7 +714,7 @@ class Recommender:
             )
             for e in session[:limit]
         ]
-        hist = self._history.get(user)
+        hist = self._user_history(user)
         if hist is not None and len(out) < limit:
             deep = (
                 hist.sort("w", descending=True)
@@ -712,7 +834,7 @@ class Recommender:
 
     def _because(self, user: str, p: int, events: list[Event]) -> BecauseItem | None:
         """The history item (training or live) closest to item ``p``."""
-        hist = self._history.get(user)
+        hist = self._user_history(user)
         pos = [self._pos[e.item] for e in events]
         beh = [e.behavior for e in events]
         if hist is not None:
@@ -758,9 +880,13 @@ class Recommender:
         with self._lock:
             if self._user_vectors is None:
                 r = self.retrieval
-                self._user_vectors = embed_users(
-                    r.two_tower, self.builder, self.known_users, r.user_columns
-                )
+                if list(r.user_columns) == self.features.user_columns and self.features.users:
+                    with torch.inference_mode():
+                        self._user_vectors = r.two_tower.user_vectors(self.features.users).numpy()
+                else:
+                    self._user_vectors = embed_users(
+                        r.two_tower, self.builder, self.known_users, r.user_columns
+                    )
             return self._user_vectors
 
     def _thresholds(self, depth: int = 50) -> np.ndarray:
@@ -826,7 +952,9 @@ class Recommender:
 
     def top_users(self, limit: int = 30) -> list[tuple[str, int]]:
         """Known shoppers with the most training events (for pickers)."""
-        counts = sorted(((len(v), u) for u, v in self._history.items()), reverse=True)[:limit]
+        counts = sorted(((b - a, u) for u, (a, b) in self._hist_range.items()), reverse=True)[
+            :limit
+        ]
         return [(u, n) for n, u in counts]
 
     def describe(self) -> dict[str, Any]:

@@ -89,6 +89,13 @@ class ItemIndex:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
+    def describe(self) -> str:
+        """The index kind in words, e.g. ``faiss IndexFlatIP (exact)``."""
+        if self.index is None:
+            return "NumPy (exact)"
+        name = type(self.index).__name__
+        return f"faiss {name} (exact)" if name == "IndexFlatIP" else f"faiss {name}"
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per query: scores and indices, each ``(Q, min(k, N))``."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)

@@ -37,9 +37,10 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
-from fastapi.responses import PlainTextResponse, RedirectResponse
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 import shoprec
 from shoprec.data.errors import ShoprecError
@@ -90,7 +91,7 @@ def _load(path: Path, config: ServeConfig, sessions: SessionLog) -> Recommender:
     return Recommender.from_artifact(path, config.recommender, sessions=sessions)
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     """The running app's :class:`Service` (a FastAPI dependency)."""
     return request.app.state.service
 
@@ -99,7 +100,7 @@ Svc = Annotated[Service, Depends(get_service)]
 _key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="write/admin key")
 
 
-def require_key(svc: Svc, key: Annotated[str | None, Security(_key_header)]) -> None:
+async def require_key(svc: Svc, key: Annotated[str | None, Security(_key_header)]) -> None:
     """401 without the API key header, 403 with a wrong key."""
     if key is None:
         raise HTTPException(401, f"this endpoint needs the {API_KEY_HEADER} header")
@@ -153,31 +154,50 @@ def create_app(config: ServeConfig) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/ui/")
 
+    def recommend_json(
+        svc: Service,
+        user: str,
+        k: int,
+        exclude_category: list[str],
+        fusion: str | None,
+        explain: bool,
+    ) -> Response:
+        rec = svc.recommender
+        try:
+            ranking = rec.rank(
+                user, k, exclude_categories=exclude_category, fusion=fusion, explain=explain
+            )
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
+        body = s.RecommendResponse(
+            user=user,
+            known_user=rec.is_known_user(user),
+            live_events=len(svc.sessions.recent(user)),
+            fusion=rec.resolve_fusion(fusion).formula(),
+            model=rec.model.model_name,
+            candidates=ranking.candidates,
+            items=[s.RecommendationOut.model_validate(r) for r in ranking.items],
+        )
+        # Built and checked above: serialised once here, not validated again by FastAPI.
+        return Response(body.model_dump_json(), media_type="application/json")
+
     @app.get("/recommend/{user}", response_model=s.RecommendResponse, tags=["recommend"])
-    def recommend(
+    async def recommend(
         svc: Svc,
         user: UserId,
         k: K = 10,
         exclude_category: Annotated[list[str], Query(description="categories to leave out")] = [],  # noqa: B006
         fusion: FusionQuery = None,
         explain: bool = False,
-    ) -> s.RecommendResponse:
+    ) -> Response:
         """Top-k items for a shopper; an unknown shopper gets a cold-start list."""
-        rec = svc.recommender
-        try:
-            items = rec.recommend(
-                user, k, exclude_categories=exclude_category, fusion=fusion, explain=explain
+        if explain:  # Integrated Gradients per item: seconds of work, in a worker thread
+            return await run_in_threadpool(
+                recommend_json, svc, user, k, exclude_category, fusion, explain
             )
-        except ValueError as e:
-            raise HTTPException(400, str(e)) from e
-        return s.RecommendResponse(
-            user=user,
-            known_user=rec.is_known_user(user),
-            live_events=len(svc.sessions.recent(user)),
-            fusion=rec.resolve_fusion(fusion).formula(),
-            model=rec.model.model_name,
-            items=[s.RecommendationOut.model_validate(r) for r in items],
-        )
+        # A few milliseconds of CPU that holds the GIL anyway: on the event loop, without
+        # the hand-over to a worker thread and back.
+        return recommend_json(svc, user, k, exclude_category, fusion, explain)
 
     @app.get("/similar/{item}", response_model=s.SimilarResponse, tags=["recommend"])
     def similar(svc: Svc, item: ItemId, k: K = 10) -> s.SimilarResponse:

@@ -77,6 +77,7 @@ class RecommendResponse(BaseModel):
     live_events: int = Field(description="the shopper's recent events the list used")
     fusion: str
     model: str
+    candidates: int = Field(description="candidates the ranking model scored for this list")
     items: list[RecommendationOut]
 
 
