@@ -14,14 +14,13 @@ by 0.05-0.11 in each of them.
 
 from __future__ import annotations
 
-import numpy as np
-import polars as pl
 import pytest
 import torch
 
 from shoprec.data.simulate import simulate_shop
 from shoprec.data.split import time_split
 from shoprec.evaluate import metrics
+from shoprec.evaluate.protocol import evaluated_users, item_lists
 from shoprec.models import build_model
 from shoprec.pipeline import RankingData, prepare_ranking
 from shoprec.train.loop import TrainConfig, fit
@@ -32,23 +31,6 @@ MODELS = {
     "shared_bottom": {"bottom_dims": [64], "tower_dims": [32]},
     "mmoe": {"n_experts": 4, "expert_dims": [64], "tower_dims": [32]},
 }
-
-
-def _buy_lists(events: pl.DataFrame, users: list[str], items: pl.Series) -> metrics.CSR:
-    """Each user's bought items (indices into ``items``) as CSR rows, in ``users`` order."""
-    buys = (
-        events.filter(pl.col("behavior") == "buy")
-        .select("user", "item")
-        .unique()
-        .join(pl.DataFrame({"user": users, "row": np.arange(len(users))}), on="user")
-        .join(pl.DataFrame({"item": items, "col": np.arange(len(items))}), on="item")
-    )
-    return metrics.CSR.from_pairs(buys["row"].to_numpy(), buys["col"].to_numpy(), len(users))
-
-
-def _buyers(events: pl.DataFrame, known: set[str]) -> list[str]:
-    bought = events.filter(pl.col("behavior") == "buy")["user"].unique().to_list()
-    return sorted(u for u in bought if u in known)
 
 
 def _ranking(data: RankingData, model: torch.nn.Module, users, relevant, past) -> dict:
@@ -70,12 +52,13 @@ def test_multi_task_beats_single_task_on_sparse_buy() -> None:
     train = split.train.df
     known = set(train["user"].unique().to_list())
     items = data.item_table["item"]
-    valid_users = _buyers(split.valid.df, known)  # type: ignore[union-attr]
-    test_users = _buyers(split.test.df, known)
-    valid_rel = _buy_lists(split.valid.df, valid_users, items)  # type: ignore[union-attr]
-    valid_past = _buy_lists(train, valid_users, items)
-    test_rel = _buy_lists(split.test.df, test_users, items)
-    test_past = _buy_lists(train, test_users, items)
+    valid, test_events = split.valid.df, split.test.df  # type: ignore[union-attr]
+    valid_users = evaluated_users(valid, "buy", known)
+    test_users = evaluated_users(test_events, "buy", known)
+    valid_rel = item_lists(valid, valid_users, items, "buy")
+    valid_past = item_lists(train, valid_users, items, "buy")
+    test_rel = item_lists(test_events, test_users, items, "buy")
+    test_past = item_lists(train, test_users, items, "buy")
     assert len(valid_users) > 50 and len(test_users) > 100
 
     def evaluator(model: torch.nn.Module) -> dict[str, float]:
