@@ -33,10 +33,11 @@ def evaluated_users(
     Returns:
         The users, sorted, as strings.
     """
-    users = events.filter(pl.col("behavior") == behavior)["user"].unique()
+    users = events.filter(pl.col("behavior") == behavior).select(pl.col("user").cast(pl.String))
     if known is not None:
-        users = users.filter(users.is_in(pl.Series(list(known), dtype=users.dtype)))
-    return sorted(users.cast(pl.String).to_list())
+        known_frame = pl.DataFrame({"user": pl.Series(list(known)).cast(pl.String)})
+        users = users.join(known_frame, on="user", how="semi")
+    return sorted(users["user"].unique().to_list())
 
 
 def item_lists(
