@@ -217,6 +217,8 @@ def _serve(port: int, workers: int) -> None:
         workers=workers,
         log_level="warning",
         access_log=False,
+        http=os.environ.get("SHOPREC_BENCH_HTTP", "auto"),  # httptools when installed
+        loop=os.environ.get("SHOPREC_BENCH_LOOP", "auto"),  # uvloop when installed
     )
 
 

@@ -273,7 +273,7 @@ def test_numpy_search_matches_faiss(rec: Recommender) -> None:
     queries = vectors[:4] * 0.9 + vectors[4:8] * 0.1
     exact = ItemIndex(vectors, use_faiss=False)
     fast = ItemIndex(vectors)
-    np.testing.assert_array_equal(exact.search(queries, 10)[1], fast.search(queries, 10)[1])
+    np.testing.assert_array_equal(exact.search(queries, 10)[1], fast.index.search(queries, 10)[1])
 
 
 def test_two_tower_round_trip(artifact: Path, rec: Recommender) -> None:
@@ -342,3 +342,34 @@ def test_candidates_fill_up_to_the_minimum(make: Make) -> None:
     events, _, _ = everything._recent(user)
     allowed = int((~everything._excluded(user, events)).sum())
     assert everything.rank(user, k=5).candidates == allowed
+
+
+def test_large_catalogs_get_an_inverted_file_index(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shoprec.recommend import retrieve
+
+    monkeypatch.setattr(retrieve, "IVF_MIN_ITEMS", 2000)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 16))  # item vectors come in groups, as learned ones do
+    vectors = (centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16))).astype(
+        np.float32
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:50] + 0.1 * rng.normal(size=(50, 16)).astype(np.float32)
+    ivf = ItemIndex(vectors)
+    assert "IVF" in ivf.describe()
+    exact = ItemIndex(vectors, use_faiss=False).search(queries, 20)[1]
+    found = ivf.search(queries, 20)[1]
+    hits = np.mean([len(set(f) & set(e)) / 20 for f, e in zip(found, exact, strict=True)])
+    assert hits > 0.9
+    ivf.save(tmp_path / "items.faiss")
+    loaded = ItemIndex.load(tmp_path / "items.faiss", vectors)
+    assert loaded.describe() == ivf.describe()
+    np.testing.assert_array_equal(loaded.search(queries, 20)[1], found)
+    # a small catalog is searched exactly, and a saved flat index of a large one is rebuilt
+    assert "exact" in ItemIndex(vectors[:100]).describe()
+    np.testing.assert_array_equal(
+        ItemIndex(vectors[:100]).search(queries, 20)[1],
+        ItemIndex(vectors[:100], use_faiss=False).search(queries, 20)[1],
+    )

@@ -55,6 +55,7 @@ from shoprec.recommend.fusion import PRICE, Fusion
 from shoprec.recommend.retrieve import (
     BEHAVIOR_WEIGHT,
     CATALOG_FILE,
+    ItemIndex,
     Retrieval,
     build_retrieval,
     has_retrieval,
@@ -308,7 +309,7 @@ class Recommender:
         self._seed_w = seeds["w"].to_numpy() / max(BEHAVIOR_WEIGHT.values())
         self.is_new = ~np.isin(np.arange(self.n_items), hist["pos"].unique().to_numpy())
         self._new = np.flatnonzero(self.is_new)
-        self._new_vectors = np.ascontiguousarray(retrieval.item_vectors[self._new])
+        self._new_index = ItemIndex(retrieval.item_vectors[self._new])
         self._popular = np.argsort(-retrieval.popularity, kind="stable")
         users = self.builder.user_table
         known = users["user"] if users is not None else seen["user"].unique().sort()
@@ -488,7 +489,7 @@ class Recommender:
             parts.append(pos[allowed[pos]][:limit])
             bits.append(1 << SOURCES.index(source))
 
-        tt = self._two_tower_allowed(query, max(c.n_two_tower, c.min_candidates), allowed)
+        tt = self._nearest_allowed(r.index, query, max(c.n_two_tower, c.min_candidates), allowed)
         add(tt, "two_tower", c.n_two_tower)
         add(self._popular[: c.n_popular + n_banned], "popular", c.n_popular)
         seeds, seed_w = recent_pos, 2.0 * weights
@@ -499,14 +500,10 @@ class Recommender:
         nb, _ = r.cooccurrence.neighbours(seeds, seed_w, c.n_cooccurrence + n_banned)
         add(nb, "cooccurrence", c.n_cooccurrence)
         if len(self._new) and c.n_new:
-            ok = allowed[self._new]
-            new, sims = self._new[ok], (self._new_vectors @ query)[ok]
-            if len(new) > 4 * c.n_new:  # the best n_new, in the order a full sort gives
-                top = np.sort(np.argpartition(-sims, c.n_new - 1)[: c.n_new])
-                new, sims = new[top], sims[top]
-            add(new[np.argsort(-sims, kind="stable")], "new", c.n_new)
+            new = self._nearest_allowed(self._new_index, query, c.n_new, allowed, self._new)
+            add(new, "new", c.n_new)
         # The union as a bit mask over the catalog (each source's positions are distinct).
-        marks = np.zeros(self.n_items, np.int64)
+        marks = np.zeros(self.n_items, np.int8)
         for pos, b in zip(parts, bits, strict=True):
             marks[pos] |= b
         n = int(np.count_nonzero(marks))
@@ -515,19 +512,29 @@ class Recommender:
             more = more[marks[more] == 0][: c.min_candidates - n]
             marks[more] |= 1 << SOURCES.index("two_tower")
         uniq = np.flatnonzero(marks)
-        return uniq, marks[uniq]
+        return uniq, marks[uniq].astype(np.int64)
 
-    def _two_tower_allowed(self, query: np.ndarray, n: int, allowed: np.ndarray) -> np.ndarray:
-        """The ``n`` nearest allowed items to ``query``, nearest first (fewer if the catalog
-        has fewer): the index is searched deeper until enough of them pass the filters."""
-        depth = min(n + 64, len(self.retrieval.index))
+    @staticmethod
+    def _nearest_allowed(
+        index: ItemIndex,
+        query: np.ndarray,
+        n: int,
+        allowed: np.ndarray,
+        positions: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Item positions of the ``n`` nearest allowed rows of ``index`` to ``query``,
+        nearest first (fewer if it has fewer): searched deeper until enough pass the
+        filters. ``positions`` maps the index's rows to item positions (identity if None)."""
+        depth = min(n + 64, len(index))
         while True:
-            _, tt = self.retrieval.index.search(query[None, :], depth)
-            tt = tt[0][tt[0] >= 0]
-            tt = tt[allowed[tt]]
-            if len(tt) >= n or depth >= len(self.retrieval.index):
-                return tt[:n]
-            depth = min(4 * depth, len(self.retrieval.index))
+            _, rows = index.search(query[None, :], depth)
+            found = rows[0][rows[0] >= 0]
+            if positions is not None:
+                found = positions[found]
+            found = found[allowed[found]]
+            if len(found) >= n or depth >= len(index):
+                return found[:n]
+            depth = min(4 * depth, len(index))
 
     def resolve_fusion(self, fusion: str | Fusion | None) -> Fusion:
         """The configured fusion, or ``fusion`` (a formula or :class:`Fusion`) checked

@@ -49,6 +49,12 @@ except ImportError:  # pragma: no cover - depends on the environment
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "items.faiss"
+#: Catalogs with at least this many items get an inverted-file index (faiss ``IndexIVFFlat``:
+#: ``4 sqrt(N)`` k-means lists, a tenth of them probed per query; approximate, recall@100
+#: measured by ``benchmarks/serve_latency.py``); smaller ones exact search.
+IVF_MIN_ITEMS = 20_000
+#: Exact searches over at most this many query x item scores are done in NumPy.
+NUMPY_MAX_CELLS = 50_000
 COOC_FILE = "cooccurrence.parquet"
 CATALOG_FILE = "catalog.parquet"
 #: Weight of each behavior in the popularity count (and in session signals).
@@ -79,8 +85,9 @@ class ItemIndex:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.index = index
         if self.index is None and use_faiss and faiss is not None:
-            self.index = faiss.IndexFlatIP(self.vectors.shape[1])
-            self.index.add(self.vectors)
+            self.index = _faiss_index(self.vectors)
+        elif self.index is not None and hasattr(self.index, "nprobe"):
+            self.index.nprobe = _nprobe(self.index.nlist)
 
     @property
     def backend(self) -> str:
@@ -94,7 +101,9 @@ class ItemIndex:
         if self.index is None:
             return "NumPy (exact)"
         name = type(self.index).__name__
-        return f"faiss {name} (exact)" if name == "IndexFlatIP" else f"faiss {name}"
+        if hasattr(self.index, "nprobe"):
+            return f"faiss {name} ({self.index.nlist} lists, {self.index.nprobe} probed)"
+        return f"faiss {name} (exact; NumPy for searches under {NUMPY_MAX_CELLS:,} scores)"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per query: scores and indices, each ``(Q, min(k, N))``."""
@@ -103,9 +112,12 @@ class ItemIndex:
         if k <= 0:
             empty = np.zeros((queries.shape[0], 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        if self.index is not None:
+        exact = self.index is None or not hasattr(self.index, "nprobe")
+        if self.index is not None and not (exact and len(queries) * len(self) <= NUMPY_MAX_CELLS):
             scores, idx = self.index.search(queries, k)
             return scores, idx.astype(np.int64)
+        # Exact search of a few queries over a small catalog: one product and a partial
+        # sort beat faiss's heap when k is large (hundreds of candidates).
         sims = queries @ self.vectors.T  # (Q, N)
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sims, idx, 1), axis=1, kind="stable")
@@ -123,10 +135,32 @@ class ItemIndex:
         path = Path(path)
         if faiss is not None and path.exists():
             index = faiss.read_index(str(path))
-            if index.ntotal == len(vectors) and index.d == vectors.shape[1]:
+            if (
+                index.ntotal == len(vectors)
+                and index.d == vectors.shape[1]
+                and hasattr(index, "nprobe") == (len(vectors) >= IVF_MIN_ITEMS)
+            ):
                 return cls(vectors, index)
             log.warning("%s does not match the item vectors; rebuilding it", path)
         return cls(vectors)
+
+
+def _nprobe(nlist: int) -> int:
+    return min(nlist, max(16, nlist // 10))
+
+
+def _faiss_index(vectors: np.ndarray) -> object:
+    """Exact inner-product search, or an inverted-file index from :data:`IVF_MIN_ITEMS`."""
+    n, d = vectors.shape
+    if n < IVF_MIN_ITEMS:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)  # k-means, seeded by faiss (same vectors, same lists)
+        index.nprobe = _nprobe(nlist)
+    index.add(vectors)
+    return index
 
 
 @dataclass
