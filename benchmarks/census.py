@@ -16,7 +16,7 @@ What it does, per seed ``S`` of ``--seeds``:
    ``configs/census_*.yaml`` each, the peers through :mod:`benchmarks.peers_census` with
    their dimensions read from ``configs/census_mmoe.yaml`` and ``configs/census_ple.yaml``
    (embedding 16, MMoE 8 experts of [64], PLE one level of 4 experts per task + 4 shared,
-   towers [32], batch 1024, Adam 1e-3, at most 10 epochs, early stopping on the mean
+   towers [32], batch 1024, Adam 1e-3, at most 20 epochs, early stopping on the mean
    validation AUC with patience 2, best weights restored, test read once).
 
 Then a separate timing phase runs the MMoEs alone (ours, ours without the folded first layer,
@@ -282,6 +282,11 @@ def run_stamp(args: argparse.Namespace) -> str:
     return text
 
 
+def _max_epochs() -> int:
+    """The epoch cap every run shares (the MMoE config's; the driver checks PLE's agrees)."""
+    return int(yaml.safe_load((CONFIGS / "census_mmoe.yaml").read_text())["train"]["epochs"])
+
+
 def markdown(
     args: argparse.Namespace,
     meta: dict[int, dict[str, Any]],
@@ -308,10 +313,11 @@ def markdown(
         "arrays fed to every library. The census `instance_weight` is **not** used (no "
         "library weights the loss or the AUC with it).",
         "- every model: embedding 16, batch 1024, Adam lr 1e-3 without weight decay, at most "
-        "10 epochs, early stopping on the mean validation AUC of the two tasks (patience 2, "
-        "any gain counts), best weights restored, test AUC read once. MMoE: 8 experts of [64], "
-        "towers [32]. PLE: one CGC level, 4 experts per task + 4 shared, experts [64], towers "
-        "[32] (DeepCTR-Torch 0.3.0's PLE needs as many shared as per-task experts). "
+        f"{_max_epochs()} epochs, early stopping on the mean validation AUC of the two tasks "
+        "(patience 2, any gain counts), best weights restored, test AUC read once. MMoE: 8 "
+        "experts of [64], towers [32]. PLE: one CGC level, 4 experts per task + 4 shared, "
+        "experts [64], towers [32] (DeepCTR-Torch 0.3.0's PLE needs as many shared as "
+        "per-task experts). "
         "Shared-bottom: bottom [64], towers [32]; single-task: one [64, 32] network per task. "
         "Configs: `configs/census_*.yaml`; peers' flags are read from the MMoE/PLE ones.",
         "- ESMM and AITM are not run: both model a funnel whose later step can only follow the "
