@@ -188,6 +188,16 @@ class NewItemReach:
     audience: list[AudienceMember] = field(default_factory=list)
 
 
+def _union(positions: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``positions`` (sorted) and the OR of the ``bits`` given to each."""
+    if len(positions) == 0:
+        return positions.astype(np.int64), bits.astype(np.int64)
+    order = np.argsort(positions, kind="stable")
+    positions, bits = positions[order], bits[order]
+    starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]])
+    return positions[starts], np.bitwise_or.reduceat(bits, starts)
+
+
 def _mmr(log_scores: np.ndarray, categories: np.ndarray, k: int, diversity: float) -> list[int]:
     """Greedy maximal marginal relevance with category equality as the similarity.
 
@@ -199,21 +209,20 @@ def _mmr(log_scores: np.ndarray, categories: np.ndarray, k: int, diversity: floa
     k = min(k, n)
     if diversity <= 0 or k <= 1:
         return np.argsort(-log_scores, kind="stable")[:k].tolist()
-    top = np.sort(log_scores)[::-1]
-    hi, lo = top[0], top[min(5 * k, n) - 1]
+    hi = log_scores.max()
+    lo = np.partition(log_scores, n - min(5 * k, n))[n - min(5 * k, n)]  # the 5k-th best
     rel = np.clip((log_scores - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
-    redundancy = np.zeros(n)
-    value = (1 - diversity) * rel
+    v = (1 - diversity) * rel  # minus diversity once the item's category is picked
     chosen: list[int] = []
-    available = np.ones(n, dtype=bool)
+    picked: set[Any] = set()
     for _ in range(k):
-        v = np.where(available, value - diversity * redundancy, -np.inf)
-        # ties by the raw score
         best = np.flatnonzero(v == v.max())
-        j = int(best[np.argmax(log_scores[best])])
+        j = int(best[np.argmax(log_scores[best])]) if len(best) > 1 else int(best[0])  # ties
         chosen.append(j)
-        available[j] = False
-        redundancy = np.maximum(redundancy, categories == categories[j])
+        if categories[j] not in picked:
+            picked.add(categories[j])
+            v[categories == categories[j]] -= diversity
+        v[j] = -np.inf
     return chosen
 
 
@@ -284,6 +293,7 @@ class Recommender:
             if "stock" in table.columns
             else np.full(self.n_items, -1, np.int64)
         )
+        self._out_of_stock = self.stock == 0  # kept in step with stock by set_stock
         self.fusion = (
             Fusion.parse(c.fusion)
             if c.fusion
@@ -416,7 +426,7 @@ class Recommender:
             if e.behavior in c.exclude_behaviors:
                 banned[self._pos[e.item]] = True
         if c.filter_out_of_stock:
-            banned |= self.stock == 0
+            banned |= self._out_of_stock
         if exclude_categories and self._category_names is not None:
             banned |= np.isin(self._category_names, list(exclude_categories))
         for item in exclude_items:
@@ -481,7 +491,7 @@ class Recommender:
         c = self.config
         r = self.retrieval
         allowed = ~banned
-        n_banned = int(banned.sum())
+        n_banned = int(np.count_nonzero(banned))
         parts: list[np.ndarray] = []
         bits: list[int] = []
 
@@ -502,17 +512,19 @@ class Recommender:
         if len(self._new) and c.n_new:
             new = self._nearest_allowed(self._new_index, query, c.n_new, allowed, self._new)
             add(new, "new", c.n_new)
-        # The union as a bit mask over the catalog (each source's positions are distinct).
-        marks = np.zeros(self.n_items, np.int8)
-        for pos, b in zip(parts, bits, strict=True):
-            marks[pos] |= b
-        n = int(np.count_nonzero(marks))
-        if n < c.min_candidates and len(tt) > c.n_two_tower:
+        # The union, sorted by position, with the OR of the source bits of each position:
+        # work in the number of candidates, never in the size of the catalog.
+        cand, mask = _union(
+            np.concatenate(parts), np.repeat(np.array(bits, np.int64), [len(x) for x in parts])
+        )
+        if len(cand) < c.min_candidates and len(tt) > c.n_two_tower:
             more = tt[c.n_two_tower :]
-            more = more[marks[more] == 0][: c.min_candidates - n]
-            marks[more] |= 1 << SOURCES.index("two_tower")
-        uniq = np.flatnonzero(marks)
-        return uniq, marks[uniq].astype(np.int64)
+            more = more[~np.isin(more, cand)][: c.min_candidates - len(cand)]
+            cand, mask = _union(
+                np.concatenate([cand, more]),
+                np.concatenate([mask, np.full(len(more), 1 << SOURCES.index("two_tower"))]),
+            )
+        return cand, mask
 
     @staticmethod
     def _nearest_allowed(
@@ -876,6 +888,7 @@ class Recommender:
             for item, n in stock.items():
                 if item in self._pos:
                     self.stock[self._pos[item]] = int(n)
+                    self._out_of_stock[self._pos[item]] = int(n) == 0
                     self.stock_overrides[item] = int(n)
         return unknown
 

@@ -266,11 +266,13 @@ class CoOccurrence:
         lengths = stops - starts
         flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         idx = self.indices[flat]
-        total = np.bincount(idx, self.scores[flat] * np.repeat(w, lengths), len(self.indptr) - 1)
-        total[seeds] = 0
-        found = np.flatnonzero(total > 0)
-        top = found[np.argsort(-total[found], kind="stable")[:k]]
-        return top, total[top]
+        # Sums per neighbour over the few rows read (not over the whole catalog).
+        found, inv = np.unique(idx, return_inverse=True)
+        total = np.bincount(inv, self.scores[flat] * np.repeat(w, lengths), len(found))
+        keep = (total > 0) & ~np.isin(found, seeds)
+        found, total = found[keep], total[keep]
+        top = np.argsort(-total, kind="stable")[:k]
+        return found[top], total[top]
 
 
 def centred(vectors: np.ndarray) -> np.ndarray:
