@@ -70,6 +70,8 @@ class ContentConfig:
     n_brands: int = 0  # brand vocabulary (0 = none)
     use_price: bool = False  # feed z-scored log price (and a has-price flag)
     side_dim: int = 16  # embedding width of category and brand
+    n_words: int = 0  # title-word vocabulary for a learned bag of words (0 = none; 0 = pad)
+    word_dim: int = 32  # width of the bag-of-words embedding
     dim: int = 64  # width of user and item vectors
     hidden: int = 256  # content tower hidden width
     dropout: float = 0.1  # dropout inside the content tower
@@ -79,6 +81,9 @@ class ContentConfig:
     n_negatives: int = 1024  # uniform negatives per batch, shared by its rows
     temperature: float = 0.2  # softmax temperature of the ranking loss
     user_l2: float = 0.0  # L2 penalty on the batch's user vectors
+    history_len: int = 0  # recent items pooled into the user vector (0 = user ID only)
+    use_user_id: bool = True  # add a user ID embedding to the user vector
+    history_text: bool = False  # also pool a linear map of the recent items' title vectors
     init_std: float = 0.05  # std of the ID embeddings at start
 
 
@@ -89,12 +94,14 @@ class ItemContent:
     Attributes:
         text: ``(I, text_dim)`` title vectors (e.g. from :func:`~shoprec.transfer.text.
             encode_titles`).
+        words: ``(I, W)`` int title-word ids, 0 = padding; ``None`` if unused.
         category: ``(I,)`` int, 0 = unknown; ``None`` if the catalog has none.
         brand: ``(I,)`` int, 0 = unknown; ``None`` if none.
         price: ``(I,)`` float, NaN or <= 0 = unknown; ``None`` if none.
     """
 
     text: np.ndarray
+    words: np.ndarray | None = None
     category: np.ndarray | None = None
     brand: np.ndarray | None = None
     price: np.ndarray | None = None
@@ -111,6 +118,12 @@ class ContentTower(nn.Module):
         width = cfg.text_dim
         self.category = nn.Embedding(cfg.n_categories, cfg.side_dim) if cfg.n_categories else None
         self.brand = nn.Embedding(cfg.n_brands, cfg.side_dim) if cfg.n_brands else None
+        self.words = (
+            nn.EmbeddingBag(cfg.n_words, cfg.word_dim, mode="mean", padding_idx=0)
+            if cfg.n_words
+            else None
+        )
+        width += cfg.word_dim if cfg.n_words else 0
         width += cfg.side_dim * ((cfg.n_categories > 0) + (cfg.n_brands > 0))
         width += 2 if cfg.use_price else 0
         self.net = nn.Sequential(
@@ -126,8 +139,12 @@ class ContentTower(nn.Module):
         category: Tensor | None = None,
         brand: Tensor | None = None,
         price: Tensor | None = None,
+        words: Tensor | None = None,
     ) -> Tensor:
         parts = [text]  # (B, text_dim)
+        if self.words is not None:
+            assert words is not None, "the tower was built with title words"
+            parts.append(self.words(words))  # (B, word_dim); all-padding rows give zeros
         if self.category is not None:
             assert category is not None, "the tower was built with categories"
             parts.append(self.category(category))
@@ -163,21 +180,68 @@ class ContentModel(nn.Module):
         self.config = cfg
         self.tasks = (Task("rank"), Task("distill", kind="regression"))
         self.user = nn.Embedding(cfg.n_users, cfg.dim)
+        # Input-side item embeddings for the user's recent items (index n_items = padding)
+        # and one learned weight per recency position.
+        self.history_item = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=cfg.n_items)
+        self.history_pos = nn.Parameter(torch.zeros(max(cfg.history_len, 1)))
+        self.history_text = (
+            nn.Linear(cfg.text_dim, cfg.dim, bias=False) if cfg.history_text else None
+        )
+        nn.init.normal_(self.history_item.weight, std=cfg.init_std)
+        with torch.no_grad():
+            self.history_item.weight[cfg.n_items].zero_()
         self.item = nn.Embedding(cfg.n_items, cfg.dim)
         self.item_bias = nn.Embedding(cfg.n_items, 1)
-        nn.init.normal_(self.user.weight, std=cfg.init_std)
+        nn.init.normal_(self.user.weight, std=cfg.init_std if cfg.use_user_id else 0.0)
+        self.user.weight.requires_grad_(cfg.use_user_id)
         nn.init.normal_(self.item.weight, std=cfg.init_std)
         nn.init.zeros_(self.item_bias.weight)
         self.tower = ContentTower(cfg)
         self.register_buffer("text", torch.as_tensor(content.text, dtype=torch.float32))
         self.register_buffer("category", _ids(content.category, cfg.n_items, cfg.n_categories))
         self.register_buffer("brand", _ids(content.brand, cfg.n_items, cfg.n_brands))
+        if cfg.n_words:
+            if content.words is None or len(content.words) != cfg.n_items:
+                raise ValueError("config.n_words > 0 needs ItemContent.words of n_items rows")
+            words = np.asarray(content.words, dtype=np.int64)
+            if words.min(initial=0) < 0 or words.max(initial=0) >= cfg.n_words:
+                raise ValueError(f"word ids must be in [0, {cfg.n_words})")
+        else:
+            words = np.zeros((cfg.n_items, 1), dtype=np.int64)
+        self.register_buffer("title_words", torch.as_tensor(words))
         moments = price_stats(content.price)
         self.register_buffer("price_moments", torch.tensor(moments, dtype=torch.float64))
         self.register_buffer("price", _price_features(content.price, cfg.n_items, moments))
         warm_mask = np.ones(cfg.n_items, bool) if warm is None else np.asarray(warm, bool)
         self.register_buffer("warm", torch.as_tensor(warm_mask))
         self.register_buffer("warm_index", torch.nonzero(self.warm).flatten())
+
+    # -- user vectors -----------------------------------------------------------------------
+    def user_vectors(self, users: Tensor, history: Tensor | None = None) -> Tensor:
+        """User vectors ``(B, dim)``: the user's ID embedding plus a recency-weighted mean of
+        their recent items' input embeddings (and, with ``history_text``, of a linear map of
+        their title vectors).
+
+        Args:
+            users: ``(B,)`` user indices.
+            history: ``(B, history_len)`` recent items, most recent first, padded with
+                ``n_items``; required when ``history_len > 0``.
+        """
+        p = self.user(users)  # (B, dim)
+        if self.config.history_len == 0:
+            return p
+        if history is None:
+            raise ValueError("this model pools the user's recent items: pass `history`")
+        h = history[:, : self.config.history_len]  # (B, L)
+        valid = h != self.config.n_items
+        logits = self.history_pos[: h.shape[1]].expand_as(h).masked_fill(~valid, -1e9)
+        weights = torch.softmax(logits, dim=1) * valid.any(1, keepdim=True)  # (B, L)
+        items = self.history_item(h)  # (B, L, dim); padding rows are zero
+        if self.history_text is not None:
+            # padding reads item 0's title, but its weight is 0
+            text = self.text.index_select(0, h.clamp(max=self.config.n_items - 1).reshape(-1))
+            items = items + self.history_text(text).reshape(*h.shape, -1)
+        return p + torch.einsum("bl,bld->bd", weights, items)
 
     # -- item vectors -------------------------------------------------------------------
     def content_vectors(self, items: Tensor) -> Tensor:
@@ -188,6 +252,7 @@ class ContentModel(nn.Module):
             self.category.index_select(0, flat) if self.config.n_categories else None,
             self.brand.index_select(0, flat) if self.config.n_brands else None,
             self.price.index_select(0, flat) if self.config.use_price else None,
+            self.title_words.index_select(0, flat) if self.config.n_words else None,
         )
         return out.reshape(*items.shape, -1)
 
@@ -212,6 +277,7 @@ class ContentModel(nn.Module):
         category: Tensor | None = None,
         brand: Tensor | None = None,
         price: Tensor | None = None,
+        words: Tensor | None = None,
     ) -> Tensor:
         """Vectors ``(N, dim + 1)`` for items outside the catalog, from content alone.
 
@@ -220,20 +286,22 @@ class ContentModel(nn.Module):
             category: ``(N,)`` int ids (0 = unknown), when the model uses categories.
             brand: ``(N,)`` int ids, when the model uses brands.
             price: ``(N,)`` prices (NaN or <= 0 = unknown), when the model uses price.
+            words: ``(N, W)`` title-word ids (0 = padding), when the model uses words.
         """
         p = None
         if self.config.use_price:
             assert price is not None, "the model uses price"
             moments = (float(self.price_moments[0]), float(self.price_moments[1]))
             p = _price_features(price.cpu().numpy(), len(text), moments).to(text)
-        return self.tower(text, category, brand, p)
+        return self.tower(text, category, brand, p, words)
 
     # -- the loop's contract --------------------------------------------------------------
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Logits of each positive against shared uniform negatives, and distillation terms.
 
         Args:
-            batch: ``user`` and ``item`` long ``(B,)``: observed pairs (items must be warm).
+            batch: ``user`` and ``item`` long ``(B,)``: observed pairs (items must be warm);
+                ``history`` ``(B, L)`` when the model pools recent items.
 
         Returns:
             ``rank``: ``(B, 1 + K)`` logits, positive first; ``distill``: ``(M, dim + 1)``
@@ -252,7 +320,7 @@ class ContentModel(nn.Module):
             keep = self.warm[items]
         w = cfg.id_weight * keep.unsqueeze(-1).float()
         q = w * ids + (1 - w) * content  # (B + K, dim + 1)
-        p = self.user(user)  # (B, dim)
+        p = self.user_vectors(user, batch.get("history"))  # (B, dim)
         pos_logit = (p * q[: len(pos), :-1]).sum(-1) + q[: len(pos), -1]  # (B,)
         neg_logit = p @ q[len(pos) :, :-1].T + q[len(pos) :, -1]  # (B, K)
         # A sampled negative that equals the row's positive is not a negative.
@@ -279,11 +347,13 @@ class ContentModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> dict[str, Tensor]:
-        """Scores ``(B,)`` of the pairs in ``batch`` (``user``, ``item``), under ``score``."""
+        """Scores ``(B,)`` of the pairs in ``batch`` (``user``, ``item``, optional ``history``),
+        under ``score``."""
         was = self.training
         self.eval()
         try:
-            return {"score": self.score(batch["user"], batch["item"].unsqueeze(1)).squeeze(1)}
+            items = batch["item"].unsqueeze(1)
+            return {"score": self.score(batch["user"], items, batch.get("history")).squeeze(1)}
         finally:
             self.train(was)
 
@@ -297,16 +367,17 @@ class ContentModel(nn.Module):
 
     # -- scoring ---------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, users: Tensor, items: Tensor) -> Tensor:
+    def score(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         """Scores of candidate items per user: ``users (N,)``, ``items (N, C)`` -> ``(N, C)``.
 
-        Warm items use the blend, cold items their content vector.
+        Warm items use the blend, cold items their content vector. ``history`` ``(N, L)``:
+        each user's recent items, most recent first (see :meth:`user_vectors`).
         """
         was = self.training
         self.eval()
         try:
             q = self.item_vectors(items)  # (N, C, dim + 1)
-            p = self.user(users)  # (N, dim)
+            p = self.user_vectors(users, history)  # (N, dim)
             return torch.einsum("nd,ncd->nc", p, q[..., :-1]) + q[..., -1]
         finally:
             self.train(was)
@@ -321,6 +392,57 @@ class ContentModel(nn.Module):
             return torch.cat([self.item_vectors(c) for c in idx.split(batch_size)])
         finally:
             self.train(was)
+
+
+def recent_items(user: np.ndarray, item: np.ndarray, length: int, pad: int) -> np.ndarray:
+    """For each event, the same user's ``length`` previous items, most recent first.
+
+    Args:
+        user: ``(E,)`` user of each event; events grouped by user, in time order.
+        item: ``(E,)`` item of each event.
+        length: how many previous items to keep.
+        pad: the value where there are fewer (the model's ``n_items``).
+
+    Returns:
+        ``(E, length)`` int64.
+
+    Example:
+        >>> recent_items(np.array([0, 0, 0, 1]), np.array([5, 6, 7, 8]), 2, 9).tolist()
+        [[9, 9], [5, 9], [6, 5], [9, 9]]
+    """
+    user, item = np.asarray(user), np.asarray(item, dtype=np.int64)
+    out = np.full((len(user), length), pad, dtype=np.int64)
+    for k in range(1, length + 1):
+        same = np.zeros(len(user), bool)
+        same[k:] = user[k:] == user[:-k]
+        src = np.flatnonzero(same)
+        out[src, k - 1] = item[src - k]
+    return out
+
+
+def last_items(
+    user: np.ndarray, item: np.ndarray, n_users: int, length: int, pad: int
+) -> np.ndarray:
+    """Each user's ``length`` most recent items, most recent first: ``(n_users, length)``.
+
+    Args:
+        user: ``(E,)`` events grouped by user, in time order.
+        item: ``(E,)`` their items.
+        n_users: number of users (rows).
+        length: items kept per user.
+        pad: filler where a user has fewer (the model's ``n_items``).
+    """
+    user, item = np.asarray(user), np.asarray(item, dtype=np.int64)
+    out = np.full((n_users, length), pad, dtype=np.int64)
+    if len(user) == 0:
+        return out
+    last = np.ones(len(user), bool)
+    last[:-1] = user[1:] != user[:-1]
+    ends = np.flatnonzero(last)
+    hist = recent_items(user, item, length, pad)  # (E, L), previous items of each event
+    out[user[ends], 0] = item[ends]
+    out[user[ends], 1:] = hist[ends, : length - 1]
+    return out
 
 
 def _ids(values: np.ndarray | None, n: int, vocab: int) -> Tensor:
@@ -396,7 +518,7 @@ def load_content_model(directory: str | Path) -> ContentModel:
         raise ValueError(f"{directory / CONFIG_FILE} is not a shoprec content model (v1)")
     cfg = ContentConfig(**meta["config"])
     state = load_file(str(directory / WEIGHTS_FILE))
-    content = ItemContent(text=state["text"].numpy())
+    content = ItemContent(text=state["text"].numpy(), words=state["title_words"].numpy())
     model = ContentModel(cfg, content, warm=state["warm"].numpy())
     model.load_state_dict(state, strict=True)
     return model.eval()
