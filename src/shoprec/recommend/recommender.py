@@ -519,7 +519,9 @@ class Recommender:
         )
         if len(cand) < c.min_candidates and len(tt) > c.n_two_tower:
             more = tt[c.n_two_tower :]
-            more = more[~np.isin(more, cand)][: c.min_candidates - len(cand)]
+            if len(cand):  # leave out those already in (cand is sorted)
+                more = more[cand[np.minimum(np.searchsorted(cand, more), len(cand) - 1)] != more]
+            more = more[: c.min_candidates - len(cand)]
             cand, mask = _union(
                 np.concatenate([cand, more]),
                 np.concatenate([mask, np.full(len(more), 1 << SOURCES.index("two_tower"))]),

@@ -269,10 +269,24 @@ class CoOccurrence:
         # Sums per neighbour over the few rows read (not over the whole catalog).
         found, inv = np.unique(idx, return_inverse=True)
         total = np.bincount(inv, self.scores[flat] * np.repeat(w, lengths), len(found))
-        keep = (total > 0) & ~np.isin(found, seeds)
+        keep = total > 0
+        keep[found_in_sorted(found, seeds)] = False  # the seeds themselves
         found, total = found[keep], total[keep]
         top = np.argsort(-total, kind="stable")[:k]
         return found[top], total[top]
+
+
+def found_in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Indices into ``sorted_values`` (sorted, distinct) of those of ``values`` it holds.
+
+    Example:
+        >>> found_in_sorted(np.array([2, 5, 9]), np.array([9, 1, 5])).tolist()
+        [2, 1]
+    """
+    idx = np.searchsorted(sorted_values, values)
+    inside = idx < len(sorted_values)
+    idx, values = idx[inside], values[inside]
+    return idx[sorted_values[idx] == values]
 
 
 def centred(vectors: np.ndarray) -> np.ndarray:
