@@ -272,6 +272,23 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """Busy and stolen CPU seconds of the whole machine since boot (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def wait_for_quiet(max_load: float, max_seconds: float) -> float:
+    """Wait until the 1-minute load average is at most ``max_load`` (or ``max_seconds``
+    have passed); returns the load average then."""
+    deadline = time.monotonic() + max_seconds
+    while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
 @dataclass
 class Server:
     """A uvicorn subprocess serving one artifact."""
@@ -421,9 +438,10 @@ def measure(
             time.sleep(1.0)
             load1 = os.getloadavg()[0]
             pids = server.pids()
-            cpu0 = _cpu_seconds(pids)
+            cpu0, (busy0, steal0) = _cpu_seconds(pids), _machine_cpu()
             res = load(server.port, paths, conc, n_requests, seconds)
             server_cpu = _cpu_seconds(pids) - cpu0
+            busy, steal = (b - a for a, b in zip((busy0, steal0), _machine_cpu(), strict=True))
             n = len(res.latencies)
             row = {
                 "workers": workers,
@@ -443,6 +461,10 @@ def measure(
                 "server_cpu_ms_per_request": server_cpu / max(n, 1) * 1000,
                 "server_rss_mib": _rss_mib(server.pids()),
                 "load1_before": load1,
+                # CPU that other processes used meanwhile, in cores (busy time of the whole
+                # machine minus the server's and this process's), and time stolen by the host
+                "others_cores": max(busy - server_cpu - res.client_cpu, 0.0) / res.seconds,
+                "steal_cores": steal / res.seconds,
             }
             log.info("%s", json.dumps({k: v for k, v in row.items()}, default=float))
             rows.append(row)
@@ -480,8 +502,8 @@ def report(results: dict[str, Any], command: str) -> str:
             "",
             "| workers | concurrency | requests | errors | req/s | p50 ms | p99 ms | mean ms "
             "| candidates ranked (min / mean) | server CPU ms/req | client CPU share "
-            "| server RSS MiB | load avg 1 min before |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| server RSS MiB | load avg 1 min before | other jobs' CPU (cores) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in res["rows"]:
             lines.append(
@@ -489,7 +511,8 @@ def report(results: dict[str, Any], command: str) -> str:
                 f"| {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} "
                 f"| {r['min_candidates']} / {r['mean_candidates']:.0f} "
                 f"| {r['server_cpu_ms_per_request']:.2f} | {r['client_cpu_share']:.0%} "
-                f"| {r['server_rss_mib']:.0f} | {r['load1_before']:.2f} |"
+                f"| {r['server_rss_mib']:.0f} | {r['load1_before']:.2f} "
+                f"| {r['others_cores']:.2f} |"
             )
         lines.append("")
     lines += ["### Targets", ""]
@@ -527,6 +550,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000, help="most requests per run")
     parser.add_argument("--seconds", type=float, default=25.0, help="most seconds per run")
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        default=None,
+        help="before each catalog, wait until the 1-min load average is at most this",
+    )
+    parser.add_argument("--quiet-wait", type=float, default=600, help="most seconds to wait")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # internal: run a server
     args = parser.parse_args()
     if args.serve:
@@ -542,24 +572,28 @@ def main() -> None:
         users = info.pop("sample_users")
         log.info("%s: %s", name, info)
         rows = []
+        if args.quiet_load is not None:
+            log.info("load average now %.2f", wait_for_quiet(args.quiet_load, args.quiet_wait))
         for workers in args.workers:
             rows += measure(
                 path, users, workers, args.concurrency, args.requests, args.seconds, args.warmup
             )
         results["catalogs"][name] = {"info": info, "rows": rows, "best": _best(rows)}
-    loads = [r["load1_before"] for c in results["catalogs"].values() for r in c["rows"]]
+    rows = [r for c in results["catalogs"].values() for r in c["rows"]]
+    loads = [r["load1_before"] for r in rows]
+    others = [r["others_cores"] for r in rows]
     results["shared_note"] = (
-        f"The 1-minute load average before the measurements was {min(loads):.2f} to "
-        f"{max(loads):.2f}"
-        + (
-            ": other jobs (nice 10) were running on the machine at the same time."
-            if max(loads) > 0.5
-            else "."
-        )
+        f"**The machine was shared**: other jobs (model training by other sessions) used "
+        f"{min(others):.2f} to {max(others):.2f} of the 2 cores during the measurements, and "
+        f"the 1-minute load average before them was {min(loads):.2f} to {max(loads):.2f} "
+        "(it includes this benchmark's previous run)."
+        if max(others) > 0.1
+        else f"No other job used the machine meanwhile (at most {max(others):.2f} cores); "
+        f"load average before the runs {min(loads):.2f} to {max(loads):.2f}."
     )
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    command = ".venv/bin/python -m benchmarks.serve_latency" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.serve_latency " + " ".join(sys.argv[1:])
     text = report(results, command)
     print(text)
     if not args.quick:
