@@ -183,7 +183,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/recommend/{user}", response_model=s.RecommendResponse, tags=["recommend"])
     async def recommend(
-        svc: Svc,
+        request: Request,
         user: UserId,
         k: K = 10,
         exclude_category: Annotated[list[str], Query(description="categories to leave out")] = [],  # noqa: B006
@@ -191,6 +191,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         explain: bool = False,
     ) -> Response:
         """Top-k items for a shopper; an unknown shopper gets a cold-start list."""
+        svc: Service = request.app.state.service  # the hot path: no dependency to solve
         if explain:  # Integrated Gradients per item: seconds of work, in a worker thread
             return await run_in_threadpool(
                 recommend_json, svc, user, k, exclude_category, fusion, explain
