@@ -515,29 +515,74 @@ def report(results: dict[str, Any], command: str) -> str:
                 f"| {r['others_cores']:.2f} |"
             )
         lines.append("")
-    lines += ["### Targets", ""]
+    lines += [
+        "### Targets",
+        "",
+        f"Targets: p99 < {TARGET_P99_MS:.0f} ms and >= {TARGET_RPS:.0f} req/s in the same run, "
+        f"0 errors, >= {TARGET_CANDIDATES} candidates ranked by the multi-task model.",
+        "",
+    ]
     for name, res in results["catalogs"].items():
-        best = res["best"]
+        rows = res["rows"]
+        both = [r for r in rows if _all_targets(r)]
+        fast = min(rows, key=lambda r: r["p99_ms"])
+        busy = max(rows, key=lambda r: r["rps"])
         lines.append(
-            f"- {name}, at {best['workers']} worker(s), concurrency {best['concurrency']} "
-            f"(the row with the most req/s among those with p99 < {TARGET_P99_MS:.0f} ms, "
-            "else the lowest p99): "
-            f"p99 {best['p99_ms']:.1f} ms < {TARGET_P99_MS:.0f} ms "
-            f"{_met(best['p99_ms'] < TARGET_P99_MS)}; "
-            f"{best['rps']:.0f} req/s >= {TARGET_RPS:.0f} {_met(best['rps'] >= TARGET_RPS)}; "
-            f"{best['errors']} errors {_met(best['errors'] == 0)}; at least "
-            f"{best['min_candidates']} candidates ranked by MMoE per request "
-            f"{_met(best['min_candidates'] >= TARGET_CANDIDATES)}."
-        )
+            f"- {name}: all targets at once {_met(bool(both))}"
+            + (f" (e.g. {both[0]['workers']} worker(s), concurrency {both[0]['concurrency']})"
+               if both else "")
+            + f". Lowest p99 {fast['p99_ms']:.1f} ms ({fast['workers']} worker(s), "
+            f"concurrency {fast['concurrency']}, {fast['rps']:.0f} req/s): p99 target "
+            f"{_met(fast['p99_ms'] < TARGET_P99_MS)}. Most req/s {busy['rps']:.0f} "
+            f"({busy['workers']} worker(s), concurrency {busy['concurrency']}, p99 "
+            f"{busy['p99_ms']:.1f} ms): throughput target {_met(busy['rps'] >= TARGET_RPS)}. "
+            f"Errors: {sum(r['errors'] for r in rows)} in all runs "
+            f"{_met(all(r['errors'] == 0 for r in rows))}. Candidates ranked by MMoE: at least "
+            f"{min(r['min_candidates'] for r in rows)} in every request "
+            f"{_met(all(r['min_candidates'] >= TARGET_CANDIDATES for r in rows))}."
+        )  # fmt: skip
     lines += ["", *results.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [r for r in rows if r["p99_ms"] < TARGET_P99_MS and r["errors"] == 0]
-    if ok:
-        return max(ok, key=lambda r: r["rps"])
-    return min(rows, key=lambda r: r["p99_ms"])
+def _all_targets(r: dict[str, Any]) -> bool:
+    return (
+        r["p99_ms"] < TARGET_P99_MS
+        and r["rps"] >= TARGET_RPS
+        and r["errors"] == 0
+        and r["min_candidates"] >= TARGET_CANDIDATES
+    )
+
+
+def notes(results: dict[str, Any]) -> list[str]:
+    """What the tables imply, for the reader (derived numbers are marked as such)."""
+    out = ["Notes:", ""]
+    for name, res in results["catalogs"].items():
+        rows = res["rows"]
+        cpu = min(r["server_cpu_ms_per_request"] for r in rows)
+        client = min(r["client_cpu_s"] / max(r["requests"], 1) * 1000 for r in rows)
+        out.append(
+            f"- {name}: the server spent {cpu:.2f} ms of CPU per request at best (all "
+            f"processes; the client {client:.2f} ms). *Derived, not measured*: with a core to "
+            f"itself one worker could answer at most {1000 / cpu:.0f} req/s, and two workers "
+            f"with both cores (less the client's share) at most {2000 / (cpu + client):.0f}."
+        )
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = False
+    if autogroup:
+        out.append(
+            "- This kernel schedules by autogroup (`kernel.sched_autogroup_enabled = 1`): CPU "
+            "time is shared between sessions first, so other sessions' jobs running at nice 10 "
+            "still take their full share from a benchmark at nice 0. The 'other jobs' CPU' "
+            "column is what they took during each run."
+        )
+    out.append(
+        "- Latency grows with concurrency once the server is saturated (queueing: about "
+        "concurrency / throughput); concurrency 1 shows the latency of one request alone."
+    )
+    return out
 
 
 def main() -> None:
@@ -578,7 +623,7 @@ def main() -> None:
             rows += measure(
                 path, users, workers, args.concurrency, args.requests, args.seconds, args.warmup
             )
-        results["catalogs"][name] = {"info": info, "rows": rows, "best": _best(rows)}
+        results["catalogs"][name] = {"info": info, "rows": rows}
     rows = [r for c in results["catalogs"].values() for r in c["rows"]]
     loads = [r["load1_before"] for r in rows]
     others = [r["others_cores"] for r in rows]
@@ -591,6 +636,7 @@ def main() -> None:
         else f"No other job used the machine meanwhile (at most {max(others):.2f} cores); "
         f"load average before the runs {min(loads):.2f} to {max(loads):.2f}."
     )
+    results["notes"] = notes(results)
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / "results.json").write_text(json.dumps(results, indent=2, default=float))
     command = "python -m benchmarks.serve_latency " + " ".join(sys.argv[1:])
