@@ -1,7 +1,7 @@
 """Serving benchmark: latency and throughput of ``GET /recommend/{user}?k=10`` over HTTP.
 
-Usage: ``python -m benchmarks.serve_latency [--quick] [--rebuild] [--concurrency 1 4 16]
-[--workers 1 2]``
+Usage: ``python -m benchmarks.serve_latency [--quick] [--rebuild] [--concurrency 1 2 4 8]
+[--workers 1 2] [--quiet-load 2.0]``
 
 Protocol:
 
@@ -591,7 +591,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="retrain the artifacts")
     parser.add_argument("--catalogs", nargs="+", default=list(CATALOGS), choices=list(CATALOGS))
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--requests", type=int, default=10_000, help="most requests per run")
     parser.add_argument("--seconds", type=float, default=25.0, help="most seconds per run")
     parser.add_argument("--warmup", type=int, default=500)
@@ -639,7 +639,7 @@ def main() -> None:
     results["notes"] = notes(results)
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    command = "python -m benchmarks.serve_latency " + " ".join(sys.argv[1:])
+    command = " ".join([".venv/bin/python -m benchmarks.serve_latency", *sys.argv[1:]])
     text = report(results, command)
     print(text)
     if not args.quick:
