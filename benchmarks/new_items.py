@@ -481,12 +481,11 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
 
     # LightFM: settings and epochs on validation, refit on train.
     lfm_grid = settings["lightfm"]["grid"]
+    lfm_epochs = 5 if quick else settings["lightfm"]["max_epochs"]
     best = None
     for params in lfm_grid:
         tick = time.perf_counter()
-        _, _, curve = lightfm_fit(
-            valid, g.n_users, words, params, settings["lightfm"]["max_epochs"], SEED, valid
-        )
+        _, _, curve = lightfm_fit(valid, g.n_users, words, params, lfm_epochs, SEED, valid)
         for epoch, score in curve:
             if best is None or score > best[0]:
                 best = (score, params, epoch)
@@ -521,7 +520,7 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
     # ours
     train_cfg = config_from_dict(TrainConfig, {**settings["train"], "progress": False})
     if quick:
-        train_cfg = replace(train_cfg, epochs=min(train_cfg.epochs, 3))
+        train_cfg = replace(train_cfg, epochs=1)
     best = None
     for override in settings["grid"]:
         model_cfg = {**settings["model"], **override}
@@ -624,7 +623,9 @@ def _markdown(out: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="user sample, print only")
+    parser.add_argument(
+        "--quick", action="store_true", help="user sample, 1-5 epochs, print only (a smoke run)"
+    )
     parser.add_argument("--config", type=Path, default=CONFIG)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
