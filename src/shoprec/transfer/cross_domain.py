@@ -327,6 +327,7 @@ class CrossDomainConfig:
     l2: float = 0.0  # L2 penalty on the embedding rows a batch uses (users, history, targets)
     init_std: float = 0.05  # normal init of the embedding tables
     residual: bool = True  # user vector = user-id embedding + the towers' output
+    predict_hidden_only: bool = False  # user rows: only the items history dropout hid count
 
 
 class CrossDomainModel(MultiTaskModel):
@@ -416,14 +417,17 @@ class CrossDomainModel(MultiTaskModel):
         return self.item_embedding(self.item_rows[ids])
 
     # ---- user side
-    def user_input(self, batch: Batch) -> Tensor:
+    def user_input(self, batch: Batch, visible: Tensor | None = None) -> Tensor:
         """``[user-id embedding, mean history embedding]`` ``(B, 2D)``; in training mode some
-        user ids and history items are hidden (``user_id_dropout``, ``history_dropout``)."""
+        user ids and history items are hidden (``user_id_dropout``, ``history_dropout``),
+        unless ``visible`` ``(B, L)`` says which history items to use."""
         c = self.config
         users = batch["user"]
         hist = batch["history"]  # (B, L)
         mask = hist > 0  # (B, L)
-        if self.training and c.history_dropout > 0:
+        if visible is not None:
+            mask = mask & visible
+        elif self.training and c.history_dropout > 0:
             mask = mask & (torch.rand(mask.shape, device=hist.device) >= c.history_dropout)
         if self.training and c.user_id_dropout > 0:
             hide = torch.rand(users.shape, device=users.device) < c.user_id_dropout
@@ -476,7 +480,11 @@ class CrossDomainModel(MultiTaskModel):
         ``n_negatives > 0``) against ``n_negatives`` uniform items of the domain and, with
         ``in_batch_negatives``, the domain's other positives in the batch (accidental hits
         masked). A domain with no row in the batch gets a zero loss."""
-        x = self.user_input(batch)
+        hist = batch["history"]
+        visible = None
+        if self.training and self.config.history_dropout > 0:
+            visible = torch.rand(hist.shape, device=hist.device) >= self.config.history_dropout
+        x = self.user_input(batch, visible)
         losses: dict[str, Tensor] = {}
         penalty = self._l2(batch) if self.config.l2 > 0 else None
         for k, task in enumerate(self.tasks):
@@ -492,6 +500,10 @@ class CrossDomainModel(MultiTaskModel):
                 logits = u @ self.item_vectors(ids).T + self.item_bias(ids).T  # (n, I_d)
                 logp = torch.log_softmax(logits, dim=-1)
                 valid = pos > 0  # (n, P)
+                if self.config.predict_hidden_only and visible is not None:
+                    shown = torch.where(visible, hist, 0).index_select(0, rows)  # (n, L)
+                    seen = (pos.unsqueeze(2) == shown.unsqueeze(1)).any(2)  # (n, P)
+                    valid = valid & ~seen
                 picked = logp.gather(1, torch.where(valid, pos - lo, 0))  # (n, P)
                 n_pos = valid.sum().clamp_min(1)
                 losses[task.name] = -(picked * valid).sum() / n_pos
