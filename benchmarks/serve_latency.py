@@ -17,8 +17,9 @@ Protocol:
   the same item vectors (NumPy, float32). 1.0 means the index loses nothing.
 * The server is a subprocess: uvicorn on 127.0.0.1 serving :func:`shoprec.serve.create_app`
   with the default :class:`~shoprec.recommend.RecommenderConfig` (which ranks at least 500
-  candidates with the multi-task model), one torch thread per worker, no access log. One
-  and two uvicorn workers are measured.
+  candidates with the multi-task model), one torch thread per worker, no access log,
+  httptools and uvloop, in its own session (as a service runs). One and two uvicorn
+  workers are measured, each at concurrency 1, 2, 4 and 8.
 * The load generator is this process: a small asyncio HTTP/1.1 client (keep-alive, one
   connection per concurrent stream) at a fixed concurrency, each request for a known
   shopper drawn at random (seeded). A warm-up (500 requests) is not counted; then it sends
@@ -27,7 +28,9 @@ Protocol:
   Errors are non-200 answers, broken connections, and lists with fewer than 10 items.
 * The client and the server share the machine's 2 cores, so the client's own CPU time is
   reported, and the server's (all its processes). The 1-minute load average is read
-  before each measurement: other jobs on the machine show there.
+  before each measurement, and the CPU that other processes used during it is measured
+  (``/proc/stat`` busy time less the server's and the client's). ``--quiet-load`` waits
+  for a quieter machine first.
 
 Writes the ``serve_latency`` section of benchmarks/RESULTS.md (not with ``--quick``).
 """
@@ -309,7 +312,9 @@ class Server:
         }
         cmd = [sys.executable, "-m", "benchmarks.serve_latency", "--serve", str(self.port)]
         cmd += ["--workers", str(self.workers)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        # Its own session, as a service would run: with autogroup scheduling the kernel then
+        # shares the CPU between it and the load generator as two jobs, not one.
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
