@@ -572,7 +572,7 @@ def _markdown(out: dict[str, Any]) -> str:
     lines = [
         "## New items from content (Amazon Video Games)",
         "",
-        stamp(),
+        stamp(".venv/bin/python -m benchmarks.new_items"),
         f"- wall time {out['wall_s'] / 60:.1f} min (title encoding {out['encode_s']:.0f} s,"
         " 0 when cached)",
         f"- data: {n['users']:,} users, {n['items']:,} items, {n['events']:,} events; "

@@ -105,10 +105,10 @@ def make_stage(buys: pl.DataFrame, cutoff: Any, end: Any, n_items: int) -> Stage
     warm = np.zeros(n_items, bool)
     warm[train["i"].to_numpy()] = True
     return Stage(
-        train["u"].to_numpy(),
-        train["i"].to_numpy(),
+        np.array(train["u"].to_numpy(), dtype=np.int64),  # writable copies for torch
+        np.array(train["i"].to_numpy(), dtype=np.int64),
         np.sort(new),
-        per_user["u"].to_numpy(),
+        np.array(per_user["u"].to_numpy(), dtype=np.int64),
         [np.asarray(x) for x in per_user["i"].to_list()],
         warm,
     )
@@ -183,7 +183,7 @@ def train_ours(
     cols = {"user": stage.train_user, "item": stage.train_item}
     if cfg.history_len:
         cols["history"] = recent_items(stage.train_user, stage.train_item, cfg.history_len, n_items)
-    data = TensorData({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in cols.items()})
+    data = TensorData({k: torch.from_numpy(np.array(v, dtype=np.int64)) for k, v in cols.items()})
     evaluator = None
     if valid is not None:
 
@@ -275,7 +275,7 @@ def _markdown(out: dict[str, Any]) -> str:
     lines = [
         "## New products from their descriptions (Online Retail, last month)",
         "",
-        stamp(),
+        stamp(".venv/bin/python -m benchmarks.retail_new_items"),
         f"- wall time {out['wall_s'] / 60:.1f} min",
         f"- test: {n['new']} products first sold on or after {n['cutoff']}, ranked for "
         f"{n['buyers']:,} returning buyers who bought at least one of them; training = "
