@@ -11,7 +11,7 @@ on first sight), and assembles a batch by indexing: no Python loop over candidat
 Example:
     >>> enc = PairEncoder(artifact.builder)  # doctest: +SKIP
     >>> batch = enc.batch("u12", np.array([3, 17, 40]))  # doctest: +SKIP
-    >>> model.predict(batch)  # same as score_pairs(model, builder, ["u12"], items[[3, 17, 40]])
+    >>> model.predict(batch)  # doctest: +SKIP
 """
 
 from __future__ import annotations
