@@ -4,11 +4,18 @@
 
     candidates  two-tower nearest items to the shopper's vector (moved towards their recent
                 items) + popular items + co-occurrence neighbours of their recent and
-                deepest history items + new items (no training events) nearest the shopper
+                deepest history items + new items (no training events) nearest the shopper;
+                more two-tower neighbours fill the union up to min_candidates (500)
     filters     already bought (training or session), out of stock, excluded categories/items
-    ranking     the multi-task model's per-task probabilities -> Fusion -> log score
+    ranking     the multi-task model's per-task probabilities -> Fusion -> log score, in one
+                forward pass over model inputs encoded once per item and per shopper
+                (:class:`~shoprec.recommend.features.PairEncoder`)
     re-ranking  + session_boost * (similarity to the recent items), MMR by category,
                 the best new item(s) in the last slot(s)
+
+The serving path does no per-request dataframe work and no Python loop over candidates; its
+cost grows with the number of candidates, not with the catalog (see
+``benchmarks/serve_latency.py``).
 
 Everything the HTTP service answers is a method here, so a notebook needs no server::
 
