@@ -13,9 +13,9 @@
     re-ranking  + session_boost * (similarity to the recent items), MMR by category,
                 the best new item(s) in the last slot(s)
 
-The serving path does no per-request dataframe work and no Python loop over candidates; its
-cost grows with the number of candidates, not with the catalog (see
-``benchmarks/serve_latency.py``).
+The serving path does no per-request dataframe work and no Python loop over candidates;
+apart from the index searches and a few boolean masks over the catalog, its cost grows with
+the number of candidates (see ``benchmarks/serve_latency.py``).
 
 Everything the HTTP service answers is a method here, so a notebook needs no server::
 
