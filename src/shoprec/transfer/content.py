@@ -20,6 +20,13 @@ for the ID embedding:
    SIGIR 2021): a squared error pulls ``c(x_i)`` (vector and bias) towards the item's own,
    gradient-stopped ID embedding, so a cold item lands where its ID embedding would have.
 
+The user side is the user's ID embedding plus, with ``history_len > 0``, a recency-weighted
+mean (one learned weight per position) of their most recent items' input embeddings and,
+with ``history_text``, of a linear map of those items' title vectors, so a user is described
+by what they bought lately as well as by who they are. The content tower may also read a
+learned bag of the title's words (``n_words``), which keeps tokens such as a platform name
+that a sentence encoder blurs.
+
 The ranking loss is a sampled softmax: each observed (user, item) pair against ``n_negatives``
 items drawn uniformly from the warm catalog, shared across the batch.
 
