@@ -49,9 +49,10 @@ def machine() -> str:
 
 def stamp(command: str | None = None) -> str:
     """The standard preamble of a section: command, date, machine, commit."""
-    command = command or "python -m " + " ".join(
-        [Path(sys.argv[0]).with_suffix("").as_posix().replace("/", "."), *sys.argv[1:]]
-    )
+    if command is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        name = spec.name if spec is not None and spec.name else Path(sys.argv[0]).stem
+        command = " ".join([".venv/bin/python -m", name, *sys.argv[1:]])
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
