@@ -737,7 +737,7 @@ class EMCDRConfig:
     """The EMCDR mapping MLP and its training (Man et al., IJCAI 2017)."""
 
     hidden: tuple[int, ...] = (256,)  # hidden widths of the mapping MLP
-    epochs: int = 200  # full-batch Adam steps... per epoch one pass over minibatches
+    epochs: int = 200  # passes over the training users, in minibatches
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-5
