@@ -69,6 +69,23 @@ def stamp(command: str | None = None) -> str:
     )
 
 
+def peak_rss_mib_now() -> float:
+    """This program's peak resident set in MiB: ``VmHWM`` of /proc/self/status, the high-water
+    mark of the memory map made at exec. (``ru_maxrss`` would be wrong for a benchmark run as a
+    child process: Linux carries the launching process's peak across fork + exec, so every run
+    would report at least its driver's size.)"""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def write_section(name: str, markdown: str) -> Path:
     """Replace (or append) section ``name`` of RESULTS.md with ``markdown``."""
     lock = RESULTS.with_suffix(".lock")

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks._results import peak_rss_mib_now
 from shoprec.data.batches import TensorData
 from shoprec.models import CategoricalFeature, NumericFeature, Task, build_model, layers
 from shoprec.train.loop import TrainConfig, fit, main_score, task_scores
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: restored model scores {restored}, best epoch {best}")
     assert abs(main_score(result.best_scores) - best["mean"]) < 1e-9
     train_seconds, cpu_seconds = float(sum(epoch_wall)), float(sum(epoch_cpu))
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_rss_mib = peak_rss_mib_now()
     input_dim = emb_dim * len(cat_keys) + len(num_keys)
     out = {
         "lib": "shoprec",

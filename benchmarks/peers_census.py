@@ -41,7 +41,6 @@ import argparse
 import json
 import random
 import re
-import resource
 import sys
 import tempfile
 import time
@@ -53,6 +52,8 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+
+from benchmarks._results import peak_rss_mib_now
 
 TASKS = ("income", "never_married")  # column order of y_*
 
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     restored_ok = all(abs(log.valid_restored[k] - best[k]) < 1e-6 for k in best)
     if not restored_ok:
         print(f"warning: restored model scores {log.valid_restored}, best epoch {best}")
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_rss_mib = peak_rss_mib_now()
     if args.model == "mmoe":
         arch = {"experts": args.experts}
     else:
