@@ -499,6 +499,8 @@ def report(results: dict[str, Any], command: str) -> str:
         lines += [
             f"### {name}: {info['items']:,} items, {info['users']:,} known shoppers",
             "",
+            f"Measured {res.get('measured', 'with the rest of this section')}.",
+            "",
             f"MMoE ({', '.join(info['tasks'])}), fusion `{info['fusion']}`; "
             f"{info['new_items']:,} items without training events. Item index: "
             f"{info['index']}; retrieval recall@100 against exact inner-product search over "
@@ -607,6 +609,11 @@ def main() -> None:
         help="before each catalog, wait until the 1-min load average is at most this",
     )
     parser.add_argument("--quiet-wait", type=float, default=600, help="most seconds to wait")
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="keep the last results of the catalogs not named in --catalogs",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # internal: run a server
     args = parser.parse_args()
     if args.serve:
@@ -616,6 +623,10 @@ def main() -> None:
     if args.quick:
         args.requests, args.seconds, args.warmup = 1000, 5.0, 200
     results: dict[str, Any] = {"catalogs": {}}
+    saved = RUNS / "results.json"
+    if args.keep_others and saved.exists():  # rerun some catalogs, keep the others' rows
+        old = json.loads(saved.read_text())["catalogs"]
+        results["catalogs"] = {k: v for k, v in old.items() if k not in args.catalogs}
     for name in args.catalogs:
         path = artifact(name, args.rebuild)
         info = retrieval_recall(path)
@@ -628,7 +639,9 @@ def main() -> None:
             rows += measure(
                 path, users, workers, args.concurrency, args.requests, args.seconds, args.warmup
             )
-        results["catalogs"][name] = {"info": info, "rows": rows}
+        when = time.strftime("%Y-%m-%d %H:%M")
+        results["catalogs"][name] = {"info": info, "rows": rows, "measured": when}
+    results["catalogs"] = {k: results["catalogs"][k] for k in CATALOGS if k in results["catalogs"]}
     rows = [r for c in results["catalogs"].values() for r in c["rows"]]
     loads = [r["load1_before"] for r in rows]
     others = [r["others_cores"] for r in rows]
