@@ -166,7 +166,10 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    # Frozen parameters (requires_grad False, e.g. after transfer.cross_domain.freeze) are not
+    # handed to the optimizer at all, so neither Adam nor weight decay can move them.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": trainable, "weight_decay": cfg.weight_decay}]
     if list(weighting.parameters()):  # loss weights must not decay towards zero
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     params = [p for g in groups for p in g["params"]]
@@ -174,7 +177,7 @@ def fit(
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, fused=fused or None)
     generator = torch.Generator().manual_seed(cfg.seed)
-    shared = model.shared_parameters()
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
     last_shared = model.last_shared_layer()
 
     state = _State()
