@@ -273,7 +273,16 @@ def run_stamp(args: argparse.Namespace) -> str:
     seeds = " ".join(str(s) for s in args.seeds)
     text = stamp(f".venv/bin/python -m benchmarks.census --seeds {seeds} --threads {args.threads}")
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "src", "benchmarks", "configs"],
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "--",
+            "src",
+            "benchmarks",
+            "configs",
+            ":!benchmarks/RESULTS.md",
+        ],
         capture_output=True,
         text=True,
         check=False,
