@@ -582,9 +582,9 @@ def _modules_of(model: nn.Module, parts: Sequence[str]) -> list[nn.Module]:
 def freeze(model: nn.Module, parts: Sequence[str]) -> list[nn.Parameter]:
     """Stop training the named parts: ``requires_grad = False`` on their parameters.
 
-    :func:`~shoprec.train.loop.fit` builds a fresh Adam each call; a parameter that never
-    gets a gradient is never stepped (Adam skips parameters whose ``grad`` is None, weight
-    decay included), so frozen weights stay bit-identical through a fine-tuning ``fit``.
+    :func:`~shoprec.train.loop.fit` hands only parameters with ``requires_grad`` to its
+    optimizer, so frozen weights stay bit-identical through a fine-tuning ``fit`` (weight
+    decay included).
 
     Args:
         model: a model with ``parts()`` (e.g. :class:`CrossDomainModel`).
