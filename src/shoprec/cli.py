@@ -374,7 +374,12 @@ def serve(
     rebuild: Annotated[
         bool, typer.Option(help="Retrain the two-tower retrieval model before serving.")
     ] = False,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: as is).")] = None,
+    threads: Annotated[
+        int, typer.Option(help="torch threads; 1 suits one small model per request best.")
+    ] = 1,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request (costs CPU on each one).")
+    ] = False,
 ) -> None:
     """Serve recommendations over HTTP, with a web page at /ui/ and API docs at /docs."""
     import uvicorn
@@ -403,7 +408,7 @@ def serve(
         err.print("[yellow]no --api-key / SHOPREC_API_KEY: a random key is logged at start.[/]")
     err.print(f"web page: http://{host}:{port}/ui/   API docs: http://{host}:{port}/docs")
     app_ = create_app(ServeConfig(artifact, db=db, api_key=api_key, recommender=rec_cfg))
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+    uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
 
 
 def main() -> None:  # pragma: no cover - console entry point
