@@ -273,7 +273,18 @@ def test_numpy_search_matches_faiss(rec: Recommender) -> None:
     queries = vectors[:4] * 0.9 + vectors[4:8] * 0.1
     exact = ItemIndex(vectors, use_faiss=False)
     fast = ItemIndex(vectors)
-    np.testing.assert_array_equal(exact.search(queries, 10)[1], fast.index.search(queries, 10)[1])
+    (s1, i1), (s2, i2) = exact.search(queries, 10), fast.index.search(queries, 10)
+    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-5)  # the same scores, in order
+    # The same items, except that near-ties (equal scores up to float rounding, summed in
+    # another order by faiss's kernels) may swap places.
+    tied = np.abs(np.diff(s1, axis=1)) < 1e-5
+    near_tie = np.zeros_like(s1, dtype=bool)
+    near_tie[:, :-1] |= tied
+    near_tie[:, 1:] |= tied
+    assert (i1 == i2)[~near_tie].all()
+    for row in range(len(queries)):
+        if not near_tie[row, -1]:  # no tie across the cut: the same ten items
+            assert set(i1[row]) == set(i2[row])
 
 
 def test_two_tower_round_trip(artifact: Path, rec: Recommender) -> None:
