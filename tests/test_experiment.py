@@ -59,8 +59,22 @@ def test_evaluate_reproduces_the_test_metrics(artifact: Path) -> None:
     result = runner.invoke(app, ["evaluate", str(artifact), "--json"])
     assert result.exit_code == 0, result.output
     again = json.loads(result.stdout)
+    slices = again.pop("slices")
     saved = json.loads((artifact / "metrics.json").read_text())["test"]
     assert again == pytest.approx(saved, abs=1e-9)
+    # Slices partition the test samples: warm + cold users, warm + cold items, the domains.
+    rows = {name: row["rows"] for name, row in slices.items()}
+    n = rows["warm users"] + rows.get("cold users", 0)
+    assert rows["warm items"] + rows.get("cold items", 0) == n
+    domains = [name for name in rows if name.startswith("domain ")]
+    assert len(domains) >= 2 and sum(rows[d] for d in domains) == n
+    assert all(0 <= v <= 1 for row in slices.values() for k, v in row.items() if k.endswith("auc"))
+
+
+def test_evaluate_prints_the_slice_table(artifact: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(artifact)])
+    assert result.exit_code == 0, result.output
+    assert "AUC per slice" in result.stdout and "warm users" in result.stdout
 
 
 def test_recommend_excludes_bought_items_and_serves_unknown_users(artifact: Path) -> None:

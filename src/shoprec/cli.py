@@ -227,22 +227,55 @@ def _print_metrics(title: str, scores: dict[str, float]) -> None:
 def evaluate(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    slices: Annotated[
+        bool,
+        typer.Option(
+            help="Also per slice: warm / cold users and items, each domain "
+            "(with --json: under the key 'slices')."
+        ),
+    ] = True,
 ) -> None:
-    """Rebuild the artifact's test split and print per-task test metrics."""
-    from shoprec.experiment import Artifact, ExperimentConfig, prepare_from_config, task_metrics
+    """Rebuild the artifact's test split and print per-task test metrics, overall and per slice."""
+    from shoprec.experiment import (
+        Artifact,
+        ExperimentConfig,
+        prepare_from_config,
+        slice_metrics,
+        task_metrics,
+    )
 
     try:
         art = Artifact.load(artifact)
         cfg = ExperimentConfig(**art.config)
         data = prepare_from_config(cfg, art.builder)
         scores = task_metrics(art.model, data)
+        by_slice = slice_metrics(art.model, data) if slices else {}
     except (ShoprecError, ValueError) as e:
         _fail(str(e))
         return
     if as_json:
-        sys.stdout.write(json.dumps(scores, indent=2) + "\n")
-    else:
-        _print_metrics(f"{cfg.name}: test metrics ({len(data.test):,} test samples)", scores)
+        payload: dict[str, Any] = dict(scores)
+        if slices:
+            payload["slices"] = by_slice
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    _print_metrics(f"{cfg.name}: test metrics ({len(data.test):,} test samples)", scores)
+    if by_slice:
+        _print_slices(by_slice)
+
+
+def _print_slices(by_slice: dict[str, dict[str, float]]) -> None:
+    aucs = list(dict.fromkeys(k for row in by_slice.values() for k in row if k.endswith("/auc")))
+    table = Table(title="AUC per slice of the test samples (cold = unseen in training)")
+    table.add_column("slice")
+    table.add_column("samples", justify="right")
+    for k in aucs:
+        table.add_column(k.replace("/auc", " AUC"), justify="right")
+    for name, row in by_slice.items():
+        table.add_row(
+            name, f"{row['rows']:,.0f}", *[f"{row[k]:.4f}" if k in row else "-" for k in aucs]
+        )
+    out.print(table)
 
 
 @app.command("recommend")

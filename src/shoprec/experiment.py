@@ -37,6 +37,7 @@ import polars as pl
 import torch
 import yaml
 
+from shoprec.data.encode import OOV
 from shoprec.data.errors import DataError
 from shoprec.data.schema import Dataset
 from shoprec.data.split import Split, check_no_leakage, leave_last_out, time_split
@@ -123,18 +124,55 @@ def make_split(ds: Dataset, spec: dict[str, Any]) -> Split:
     return split
 
 
-def task_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, float]:
-    """Per-task test metrics: AUC and log-loss for binary tasks, GAUC per user."""
-    preds = predict(model, data.test)
+def _binary_scores(
+    model: MultiTaskModel, data: RankingData, preds: dict[str, Any], rows: np.ndarray | None
+) -> dict[str, float]:
     users = data.test.columns["user"].numpy()
+    rows = np.ones(len(users), dtype=bool) if rows is None else rows
     out: dict[str, float] = {}
     for task in model.tasks:
-        y = data.test.columns[task.label or task.name].numpy()
-        p = preds[task.name].numpy()
-        if task.kind == "binary" and 0 < y.mean() < 1:
+        y = data.test.columns[task.label or task.name].numpy()[rows]
+        p = preds[task.name].numpy()[rows]
+        if task.kind == "binary" and len(y) and 0 < y.mean() < 1:
             out[f"{task.name}/auc"] = metrics.auc(y, p)
-            out[f"{task.name}/gauc"] = metrics.gauc(y, p, users)
+            out[f"{task.name}/gauc"] = metrics.gauc(y, p, users[rows])
             out[f"{task.name}/logloss"] = metrics.logloss(y, p)
+    return out
+
+
+def task_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, float]:
+    """Per-task test metrics: AUC and log-loss for binary tasks, GAUC per user."""
+    return _binary_scores(model, data, predict(model, data.test), None)
+
+
+def slice_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, dict[str, float]]:
+    """The same per-task test metrics on slices of the test samples.
+
+    Slices: warm / cold users and items (cold: unseen in training, so encoded as the OOV id)
+    and one per domain. Each slice also reports its number of samples as ``rows``; a task
+    whose labels are all equal in a slice has no AUC there and is left out.
+
+    Returns:
+        ``{slice name: {"rows": n, "<task>/auc": ..., ...}}``, e.g. ``"cold items"`` or
+        ``"domain market_1"``.
+    """
+    preds = predict(model, data.test)
+    cols = data.test.columns
+    masks: dict[str, np.ndarray] = {}
+    for col, what in (("user", "users"), ("item", "items")):
+        if col in cols:
+            cold = cols[col].numpy() == OOV
+            masks[f"warm {what}"], masks[f"cold {what}"] = ~cold, cold
+    if "domain" in cols and "domain" in data.encoder.idmaps_:
+        ids = cols["domain"].numpy()
+        idmap = data.encoder.idmaps_["domain"]
+        for value in np.unique(ids):
+            name = idmap.value(int(value)) or "unknown"
+            masks[f"domain {name}"] = ids == value
+    out = {}
+    for name, rows in masks.items():
+        if rows.any():
+            out[name] = {"rows": float(rows.sum()), **_binary_scores(model, data, preds, rows)}
     return out
 
 
