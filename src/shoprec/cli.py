@@ -266,7 +266,7 @@ def evaluate(
 
 def _print_slices(by_slice: dict[str, dict[str, float]]) -> None:
     aucs = list(dict.fromkeys(k for row in by_slice.values() for k in row if k.endswith("/auc")))
-    table = Table(title="AUC per slice of the test samples (cold = unseen in training)")
+    table = Table(title="AUC per slice of the test samples (cold = no positive in training)")
     table.add_column("slice")
     table.add_column("samples", justify="right")
     for k in aucs:

@@ -148,8 +148,9 @@ def task_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, float]:
 def slice_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, dict[str, float]]:
     """The same per-task test metrics on slices of the test samples.
 
-    Slices: warm / cold users and items (cold: unseen in training, so encoded as the OOV id)
-    and one per domain. Each slice also reports its number of samples as ``rows``; a task
+    Slices: warm / cold users and items (cold: no positive label of any task in the training
+    samples, e.g. an item launched during the test period; sampled negatives do not warm an
+    item up) and one per domain. Each slice also reports its number of samples as ``rows``; a task
     whose labels are all equal in a slice has no AUC there and is left out.
 
     Returns:
@@ -158,10 +159,17 @@ def slice_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, dict[st
     """
     preds = predict(model, data.test)
     cols = data.test.columns
+    train = data.train.columns
+    labels = [t.label or t.name for t in model.tasks if (t.label or t.name) in train]
+    positive = np.zeros(len(data.train), dtype=bool)
+    for label in labels:
+        positive |= train[label].numpy() > 0
     masks: dict[str, np.ndarray] = {}
     for col, what in (("user", "users"), ("item", "items")):
-        if col in cols:
-            cold = cols[col].numpy() == OOV
+        if col in cols and col in train:
+            warm_ids = np.unique(train[col].numpy()[positive])
+            ids = cols[col].numpy()
+            cold = (ids == OOV) | ~np.isin(ids, warm_ids)
             masks[f"warm {what}"], masks[f"cold {what}"] = ~cold, cold
     if "domain" in cols and "domain" in data.encoder.idmaps_:
         ids = cols["domain"].numpy()
