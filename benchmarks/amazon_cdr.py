@@ -36,6 +36,7 @@ import polars as pl
 import torch
 import yaml
 
+from benchmarks._als import fit_als
 from benchmarks._results import stamp, write_section
 from shoprec.data.datasets import amazon_cross_domain
 from shoprec.evaluate import metrics
@@ -249,24 +250,10 @@ def popularity(data: Data, pairs: Pairs, k: int) -> Scorer:
 def als(data: Data, pairs: Pairs, params: dict[str, Any], seed: int) -> tuple[Any, float]:
     """Fit implicit ALS on the (user, item) matrix of ``pairs`` (every domain in it)."""
     import scipy.sparse as sp
-    from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
 
     shape = (data.index.n_users + 1, data.index.n_items + 1)
     matrix = sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs.u, pairs.i)), shape=shape)
-    model = AlternatingLeastSquares(
-        factors=params["factors"],
-        regularization=params["regularization"],
-        alpha=params["alpha"],
-        iterations=params["iterations"],
-        random_state=seed,
-        num_threads=1,
-        calculate_training_loss=False,
-    )
-    tick = time.perf_counter()
-    with threadpool_limits(1, "blas"):
-        model.fit(matrix, show_progress=False)
-    return model, time.perf_counter() - tick
+    return fit_als(matrix, params, seed)
 
 
 def als_scorer(data: Data, model: Any, k: int) -> Scorer:

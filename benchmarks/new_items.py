@@ -54,6 +54,7 @@ import scipy.sparse as sp
 import torch
 import yaml
 
+from benchmarks._als import fit_als
 from benchmarks._results import stamp, write_section
 from shoprec.data.datasets import amazon_games
 from shoprec.evaluate.metrics import hit_rate_at_k, ndcg_at_k, sampled_ranks
@@ -356,26 +357,13 @@ def als_ridge(
     split: Split, n_users: int, text: np.ndarray, params: dict[str, Any], seed: int
 ) -> Scorer:
     """implicit ALS on the training pairs; cold items get factors ridge-mapped from titles."""
-    from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
     n_items = len(text)
     m = sp.csr_matrix(
         (np.ones(len(split.train_user), np.float32), (split.train_user, split.train_item)),
         shape=(n_users, n_items),
     )
     m.data[:] = 1.0
-    model = AlternatingLeastSquares(
-        factors=params["factors"],
-        regularization=params["regularization"],
-        alpha=params["alpha"],
-        iterations=params["iterations"],
-        random_state=seed,
-        num_threads=1,
-        calculate_training_loss=False,
-    )
-    with threadpool_limits(1, "blas"):
-        model.fit(m, show_progress=False)
+    model, _ = fit_als(m, params, seed)
     uf = np.asarray(model.user_factors, np.float64)
     itf = np.asarray(model.item_factors, np.float64)
     w = split.warm

@@ -30,6 +30,7 @@ import polars as pl
 import torch
 import yaml
 
+from benchmarks._als import fit_als
 from benchmarks._results import stamp, write_section
 from shoprec.data.datasets import online_retail
 from shoprec.evaluate import metrics
@@ -97,8 +98,6 @@ def bootstrap(values: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, 
 def als_factors(index: DomainIndex, u: np.ndarray, i: np.ndarray, p: dict[str, Any]) -> Any:
     """ALS on (user, product) with a product's ids of every market folded into one column."""
     import scipy.sparse as sp
-    from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
 
     rows = index.shared_item_rows()
     cols = rows[i]
@@ -107,16 +106,7 @@ def als_factors(index: DomainIndex, u: np.ndarray, i: np.ndarray, p: dict[str, A
     )
     m.sum_duplicates()
     m.data[:] = 1.0
-    model = AlternatingLeastSquares(
-        factors=p["factors"],
-        regularization=p["regularization"],
-        alpha=p["alpha"],
-        iterations=p["iterations"],
-        random_state=0,
-        num_threads=1,
-    )
-    with threadpool_limits(1, "blas"):
-        model.fit(m, show_progress=False)
+    model, _ = fit_als(m, p, seed=0)
     users = torch.from_numpy(np.asarray(model.user_factors, dtype=np.float32))
     items = torch.from_numpy(np.asarray(model.item_factors, dtype=np.float32))[
         torch.as_tensor(rows)

@@ -43,6 +43,7 @@ import polars as pl
 import torch
 import yaml
 
+from benchmarks._als import fit_als
 from benchmarks._results import stamp, write_section
 from shoprec.data.datasets import tmall
 from shoprec.data.schema import Interactions
@@ -82,8 +83,6 @@ def als_retrieval(
 ) -> tuple[Retrieval, float]:
     """Fit implicit's ALS on a weighted sum of behaviors; return (user -> scores, seconds)."""
     import scipy.sparse as sp
-    from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
 
     rows, cols, vals = [], [], []
     for b, w in weights.items():
@@ -95,19 +94,7 @@ def als_retrieval(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(blog.n_users, blog.n_items),
     )  # duplicates (a pair in several behaviors) add up
-    model = AlternatingLeastSquares(
-        factors=params["factors"],
-        regularization=params["regularization"],
-        alpha=params["alpha"],
-        iterations=params["iterations"],
-        random_state=seed,
-        num_threads=threads,
-        calculate_training_loss=False,
-    )
-    tick = time.perf_counter()
-    with threadpool_limits(1, "blas"):
-        model.fit(matrix, show_progress=False)
-    seconds = time.perf_counter() - tick
+    model, seconds = fit_als(matrix, params, seed, threads)
     users = torch.from_numpy(np.asarray(model.user_factors, dtype=np.float32))
     items = torch.from_numpy(np.asarray(model.item_factors, dtype=np.float32))
 
