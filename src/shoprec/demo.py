@@ -141,11 +141,11 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         "untouched ones). Recall/NDCG@50: the whole catalog ranked by p(buy) for each test "
         "buyer, past purchases excluded."
     )
-    for key in ["buy", "buy/NDCG@50"]:
+    for key, metric in [("buy", "AUC"), ("buy/NDCG@50", "NDCG@50")]:
         gain = results["mmoe"][key] - results["single_task"][key]
         console.print(
-            f"On the sparse buy task ({key.replace('buy/', '') if '/' in key else 'AUC'}) "
-            f"MMoE is {'ahead of' if gain > 0 else 'behind'} single-task by {gain:+.4f}."
+            f"On the sparse buy task ({metric}) MMoE is "
+            f"{'ahead of' if gain > 0 else 'behind'} single-task by {gain:+.4f}."
         )
 
     console.rule("[bold]4. Top-10 for three shoppers (ranked by p(buy), bought items excluded)")
