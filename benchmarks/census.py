@@ -549,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = earlier["rows"]
         stamp_text = (
             stamp_text.rstrip()
-            + f"\n- accuracy runs reused from an earlier pass ({args.accuracy_from}):\n"
+            + "\n- accuracy runs reused from an earlier run of the same command "
+            + "(`--accuracy-from`; its stamp):\n"
             + "  "
             + earlier["stamp"].strip().replace("\n", "\n  ")
             + "\n"
