@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -97,6 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t_start, cpu_start = time.perf_counter(), time.process_time()
+    load_before = os.getloadavg()[0]
     raw = load_config(args.config)
     data_cfg, train_raw = raw["data"], dict(raw["train"])
     threads = int(train_raw.get("threads") or 2)
@@ -327,6 +329,7 @@ def main() -> None:
         "fit_info": fit_info,
         "total": total,
         "cpu": cpu,
+        "load": (load_before, os.getloadavg()[0]),
         "threads": threads,
         "quick": args.quick,
         "test_start": test_start,
@@ -372,8 +375,9 @@ def report(results: dict[str, dict[str, Any]], f: dict[str, Any], rcfg, raw) -> 
         f"- torch threads: {f['threads']}; whole run {f['total']:.0f} s wall, {f['cpu']:.0f} s "
         f"CPU (data {f['timings']['data']:.0f} s; single-task {f['timings']['single-task']:.0f}"
         f" s, MMoE {f['timings']['MMoE']:.0f} s, PLE {f['timings']['PLE']:.0f} s wall, each "
-        "training plus full-ranking scoring). Other benchmarks shared the 2 cores during the "
-        "run, so the wall times are upper bounds",
+        "training plus full-ranking scoring); 1-minute load average "
+        f"{f['load'][0]:.1f} at the start and {f['load'][1]:.1f} at the end (above the "
+        "threads used, other jobs shared the cores and the wall times are upper bounds)",
         "",
         "**Protocol.** Calendar cut (the data ends 2011-12-09 12:50, so `test_days=30` would "
         "cut at 12:50 on 2011-11-09; we cut at midnight instead): "
