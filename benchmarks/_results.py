@@ -86,6 +86,18 @@ def peak_rss_mib_now() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def load_note(threads: int, load: float) -> str:
+    """Says whether other jobs ran beside a benchmark, from the 1-minute load average."""
+    if load != load:  # NaN: a run from before the load was recorded
+        return "load average not recorded"
+    if load > threads + 0.5:
+        return (
+            f"1-minute load average {load:.1f} at the end of the run, above its {threads} "
+            "thread(s): other jobs shared the cores, so times are inflated"
+        )
+    return f"1-minute load average {load:.1f} at the end of the run: no other heavy job"
+
+
 def write_section(name: str, markdown: str) -> Path:
     """Replace (or append) section ``name`` of RESULTS.md with ``markdown``."""
     lock = RESULTS.with_suffix(".lock")

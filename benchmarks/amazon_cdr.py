@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from benchmarks._als import fit_als
-from benchmarks._results import stamp, write_section
+from benchmarks._results import load_note, stamp, write_section
 from shoprec.data.datasets import amazon_cross_domain
 from shoprec.evaluate import metrics
 from shoprec.models import config_from_dict
@@ -707,8 +707,8 @@ def _markdown(main: dict[str, Any], cold: dict[str, Any] | None, settings: dict[
     )
     return f"""## Amazon Sport <-> Cloth cross-domain transfer (amazon_cdr)
 
-{stamp("python -m benchmarks.amazon_cdr")}- torch threads: {settings["threads"]}; the machine
-  was shared with other jobs (load ~6 on 2 cores), so times are inflated. Whole run:
+{stamp("python -m benchmarks.amazon_cdr")}- torch threads: {settings["threads"]};
+  {load_note(settings["threads"], main.get("load_end", float("nan")))}. Whole run:
   {main.get("total_s", 0):.0f} s (main) + {(cold or {}).get("total_s", 0):.0f} s (cold start).
 - settings: `configs/amazon_sport_cloth.yaml`
 
@@ -815,6 +815,7 @@ def run(part: str, quick: bool, config_path: Path = CONFIG) -> dict[str, Any]:
                 )[0]
         res = run_cold(data, settings, ours, params)
     res["total_s"] = time.perf_counter() - started
+    res["load_end"] = os.getloadavg()[0]
     path = OUT / f"amazon_cdr_{part}{suffix}.json"
     path.write_text(json.dumps(res, default=_json_default, indent=1))
     log.info("wrote %s", path)

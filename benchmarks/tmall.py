@@ -44,7 +44,7 @@ import torch
 import yaml
 
 from benchmarks._als import fit_als
-from benchmarks._results import stamp, write_section
+from benchmarks._results import load_note, stamp, write_section
 from shoprec.data.datasets import tmall
 from shoprec.data.schema import Interactions
 from shoprec.models import build_model, config_from_dict
@@ -254,7 +254,13 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
         add(name, metrics, info["train_s"], note)
         facts[name] = info
     total = time.perf_counter() - started
-    out = {"rows": rows, "facts": facts, "total_s": total, "threads": threads}
+    out = {
+        "rows": rows,
+        "facts": facts,
+        "total_s": total,
+        "threads": threads,
+        "load_end": os.getloadavg()[0],
+    }
     if quick:
         print(_table(rows))
         return out
@@ -302,9 +308,10 @@ def _markdown(out: dict[str, Any], settings: dict[str, Any]) -> str:
     rc = settings["recipe"]
     return f"""## Tmall view / cart / buy (buy target, full ranking)
 
-{stamp("python -m benchmarks.tmall")}- torch threads: {out["threads"]} (the machine was
-  shared with other jobs; there one thread trained 10-30x faster than two, which stalled on
-  each other). Whole run: {out["total_s"]:.0f} s.
+{stamp("python -m benchmarks.tmall")}- torch threads: {out["threads"]} (on a busy 2-core
+  machine one thread trained 10-30x faster than two); {
+        load_note(out["threads"], out["load_end"])
+    }. Whole run: {out["total_s"]:.0f} s.
 - settings: `configs/tmall_mmoe.yaml`
 
 Data: the MB-CGCN release (15,449 users x 11,953 items; 858,505 view, 180,027 cart and
