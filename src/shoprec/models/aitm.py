@@ -59,6 +59,7 @@ class AITMConfig:
     activation: str = "relu"
     batchnorm: bool = False  # BatchNorm1d in the towers
     attention_dims: tuple[int, ...] = (80, 40)  # DIN attention unit, for attention pooling
+    embedding_init_std: float = 0.05  # std of the normal init of the embedding tables
 
 
 class AITAttention(nn.Module):
@@ -93,7 +94,7 @@ class AITM(MultiTaskModel):
             raise ValueError("AITM needs two or more binary tasks, in funnel order")
         if not c.tower_dims:
             raise ValueError("AITM needs at least one tower layer")
-        self.inputs = InputLayer(features, c.attention_dims)
+        self.inputs = InputLayer(features, c.attention_dims, c.embedding_init_std)
         d_in, dim = self.inputs.output_dim, c.tower_dims[-1]
         self.towers = nn.ModuleList(
             MLP(d_in, c.tower_dims, c.dropout, c.activation, c.batchnorm) for _ in tasks

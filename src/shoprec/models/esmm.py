@@ -51,6 +51,7 @@ class ESMMConfig:
     activation: str = "relu"
     batchnorm: bool = False  # BatchNorm1d in the towers
     attention_dims: tuple[int, ...] = (80, 40)  # DIN attention unit, for attention pooling
+    embedding_init_std: float = 0.05  # std of the normal init of the embedding tables
 
 
 class ESMM(MultiTaskModel):
@@ -74,7 +75,7 @@ class ESMM(MultiTaskModel):
                 f"tasks {list(by_name)}"
             )
         self.ctr_task, self.cvr_task = by_name[ctr_name], by_name[cvr_name]
-        self.inputs = InputLayer(features, c.attention_dims)
+        self.inputs = InputLayer(features, c.attention_dims, c.embedding_init_std)
         d_in = self.inputs.output_dim
         self.ctr_tower = MLP(d_in, c.tower_dims, c.dropout, c.activation, c.batchnorm)
         self.cvr_tower = MLP(d_in, c.tower_dims, c.dropout, c.activation, c.batchnorm)

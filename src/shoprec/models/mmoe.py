@@ -41,6 +41,7 @@ class MMoEConfig:
     activation: str = "relu"
     batchnorm: bool = False  # BatchNorm1d in the towers
     attention_dims: tuple[int, ...] = (80, 40)  # DIN attention unit, for attention pooling
+    embedding_init_std: float = 0.05  # std of the normal init of the embedding tables
 
 
 class MMoE(MultiTaskModel):
@@ -53,7 +54,7 @@ class MMoE(MultiTaskModel):
     ) -> None:
         super().__init__(features, tasks, config)
         c = config
-        self.inputs = InputLayer(features, c.attention_dims)
+        self.inputs = InputLayer(features, c.attention_dims, c.embedding_init_std)
         d_in = self.inputs.output_dim
         self.experts = ExpertBank(c.n_experts, d_in, c.expert_dims, c.dropout, c.activation)
         self.gates = nn.ModuleList(nn.Linear(d_in, c.n_experts) for _ in tasks)

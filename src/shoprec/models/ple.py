@@ -49,6 +49,7 @@ class PLEConfig:
     activation: str = "relu"
     batchnorm: bool = False  # BatchNorm1d in the towers
     attention_dims: tuple[int, ...] = (80, 40)  # DIN attention unit, for attention pooling
+    embedding_init_std: float = 0.05  # std of the normal init of the embedding tables
 
 
 class CGCLevel(nn.Module):
@@ -106,7 +107,7 @@ class PLE(MultiTaskModel):
         c = config
         if c.n_levels < 1 or c.n_task_experts < 1 or c.n_shared_experts < 1:
             raise ValueError("PLE needs n_levels, n_task_experts and n_shared_experts >= 1")
-        self.inputs = InputLayer(features, c.attention_dims)
+        self.inputs = InputLayer(features, c.attention_dims, c.embedding_init_std)
         self.levels = nn.ModuleList()
         width = self.inputs.output_dim
         for level in range(c.n_levels):

@@ -35,6 +35,7 @@ class SharedBottomConfig:
     activation: str = "relu"
     batchnorm: bool = False  # BatchNorm1d in the MLPs
     attention_dims: tuple[int, ...] = (80, 40)  # DIN attention unit, for attention pooling
+    embedding_init_std: float = 0.05  # std of the normal init of the embedding tables
 
 
 class SharedBottom(MultiTaskModel):
@@ -47,7 +48,7 @@ class SharedBottom(MultiTaskModel):
     ) -> None:
         super().__init__(features, tasks, config)
         c = config
-        self.inputs = InputLayer(features, c.attention_dims)
+        self.inputs = InputLayer(features, c.attention_dims, c.embedding_init_std)
         self.bottom = MLP(
             self.inputs.output_dim, c.bottom_dims, c.dropout, c.activation, c.batchnorm
         )

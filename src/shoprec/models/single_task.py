@@ -31,6 +31,7 @@ class SingleTaskConfig:
     activation: str = "relu"
     batchnorm: bool = False  # BatchNorm1d in the MLPs
     attention_dims: tuple[int, ...] = (80, 40)  # DIN attention unit, for attention pooling
+    embedding_init_std: float = 0.05  # std of the normal init of the embedding tables
 
 
 class SingleTask(MultiTaskModel):
@@ -47,7 +48,7 @@ class SingleTask(MultiTaskModel):
         self.mlps = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         for task in tasks:
-            inputs = InputLayer(features, c.attention_dims)
+            inputs = InputLayer(features, c.attention_dims, c.embedding_init_std)
             mlp = MLP(inputs.output_dim, c.hidden_dims, c.dropout, c.activation, c.batchnorm)
             self.inputs[task.name] = inputs
             self.mlps[task.name] = mlp
