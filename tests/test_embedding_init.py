@@ -4,6 +4,7 @@ and survives save/load (artifacts written before the field existed load with the
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,21 @@ def test_init_std_survives_save_and_load(name: str, tmp_path: Path) -> None:
     del meta["config"]["embedding_init_std"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     assert load_model(tmp_path / "m").config.embedding_init_std == 0.05
+
+
+def test_census_section_names_each_models_options() -> None:
+    root = Path(__file__).resolve().parent.parent  # benchmarks/ is a package at the repo root
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.census import options_line
+
+    rows = {
+        "shoprec/mmoe": {"model_config": {"batchnorm": True, "embedding_init_std": 1e-4}},
+        "shoprec/single_task": {"model_config": {"hidden_dims": [64, 32]}},
+        "torch_rechub/ple": {"model_config": None},
+    }
+    line = options_line(rows)
+    assert line is not None
+    assert "mmoe: BatchNorm in the towers, embeddings N(0, 0.0001)" in line
+    assert "single_task: no BatchNorm, embeddings N(0, 0.05)" in line
+    assert options_line({"shoprec/mmoe": {}}) is None  # a summary from before the field
