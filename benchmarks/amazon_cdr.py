@@ -23,6 +23,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import time
@@ -55,6 +56,7 @@ from shoprec.transfer.cross_domain import (
     user_rows,
     user_vectors,
 )
+from shoprec.transfer.neighbours import ItemNeighbours, NeighbourConfig
 
 log = logging.getLogger("benchmarks.amazon_cdr")
 
@@ -284,6 +286,57 @@ def select_als(
     return {x: best[x] for x in ("factors", "regularization", "alpha", "iterations")}, tried
 
 
+def neighbours(data: Data, pairs: Pairs, params: dict[str, Any]) -> tuple[ItemNeighbours, float]:
+    """Fit our cross-domain item neighbours on ``pairs`` (every domain in it)."""
+    tick = time.perf_counter()
+    cfg = NeighbourConfig(**{x: params[x] for x in ("shrink", "alpha", "top_k")})
+    sizes = data.index.domain_sizes
+    item_domain = np.repeat([0, 0, 1], [1, *sizes])  # id 0 (padding), then each domain's ids
+    model = ItemNeighbours(cfg).fit(pairs.u, pairs.i, data.index.n_items + 1, item_domain)
+    return model, time.perf_counter() - tick
+
+
+def neighbour_scorer(data: Data, model: ItemNeighbours, pairs: Pairs, k: int) -> Scorer:
+    """Scores of domain ``k``'s items from each user's history in ``pairs``."""
+    n_rows, n_items = data.index.n_users + 1, data.index.n_items + 1
+    hist = ItemNeighbours.histories(pairs.u, pairs.i, n_rows, n_items)
+    lo = data.index.starts[k] + 1
+    hi = lo + data.index.domain_sizes[k]
+    return lambda u: model.score(hist[u], lo, hi)
+
+
+def neighbour_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = ("shrink", "alpha", "top_k")
+    return [dict(zip(keys, v, strict=True)) for v in itertools.product(*(grid[x] for x in keys))]
+
+
+def select_neighbours(
+    data: Data, merged: bool, grid: dict[str, list[Any]]
+) -> dict[int, list[dict[str, Any]]]:
+    """Validation NDCG@10 (full ranking) of every grid point, per target domain."""
+    vals = {k: make_target(data, data.fit, data.valid, k, None) for k in (0, 1)}
+    tried: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
+    for g in neighbour_grid(grid):
+        if merged:
+            model, _ = neighbours(data, data.fit, g)
+        for k in (0, 1):
+            pairs = data.fit if merged else data.fit.where(data.fit.d == k)
+            if not merged:
+                model, _ = neighbours(data, pairs, g)
+            full, _ = ranks(neighbour_scorer(data, model, pairs, k), vals[k])
+            tried[k].append({**g, "val_NDCG": metrics.ndcg_at_k(full, K)})
+            log.info(
+                "neighbours %s k=%d %s -> %.4f",
+                "merged" if merged else "target", k, g, tried[k][-1]["val_NDCG"],
+            )  # fmt: skip
+    return tried
+
+
+def _best(tried: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(tried, key=lambda r: r["val_NDCG"])
+    return {x: best[x] for x in ("shrink", "alpha", "top_k")}
+
+
 # --------------------------------------------------------------------------- ours
 
 
@@ -438,6 +491,20 @@ def run_main(data: Data, settings: dict[str, Any], ours: Ours, als_iters: int) -
             add(k, f"implicit ALS, {what}", als_scorer(data, model, k), note, secs)
             results["facts"][f"als_{k}_{int(merged)}"] = tried
 
+    # Ours, cross-domain item neighbours: target pairs only, then both domains.
+    for merged in (False, True):
+        tried = select_neighbours(data, merged, settings["neighbours"]["grid"])
+        for k in (0, 1):
+            params = _best(tried[k])
+            pairs = data.full if merged else data.full.where(data.full.d == k)
+            model, secs = neighbours(data, pairs, params)
+            what = "both domains" if merged else "target only"
+            best_val = max(r["val_NDCG"] for r in tried[k])
+            note = f"{_nb_params(params)} (val NDCG@10 {best_val:.4f})"
+            add(k, f"Ours, item neighbours, {what}", neighbour_scorer(data, model, pairs, k),
+                note, secs)  # fmt: skip
+            results["facts"][f"nb_{k}_{int(merged)}"] = tried[k]
+
     # Ours, target only (also the source model that fine-tuning starts from).
     single: dict[int, CrossDomainModel] = {}
     for k in (0, 1):
@@ -489,7 +556,11 @@ def run_main(data: Data, settings: dict[str, Any], ours: Ours, als_iters: int) -
 
 
 def run_cold(
-    data: Data, settings: dict[str, Any], ours: Ours, als_params: dict[int, dict[str, Any]]
+    data: Data,
+    settings: dict[str, Any],
+    ours: Ours,
+    als_params: dict[int, dict[str, Any]],
+    nb_params: dict[int, dict[str, Any]],
 ) -> dict[str, Any]:
     seed = int(settings["seed"])
     reduced, cold = cold_start(data, settings["data"]["cold_share"], settings["data"]["cold_seed"])
@@ -517,6 +588,11 @@ def run_cold(
         p = als_params[k]
         note = f"{_als_params(p)} (picked on validation of the main scenario)"
         add(k, "implicit ALS, both domains merged", als_scorer(reduced, model, k), note, secs)
+    for k in (0, 1):
+        nb, secs = neighbours(reduced, reduced.full, nb_params[k])
+        note = f"{_nb_params(nb_params[k])} (picked on validation of the main scenario)"
+        scorer = neighbour_scorer(reduced, nb, reduced.full, k)
+        add(k, "Ours, item neighbours, both domains", scorer, note, secs)
     both = ours.history(reduced.full, (0, 1))
     for experts, name in ((False, "Ours, joint (shared embeddings, domain towers)"),
                           (True, "Ours, multi-domain experts (PLE/STAR-style)")):  # fmt: skip
@@ -564,6 +640,10 @@ def run_cold(
         )
         add(k, "Ours, EMCDR (target-only models + MLP mapping)", scorer, note, secs)
     return results
+
+
+def _nb_params(p: dict[str, Any]) -> str:
+    return f"shrink {p['shrink']}, alpha {p['alpha']}, top {p['top_k']} neighbours"
 
 
 def _als_params(p: dict[str, Any]) -> str:
@@ -813,7 +893,14 @@ def run(part: str, quick: bool, config_path: Path = CONFIG) -> dict[str, Any]:
                 params[k] = select_als(
                     data, True, k, settings["als"]["grid"], als_iters, int(settings["seed"])
                 )[0]
-        res = run_cold(data, settings, ours, params)
+        nb_params = {}
+        for k in (0, 1):
+            if main_path.exists():
+                nb_params[k] = _best(json.loads(main_path.read_text())["facts"][f"nb_{k}_1"])
+            else:
+                grid = settings["neighbours"]["grid"]
+                nb_params[k] = _best(select_neighbours(data, True, grid)[k])
+        res = run_cold(data, settings, ours, params, nb_params)
     res["total_s"] = time.perf_counter() - started
     res["load_end"] = os.getloadavg()[0]
     path = OUT / f"amazon_cdr_{part}{suffix}.json"
