@@ -206,6 +206,36 @@ def train(
     out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
 
 
+@app.command("transfer")
+def transfer(
+    config: Annotated[Path, typer.Argument(help="Transfer YAML (see configs/*transfer*.yaml).")],
+    output: Annotated[
+        Path | None, typer.Option(help="Artifact folder (default: the config's output).")
+    ] = None,
+) -> None:
+    """Cross-domain transfer from a YAML config: train on source + target (target only,
+    fine-tune, joint, multi-domain experts or item neighbours), score the target's held-out
+    items beside popularity, write the artifact."""
+    from shoprec.transfer.run import TransferConfig, run_transfer
+
+    try:
+        cfg = TransferConfig.from_yaml(config)
+        with err.status(f"{cfg.name}: {cfg.method} transfer..."):
+            path = run_transfer(cfg, output)
+    except (ShoprecError, ValueError, TypeError) as e:
+        _fail(str(e))
+        return
+    result = json.loads((path / "metrics.json").read_text())
+    d = result["domains"]
+    table = Table(title=f"{cfg.name}: {d['source']} -> {d['target']}, held-out target items")
+    for col in ("model", "users", "HR@10", "NDCG@10"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in result["test"].items():
+        table.add_row(name, f"{m['users']:,.0f}", f"{m['hr@10']:.4f}", f"{m['ndcg@10']:.4f}")
+    out.print(table)
+    out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
+
+
 def _print_metrics(title: str, scores: dict[str, float]) -> None:
     tasks = sorted(
         {k.split("/")[0] for k in scores},
@@ -286,11 +316,16 @@ def recommend(
     task: Annotated[str | None, typer.Option(help="Rank by this task (default: the last).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Top-k items for a shopper, with each task's prediction, beside their history."""
+    """Top-k items for a shopper, with each task's prediction, beside their history (a
+    transfer artifact: top-k target-domain items from the shopper's history in both)."""
     from dataclasses import asdict
 
     from shoprec.experiment import Artifact
+    from shoprec.transfer.run import TransferArtifact
 
+    if TransferArtifact.is_artifact(artifact):
+        _recommend_transfer(artifact, user, k, as_json)
+        return
     try:
         art = Artifact.load(artifact)
         recs = art.recommend(user, k, task=task)
@@ -319,6 +354,31 @@ def recommend(
         table.add_row(
             str(i), r.item, str(label), *[f"{r.predictions[t]:.3f}" for t in art.task_names]
         )
+    out.print(table)
+
+
+def _recommend_transfer(artifact: Path, user: str, k: int, as_json: bool) -> None:
+    from shoprec.transfer.run import TransferArtifact
+
+    try:
+        art = TransferArtifact.load(artifact)
+        recs = art.recommend(user, k)
+    except (ShoprecError, ValueError) as e:
+        _fail(str(e))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(recs, indent=2) + "\n")
+        return
+    target = art.config.data["target"]
+    if user not in art.index.users:
+        out.print(f"[yellow]{user} is new to this model: the most popular {target} items.[/]")
+    table = Table(title=f"top {k} {target} items for {user} ({art.config.method})")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    table.add_column("because you have", overflow="fold")
+    for i, r in enumerate(recs, 1):
+        table.add_row(str(i), r["item"], f"{r['score']:.4f}", ", ".join(r["because"]))
     out.print(table)
 
 
