@@ -27,6 +27,14 @@ by what they bought lately as well as by who they are. The content tower may als
 learned bag of the title's words (``n_words``), which keeps tokens such as a platform name
 that a sentence encoder blurs.
 
+With ``content_match`` (and ``history_len > 0``) the score gains a direct content-match term,
+``a * sum_l w_l cos(t_i, t_l)``: the recency-weighted mean (the same position weights
+``w_l`` as the pooling) of the cosines between the candidate's title vector and those of the
+user's recent items, times a learned scalar ``a``. A cold item's strongest signal is often
+"like what this user just bought", and this term keeps the encoder's full width for it rather
+than the ``dim``-wide bottleneck of the dot product. (It needs a catalog item: vectors from
+:meth:`ContentModel.new_item_vectors` do not include it.)
+
 The ranking loss is a sampled softmax: each observed (user, item) pair against ``n_negatives``
 items drawn uniformly from the warm catalog, shared across the batch.
 
@@ -92,6 +100,8 @@ class ContentConfig:
     use_user_id: bool = True  # add a user ID embedding to the user vector
     history_text: bool = False  # also pool a linear map of the recent items' title vectors
     init_std: float = 0.05  # std of the ID embeddings at start
+    content_match: bool = False  # add a learned scale times cos(candidate title, history titles)
+    content_match_init: float = 1.0  # that scale at start (before the temperature)
 
 
 @dataclass
@@ -219,6 +229,10 @@ class ContentModel(nn.Module):
         moments = price_stats(content.price)
         self.register_buffer("price_moments", torch.tensor(moments, dtype=torch.float64))
         self.register_buffer("price", _price_features(content.price, cfg.n_items, moments))
+        if cfg.content_match:
+            if cfg.history_len == 0:
+                raise ValueError("content_match needs history_len > 0")
+            self.match_scale = nn.Parameter(torch.tensor(float(cfg.content_match_init)))
         warm_mask = np.ones(cfg.n_items, bool) if warm is None else np.asarray(warm, bool)
         self.register_buffer("warm", torch.as_tensor(warm_mask))
         self.register_buffer("warm_index", torch.nonzero(self.warm).flatten())
@@ -237,18 +251,34 @@ class ContentModel(nn.Module):
         p = self.user(users)  # (B, dim)
         if self.config.history_len == 0:
             return p
-        if history is None:
-            raise ValueError("this model pools the user's recent items: pass `history`")
-        h = history[:, : self.config.history_len]  # (B, L)
-        valid = h != self.config.n_items
-        logits = self.history_pos[: h.shape[1]].expand_as(h).masked_fill(~valid, -1e9)
-        weights = torch.softmax(logits, dim=1) * valid.any(1, keepdim=True)  # (B, L)
+        h, weights = self._history_weights(history)
         items = self.history_item(h)  # (B, L, dim); padding rows are zero
         if self.history_text is not None:
             # padding reads item 0's title, but its weight is 0
             text = self.text.index_select(0, h.clamp(max=self.config.n_items - 1).reshape(-1))
             items = items + self.history_text(text).reshape(*h.shape, -1)
         return p + torch.einsum("bl,bld->bd", weights, items)
+
+    def _history_weights(self, history: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The recent items ``(B, L)`` cut to ``history_len`` and their recency weights
+        ``(B, L)`` (softmax over the valid positions; all zero for an empty history)."""
+        if history is None:
+            raise ValueError("this model pools the user's recent items: pass `history`")
+        h = history[:, : self.config.history_len]  # (B, L)
+        valid = h != self.config.n_items
+        logits = self.history_pos[: h.shape[1]].expand_as(h).masked_fill(~valid, -1e9)
+        return h, torch.softmax(logits, dim=1) * valid.any(1, keepdim=True)
+
+    def _unit_text(self, items: Tensor) -> Tensor:
+        """Unit-length title vectors ``(..., text_dim)`` of catalog items."""
+        flat = items.reshape(-1).clamp(max=self.config.n_items - 1)
+        return F.normalize(self.text.index_select(0, flat), dim=-1).reshape(*items.shape, -1)
+
+    def history_text_profile(self, history: Tensor | None) -> Tensor:
+        """Recency-weighted mean ``(B, text_dim)`` of the recent items' unit title vectors
+        (what the content-match term compares candidates with)."""
+        h, weights = self._history_weights(history)
+        return torch.einsum("bl,bld->bd", weights, self._unit_text(h))
 
     # -- item vectors -------------------------------------------------------------------
     def content_vectors(self, items: Tensor) -> Tensor:
@@ -330,6 +360,11 @@ class ContentModel(nn.Module):
         p = self.user_vectors(user, batch.get("history"))  # (B, dim)
         pos_logit = (p * q[: len(pos), :-1]).sum(-1) + q[: len(pos), -1]  # (B,)
         neg_logit = p @ q[len(pos) :, :-1].T + q[len(pos) :, -1]  # (B, K)
+        if cfg.content_match:
+            profile = self.history_text_profile(batch.get("history"))  # (B, text_dim)
+            unit = self._unit_text(items)  # (B + K, text_dim)
+            pos_logit = pos_logit + self.match_scale * (profile * unit[: len(pos)]).sum(-1)
+            neg_logit = neg_logit + self.match_scale * (profile @ unit[len(pos) :].T)
         # A sampled negative that equals the row's positive is not a negative.
         neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == pos.unsqueeze(1), -1e9)
         logits = torch.cat([pos_logit.unsqueeze(1), neg_logit], dim=1) / cfg.temperature
@@ -377,15 +412,22 @@ class ContentModel(nn.Module):
     def score(self, users: Tensor, items: Tensor, history: Tensor | None = None) -> Tensor:
         """Scores of candidate items per user: ``users (N,)``, ``items (N, C)`` -> ``(N, C)``.
 
-        Warm items use the blend, cold items their content vector. ``history`` ``(N, L)``:
-        each user's recent items, most recent first (see :meth:`user_vectors`).
+        Warm items use the blend, cold items their content vector; with ``content_match`` the
+        content-match term is added. ``history`` ``(N, L)``: each user's recent items, most
+        recent first (see :meth:`user_vectors`).
         """
         was = self.training
         self.eval()
         try:
             q = self.item_vectors(items)  # (N, C, dim + 1)
             p = self.user_vectors(users, history)  # (N, dim)
-            return torch.einsum("nd,ncd->nc", p, q[..., :-1]) + q[..., -1]
+            out = torch.einsum("nd,ncd->nc", p, q[..., :-1]) + q[..., -1]
+            if self.config.content_match:
+                profile = self.history_text_profile(history)  # (N, text_dim)
+                out = out + self.match_scale * torch.einsum(
+                    "nd,ncd->nc", profile, self._unit_text(items)
+                )
+            return out
         finally:
             self.train(was)
 
