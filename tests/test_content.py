@@ -269,3 +269,17 @@ def test_content_match_term(tmp_path):
         ContentModel(
             ContentConfig(n_users=5, n_items=30, text_dim=8, content_match=True), ItemContent(text)
         )
+
+
+def test_pairwise_term_adds_bpr_on_the_logits():
+    """``pairwise_weight`` adds ``w * mean softplus(l_neg - l_pos)`` to the rank loss only."""
+    text = np.random.default_rng(2).normal(size=(30, 8)).astype(np.float32)
+    sizes = dict(n_users=5, n_items=30, text_dim=8, dim=4, hidden=8, n_negatives=5)
+    plain = ContentModel(ContentConfig(**sizes), ItemContent(text))
+    paired = ContentModel(ContentConfig(**sizes, pairwise_weight=0.5), ItemContent(text))
+    logits = torch.tensor([[2.0, 1.0, -1.0e9], [0.0, 3.0, 1.0]])
+    outputs = {"rank": logits, "distill": torch.zeros(2, 5), "user_norm": torch.tensor(0.0)}
+    base, extra = plain.task_losses(outputs, {}), paired.task_losses(outputs, {})
+    bpr = torch.nn.functional.softplus(torch.tensor([-1.0, -1.0e9, 3.0, 1.0])).mean()
+    torch.testing.assert_close(extra["rank"] - base["rank"], 0.5 * bpr)
+    torch.testing.assert_close(extra["distill"], base["distill"])

@@ -36,7 +36,11 @@ than the ``dim``-wide bottleneck of the dot product. (It needs a catalog item: v
 :meth:`ContentModel.new_item_vectors` do not include it.)
 
 The ranking loss is a sampled softmax: each observed (user, item) pair against ``n_negatives``
-items drawn uniformly from the warm catalog, shared across the batch.
+items drawn uniformly from the warm catalog, shared across the batch. A low temperature puts
+the softmax's gradient on the few hardest negatives, which serves the top of the list; with
+``pairwise_weight > 0`` a BPR term (Rendle et al., UAI 2009), the mean over all the row's
+negatives of ``-log sigmoid(l_pos - l_neg)`` on the same (temperature-scaled) logits, is
+added to it: a smooth surrogate of AUC, which asks every negative to fall below the positive.
 
 The model keeps the training loop's contract (``forward``, ``task_losses``, ``predict``), so
 :func:`shoprec.train.loop.fit` trains it; its two losses are ``rank`` and ``distill``.
@@ -102,6 +106,7 @@ class ContentConfig:
     init_std: float = 0.05  # std of the ID embeddings at start
     content_match: bool = False  # add a learned scale times cos(candidate title, history titles)
     content_match_init: float = 1.0  # that scale at start (before the temperature)
+    pairwise_weight: float = 0.0  # weight of a BPR term on the same logits (an AUC surrogate)
 
 
 @dataclass
@@ -375,11 +380,16 @@ class ContentModel(nn.Module):
         }
 
     def task_losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        """``rank``: softmax cross-entropy with the positive at index 0 (plus the user L2);
+        """``rank``: softmax cross-entropy with the positive at index 0 (plus the user L2 and,
+        with ``pairwise_weight``, the BPR term);
         ``distill``: mean squared content-minus-ID residual, times ``distill_weight``."""
         logits = outputs["rank"]
         target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
         rank = F.cross_entropy(logits, target) + self.config.user_l2 * outputs["user_norm"]
+        if self.config.pairwise_weight > 0:
+            # masked negatives (-1e9) give a vanishing term
+            diff = logits[:, :1] - logits[:, 1:]  # (B, K)
+            rank = rank + self.config.pairwise_weight * F.softplus(-diff).mean()
         distill = outputs["distill"].pow(2).sum(-1).mean() * self.config.distill_weight
         return {"rank": rank, "distill": distill}
 
