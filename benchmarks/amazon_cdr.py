@@ -758,6 +758,18 @@ def _markdown(main: dict[str, Any], cold: dict[str, Any] | None, settings: dict[
             f"pairs and from {a['twin']['full_NDCG']:.4f} to {b['twin']['full_NDCG']:.4f} on "
             "the twin pairs."
         )
+    for k in (0, 1):
+        rows = {r["name"]: r for r in main["targets"][str(k)]["rows"]}
+        a = rows.get("Ours, item neighbours, target only")
+        b = rows.get("Ours, item neighbours, both domains")
+        if a and b:
+            merge.append(
+                f"- target {domains[k]}, our item neighbours: the source history moves full "
+                f"NDCG@10 from {a['all']['full_NDCG']:.4f} to {b['all']['full_NDCG']:.4f} on all "
+                f"pairs, from {a['no_twin']['full_NDCG']:.4f} to "
+                f"{b['no_twin']['full_NDCG']:.4f} on twin-free pairs and from "
+                f"{a['twin']['full_NDCG']:.4f} to {b['twin']['full_NDCG']:.4f} on the twin pairs."
+            )
     merge_lines = "\n".join(merge)
     behind, neural_ahead, n_cells = [], [], 0
     metric_names = {"s_HR": "sampled HR", "s_NDCG": "sampled NDCG", "full_HR": "full HR",
@@ -788,9 +800,10 @@ def _markdown(main: dict[str, Any], cold: dict[str, Any] | None, settings: dict[
         {k: v for k, v in main["facts"].items() if not k.startswith(("als_", "twins_"))},
         default=str,
     )
+    run_stamp = main.get("stamp") or stamp("python -m benchmarks.amazon_cdr")
     return f"""## Amazon Sport <-> Cloth cross-domain transfer (amazon_cdr)
 
-{stamp("python -m benchmarks.amazon_cdr")}- torch threads: {settings["threads"]};
+{run_stamp}- torch threads: {settings["threads"]};
   {load_note(settings["threads"], main.get("load_end", float("nan")))}. Whole run:
   {main.get("total_s", 0):.0f} s (main) + {(cold or {}).get("total_s", 0):.0f} s (cold start).
 - settings: `configs/amazon_sport_cloth.yaml`
@@ -811,7 +824,8 @@ users loses half its set; the slice only, no model sees test pairs).
 
 {(chr(10) * 2).join(parts)}{cold_md}
 
-Targets (relative NDCG@10):
+Targets (relative NDCG@10; "best of ours" is the best of our rows on that slice of the test
+set: each row's settings were chosen on validation, but picking the row on test flatters us):
 {verdicts}
 
 How each row works:
@@ -847,9 +861,15 @@ How each row works:
 Where ours loses (the best of our rows vs the better ALS row, {n_cells} cells: two targets,
 all pairs / twin-free, four metrics): {behind_text}. Our neural models
 (`CrossDomainModel`: target only, fine-tune, joint, experts) are ahead of the better ALS
-in these cells only: {neural_text}. Merging the domains into ALS gains mostly through the
-twin pairs:
+in these cells only: {neural_text}. What the source domain adds, on all pairs, on the
+twin-free pairs and on the twin pairs (mostly the twins):
 {merge_lines}
+
+On our validation hold-out (random training pairs, one per user and domain) the source
+history helped the twin-free validation pairs as well (during development, Sport: item
+neighbours with both domains 0.053 vs ALS merged 0.045 full NDCG@10; twin flags computed the
+same way); on the released test pairs it does not, for ALS nor for us, which is why the
+both-domains rows, picked on validation, lose the twin-free slice to the target-only ones.
 
 Findings from developing `CrossDomainModel` (validation hold-out, Sport as the target, full
 ranking NDCG@10; not rerun by this script): popularity 0.0048, ALS target only 0.0145 (256
@@ -914,6 +934,7 @@ def run(part: str, quick: bool, config_path: Path = CONFIG) -> dict[str, Any]:
                 nb_params[k] = _best(select_neighbours(data, True, grid)[k])
         res = run_cold(data, settings, ours, params, nb_params)
     res["total_s"] = time.perf_counter() - started
+    res["stamp"] = stamp("python -m benchmarks.amazon_cdr")  # the code and date of the run
     res["load_end"] = os.getloadavg()[0]
     path = OUT / f"amazon_cdr_{part}{suffix}.json"
     path.write_text(json.dumps(res, default=_json_default, indent=1))
