@@ -93,3 +93,21 @@ def test_clear_errors_for_bad_transfer_configs(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "market_9" in res.output and "market_0" in res.output
     with pytest.raises(ValueError, match="differ"):
         TransferConfig(name="x", data={"source": "a", "target": "a"})
+
+
+def test_pairs_from_a_csv_file(tmp_path: Path) -> None:
+    import polars as pl
+
+    from shoprec.data.errors import DataError
+    from shoprec.transfer.run import load_pairs
+
+    rows = [("a", "x", "uk"), ("a", "y", "de"), ("b", "x", "uk"), ("b", "x", "uk")]
+    path = tmp_path / "pairs.csv"
+    pl.DataFrame(rows, schema=["user", "item", "domain"], orient="row").write_csv(path)
+    pairs = load_pairs({"dataset": str(path)})
+    assert pairs.height == 3 and pairs.columns == ["user", "item", "domain"]  # deduplicated
+    pl.DataFrame({"user": ["a"], "sku": ["x"]}).write_csv(tmp_path / "bad.csv")
+    with pytest.raises(DataError, match="lacks the column"):
+        load_pairs({"dataset": str(tmp_path / "bad.csv")})
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_pairs({"dataset": str(tmp_path / "missing.csv")})
