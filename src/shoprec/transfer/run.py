@@ -27,9 +27,10 @@ items less the user's other target items, beside target popularity. Example::
     output: runs/sport_from_cloth
 
 The artifact folder holds ``transfer.yaml`` (the config), ``index.json`` (user and item ids),
-``metrics.json`` and the model (``model.json`` + ``weights.safetensors``, or
-``neighbours/``); :class:`TransferArtifact` loads it and recommends target items for a user,
-including one with no target history (from their source history).
+``metrics.json``, ``history.parquet`` (every known pair, held-out ones included) and the
+model (``model.json`` + ``weights.safetensors``, or ``neighbours/``). :class:`TransferArtifact`
+loads it and recommends target items for a user, including one with no target history (from
+their source history).
 """
 
 from __future__ import annotations
@@ -257,8 +258,8 @@ def run_transfer(cfg: TransferConfig, output: str | Path | None = None) -> Path:
     (out / "transfer.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     index = {"domains": s.index.domains, "users": s.index.users, "items": s.index.items}
     (out / "index.json").write_text(json.dumps(index))
-    pairs = pl.DataFrame({"user": s.u[tr], "item": s.i[tr]})
-    pairs.write_parquet(out / "history.parquet")
+    # Every known pair, held-out ones included: what recommend() reads and leaves out.
+    pl.DataFrame({"user": s.u, "item": s.i}).write_parquet(out / "history.parquet")
     return out
 
 
@@ -334,7 +335,7 @@ class TransferArtifact:
     path: Path
     config: TransferConfig
     index: DomainIndex
-    history: pl.DataFrame  # training (user id, item id) pairs of both domains
+    history: pl.DataFrame  # every known (user id, item id) pair of both domains
     model: CrossDomainModel | None = None
     neighbours: ItemNeighbours | None = None
 
