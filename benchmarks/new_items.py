@@ -574,6 +574,7 @@ def _markdown(out: dict[str, Any]) -> str:
         "validation split during development, the epoch in this run; peers' settings from "
         "their grids and epochs in this run, on the same split. Each row refit on the whole "
         "training log, test read once.",
+        f"- ours, settings: {out['settings']['model']}; train {out['settings']['train']}",
         "",
         "| row | cold HR@10 | cold NDCG@10 | cold AUC | cold, pop. neg. HR@10 | NDCG@10 | AUC "
         "| warm HR@10 | warm NDCG@10 | warm AUC | chosen on validation |",
