@@ -450,11 +450,17 @@ def verdicts_for(rows: dict[str, Any], timing: dict[str, Any] | None) -> list[st
             bp = max(peers.values(), key=lambda r: r["test_auc_mean"][t])
             o, p = bo["test_auc_mean"][t], bp["test_auc_mean"][t]
             met = "**met**" if o >= p else "**not met**"
+            spread = max(bo["test_auc_std"][t], bp["test_auc_std"][t])
+            noise = (
+                f", well inside the seed-to-seed spread (± {spread:.4f}): a tie, not a lead"
+                if abs(o - p) < spread
+                else ""
+            )
             out.append(
-                f"our best >= best peer on {TASK_TITLES[t]}: {met}: ours {o:.4f} "
-                f"(± {bo['test_auc_std'][t]:.4f}, {bo['model']}) vs {p:.4f} "
+                f"our best >= best peer on {TASK_TITLES[t]}: {met}: ours {o:.5f} "
+                f"(± {bo['test_auc_std'][t]:.4f}, {bo['model']}) vs {p:.5f} "
                 f"(± {bp['test_auc_std'][t]:.4f}, {LIB_TITLES[bp['lib']]} {bp['model']}); "
-                f"difference {o - p:+.4f}"
+                f"difference {o - p:+.5f}{noise}"
             )
     if timing and "torch-rechub mmoe" in timing:
         ours_t = timing["shoprec mmoe"]
