@@ -283,3 +283,27 @@ def test_pairwise_term_adds_bpr_on_the_logits():
     bpr = torch.nn.functional.softplus(torch.tensor([-1.0, -1.0e9, 3.0, 1.0])).mean()
     torch.testing.assert_close(extra["rank"] - base["rank"], 0.5 * bpr)
     torch.testing.assert_close(extra["distill"], base["distill"])
+
+
+def test_new_items_ensemble_averages_standardised_scores():
+    """The benchmark's seed ensemble: per-user z-scores of each member, then their mean."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent  # benchmarks/ is a package at the repo root
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.new_items import ensemble_scorer
+
+    a = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]])
+    b = np.array([[30.0, 10.0, 20.0], [5.0, 6.0, 7.0]])  # another scale and order
+    users, items = np.arange(2), np.zeros((2, 3), np.int64)
+    both = ensemble_scorer([lambda u, i: a, lambda u, i: 1000.0 * b])(users, items)
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+
+    np.testing.assert_allclose(both, (z(a) + z(b)) / 2, atol=1e-12)
+    # one member, or a member with itself rescaled: the member's ranking is kept
+    alone = ensemble_scorer([lambda u, i: a, lambda u, i: 5.0 * a + 1.0])(users, items)
+    np.testing.assert_array_equal(np.argsort(alone, 1), np.argsort(z(a), 1))
