@@ -191,19 +191,19 @@ def _split(frame: pl.DataFrame, source: str, target: str, seed: int) -> _Split:
     return _Split(index, u, i, d, ~(test | valid), valid, test)
 
 
-def _exclude(s: _Split, users: np.ndarray, held: np.ndarray) -> metrics.CSR:
-    """Per user, their target items other than the held-out ones (as target columns)."""
-    lo = s.index.starts[1] + 1
-    keep = (s.d == 1) & ~held
+def _exclude(s: _Split, held: np.ndarray, domain: int = 1) -> metrics.CSR:
+    """For each held-out pair's user, their other items of ``domain`` (as its columns)."""
+    lo = s.index.starts[domain] + 1
+    keep = (s.d == domain) & ~held
     rows = metrics.CSR.from_pairs(s.u[keep], s.i[keep] - lo, s.index.n_users + 1)
     return metrics.CSR.from_lists(
-        [rows.indices[rows.indptr[x] : rows.indptr[x + 1]] for x in users]
+        [rows.indices[rows.indptr[x] : rows.indptr[x + 1]] for x in s.u[held]]
     )
 
 
 def _ranking(scores: torch.Tensor, s: _Split, held: np.ndarray) -> dict[str, float]:
     lo = s.index.starts[1] + 1
-    ranks = metrics.rank_of_targets(scores, s.i[held] - lo, _exclude(s, s.u[held], held))
+    ranks = metrics.rank_of_targets(scores, s.i[held] - lo, _exclude(s, held))
     return {
         "hr@10": metrics.hit_rate_at_k(ranks, K),
         "ndcg@10": metrics.ndcg_at_k(ranks, K),
@@ -292,13 +292,8 @@ def _train_model(
         return history_matrix(s.u[m], s.i[m], n_users, cfg.max_history, seed=seed)
 
     def evaluator(domain: int, hist: np.ndarray, held: np.ndarray) -> Any:
-        users = s.u[held]
-        lo = s.index.starts[domain] + 1
-        keep = (s.d == domain) & ~held
-        rows = metrics.CSR.from_pairs(s.u[keep], s.i[keep] - lo, n_users + 1)
-        exclude = metrics.CSR.from_lists(
-            [rows.indices[rows.indptr[x] : rows.indptr[x + 1]] for x in users]
-        )
+        users, lo = s.u[held], s.index.starts[domain] + 1
+        exclude = _exclude(s, held, domain)
         return ranking_evaluator(model, users, hist[users], s.i[held] - lo, exclude, domain)
 
     def rows_of(domains: tuple[int, ...], hist: np.ndarray, mask: np.ndarray = tr) -> Any:
