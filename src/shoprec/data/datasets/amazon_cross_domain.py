@@ -26,16 +26,9 @@ Example::
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
-import polars as pl
-
-from shoprec.data.errors import DataError
+from shoprec.data.datasets.releases import load_domain_pairs
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import Behavior, Dataset, DropReport, Interactions
-
-log = logging.getLogger(__name__)
+from shoprec.data.schema import Behavior, Dataset
 
 NAME = "amazon_cross_domain"
 SOURCE = "https://github.com/cjx96/DisenCDR"
@@ -46,53 +39,12 @@ DOMAINS: dict[str, str] = {"sport": "sport_cloth", "cloth": "cloth_sport"}
 TEST_FILES = ("test.txt", "test_original.txt")
 
 
-def _read_pairs(path: Path, domain: str, what: str, report: DropReport) -> tuple[pl.DataFrame, int]:
-    """Read ``user<TAB>item<TAB>1`` lines into canonical (user, item, behavior, domain).
-
-    Returns the pairs and the number of raw lines read.
-    """
-    try:
-        df = pl.read_csv(
-            path,
-            has_header=False,
-            separator="\t",
-            infer_schema=False,
-            quote_char=None,
-            new_columns=["user", "item", "flag"],
-        )
-    except pl.exceptions.ComputeError as e:
-        raise DataError(f"cannot be read as user<TAB>item<TAB>1 lines: {e}", file=path) from e
-    if df.width != 3:
-        raise DataError(f"expected 3 tab-separated fields, found {df.width}", file=path)
-    for col in ("user", "item"):
-        ok = df[col].str.strip_chars().str.contains(r"^\d+$")
-        bad = ~ok.fill_null(False)
-        if bad.any():
-            row = int(bad.arg_max())  # type: ignore[arg-type]
-            raise DataError(
-                "ids must be non-negative integers",
-                file=path,
-                column=col,
-                row=row,
-                value=df[col][row],
-            )
-    not_one = df["flag"].str.strip_chars().ne("1").fill_null(True)
-    report.add(f"flag other than 1 in {what}", int(not_one.sum()))
-    pairs = df.filter(~not_one).select(
-        pl.col("user").str.strip_chars().cast(pl.Int64).cast(pl.String),
-        (
-            pl.lit(f"{domain}:") + pl.col("item").str.strip_chars().cast(pl.Int64).cast(pl.String)
-        ).alias("item"),
-        pl.lit(Behavior.BUY.value).alias("behavior"),
-        pl.lit(domain).alias("domain"),
-    )
-    unique = pairs.unique(subset=["user", "item"], keep="first", maintain_order=True)
-    report.add(f"duplicate (user, item) in {what}", pairs.height - unique.height)
-    return unique, df.height
-
-
 def load(test_file: str = "test.txt") -> Dataset:
     """Load the Sport/Cloth cross-domain pair.
+
+    A thin layer over :func:`~shoprec.data.datasets.releases.load_domain_pairs`: the folder
+    names are mapped to ``sport`` / ``cloth``, item ids are always domain-qualified, and only
+    lines flagged ``1`` are kept.
 
     Args:
         test_file: ``"test.txt"`` (the published test: held-out items seen in train) or
@@ -111,37 +63,21 @@ def load(test_file: str = "test.txt") -> Dataset:
         raise ValueError(f"test_file must be one of {TEST_FILES}, not {test_file!r}")
     required = tuple(f"{sub}/{f}" for sub in DOMAINS.values() for f in ("train.txt", test_file))
     root = dataset_dir(FOLDER, name=NAME, source=SOURCE, required=required)
-    report = DropReport()
-    train_parts, test_parts = [], []
-    raw_rows = 0
-    for domain, sub in DOMAINS.items():
-        for name, parts in (("train.txt", train_parts), (test_file, test_parts)):
-            path = root / sub / name
-            pairs, n = _read_pairs(path, domain, f"{sub}/{name}", report)
-            raw_rows += n
-            parts.append(pairs)
-    interactions = Interactions.from_frame(pl.concat(train_parts))
-    test = Interactions.from_frame(pl.concat(test_parts))
-    if report.total:
-        log.warning("%s: dropped %d raw lines: %s", NAME, report.total, report.to_dict())
-    train_pairs = {d: int(interactions.df["domain"].eq(d).sum()) for d in DOMAINS}
-    users = interactions.df["user"].n_unique()
-    log.info("%s: train pairs %s, %d users, %d test pairs", NAME, train_pairs, users, len(test))
-    return Dataset(
+    ds = load_domain_pairs(
+        root,
+        domains={sub: domain for domain, sub in DOMAINS.items()},
+        valid=None,
+        test=test_file,
+        behavior=Behavior.BUY.value,
         name=NAME,
-        interactions=interactions,
-        test=test,
-        raw_rows=raw_rows,
-        dropped=report,
-        meta={
-            "source": SOURCE,
-            "folder": str(root),
-            "has_timestamps": False,
-            "domains": dict(DOMAINS),
-            "item_id_format": "<domain>:<original item id>",
-            "test_file": test_file,
-            "train_pairs": train_pairs,
-            "n_users": users,
-            "note": "test.txt = test_original.txt minus items unseen in the domain's train.txt",
-        },
+        min_rating=1,
+        qualify_items=True,
     )
+    ds.meta.update(
+        source=SOURCE,
+        folder=str(root),
+        test_file=test_file,
+        n_users=ds.interactions.df["user"].n_unique(),
+        note="test.txt = test_original.txt minus items unseen in the domain's train.txt",
+    )
+    return ds
