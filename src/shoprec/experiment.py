@@ -1,341 +1,794 @@
-"""Config-driven training: ``shoprec train CONFIG.yaml``, ``evaluate`` and ``recommend``.
+"""The front door's steps: config -> data -> split -> recipe -> evaluation -> artifact.
 
-A YAML config names the data, the split, the behaviors that become tasks, the model and how
-to train it. :func:`train_from_config` writes an artifact folder that :class:`Artifact`
-loads again::
+``shoprec train CONFIG``, ``shoprec evaluate ARTIFACT``, the benchmarks' "ours" rows and a
+notebook all run these functions::
 
-    name: sim_mmoe
-    data:
-      dataset: simulated          # a built-in name, a folder, or a YAML data config
-      simulate: {n_events: 200000, seed: 0}
-      split: {kind: time, test_days: 14, valid_days: 7}
-      behaviors: [view, cart, buy]
-      n_negatives: 4
-    model: {name: mmoe, embedding_dim: 16, config: {n_experts: 4}}
-    train: {epochs: 8, batch_size: 2048, lr: 0.001, patience: 2, seed: 0}
-    weighting: {name: fixed}
-    output: runs/sim_mmoe
+    cfg = load_config("configs/sim_mmoe.yaml")
+    path = train_experiment(cfg)                  # writes the artifact, test read once
+    result = evaluate_artifact(path)              # the same protocol, again, from the folder
 
-The artifact holds ``config.json`` + ``weights.safetensors`` (the model), ``encoder.json``,
-``items.parquet`` and ``users.parquet`` (what scoring new pairs needs), ``seen.parquet``
-(each user's training items, to exclude from recommendations), ``experiment.yaml`` (the
-config it came from) and ``metrics.json`` (validation scores of the chosen epoch and test
-scores, read once after selection).
+One resolver turns ``data:`` into a :class:`~shoprec.data.schema.Dataset` (built-in names,
+the simulated shop, a folder, a data YAML, the shop's own files, public release layouts);
+one function makes every split kind; the recipe does the rest; the evaluation ranks the
+scorer's items for each test user (full ranking, or one positive among N sampled negatives)
+and reports overall and per slice with bootstrap intervals.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import torch
-import yaml
 
-from shoprec.data.encode import OOV
+from shoprec import artifact as artifacts
+from shoprec import recipes
+from shoprec.artifact import Artifact
+from shoprec.config import (
+    ColdItemSplit,
+    ColdUserSplit,
+    ConfigError,
+    DataSection,
+    EvaluateSection,
+    ExperimentConfig,
+    GivenSplit,
+    LeaveLastOutSplit,
+    RandomSplit,
+    TimeSplit,
+    load_config,
+)
 from shoprec.data.errors import DataError
-from shoprec.data.schema import Dataset
-from shoprec.data.split import Split, check_no_leakage, leave_last_out, time_split
-from shoprec.evaluate import metrics
-from shoprec.models import build_model, load_model, save_model
-from shoprec.models.base import MultiTaskModel
-from shoprec.pipeline import FeatureBuilder, RankingData, prepare_ranking, score_pairs
-from shoprec.train.loop import TrainConfig, fit, predict
-from shoprec.train.weighting import make_weighting
+from shoprec.data.schema import Dataset, Interactions, TabularDataset
+from shoprec.data.split import (
+    Split,
+    check_no_leakage,
+    cold_item_split,
+    cold_user_split,
+    given_split,
+    leave_last_out,
+    random_split,
+    time_split,
+)
+from shoprec.evaluate.metrics import CSR
+
+if TYPE_CHECKING:
+    from shoprec.recipes.base import Scorer, TrainingRun
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """A parsed training config (see the module docstring for the YAML shape)."""
-
-    name: str
-    data: dict[str, Any]
-    model: dict[str, Any]
-    train: dict[str, Any] = field(default_factory=dict)
-    weighting: dict[str, Any] = field(default_factory=lambda: {"name": "fixed"})
-    output: str | None = None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise DataError(f"cannot read the config: {e}", file=path) from e
-        if not isinstance(raw, dict):
-            raise DataError("the config must be a YAML mapping", file=path)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise DataError(
-                f"unknown top-level keys {unknown}; allowed: {sorted(known)}", file=path
-            )
-        for key in ("data", "model"):
-            if not isinstance(raw.get(key), dict):
-                raise DataError(f"the config needs a '{key}:' mapping", file=path)
-        raw.setdefault("name", path.stem)
-        return cls(**raw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+__all__ = [
+    "Artifact",
+    "Evaluation",
+    "ExperimentConfig",
+    "evaluate_artifact",
+    "evaluate_scorer",
+    "load_config",
+    "load_dataset",
+    "make_split",
+    "train_experiment",
+]
 
 
-def load_dataset(data: dict[str, Any]) -> Dataset:
-    """The dataset a config's ``data:`` section names."""
+# ---------------------------------------------------------------------------------- data
+
+
+def load_dataset(data: DataSection, *, tabular: bool = False) -> Dataset | TabularDataset:
+    """The dataset a config's ``data:`` section names (the one resolver).
+
+    Raises:
+        DataError: an unknown name, a missing file, a tabular dataset (census: use the
+            census benchmark), or a file problem (named with its row).
+    """
     from shoprec.data import datasets
-    from shoprec.data.datasets.custom import load_config, load_folder
+    from shoprec.data.datasets.custom import FileSpec, load_files, load_folder
+    from shoprec.data.datasets.custom import load_config as load_data_yaml
 
-    name = str(data.get("dataset", "simulated"))
-    if name == "simulated":
-        from shoprec.data.simulate import simulate_shop
+    if data.release is not None:
+        from shoprec.data.datasets.releases import load_release
 
-        return simulate_shop(**data.get("simulate", {})).dataset
-    if name in datasets.names():
-        ds = datasets.load(name)
-    elif Path(name).is_dir():
-        ds = load_folder(name)
-    elif Path(name).suffix in {".yaml", ".yml"}:
-        ds = load_config(name)
+        ds = load_release(dict(data.release))
+    elif data.events is not None:
+
+        def spec(f: Any) -> FileSpec | None:
+            if f is None:
+                return None
+            return FileSpec(
+                f.path,
+                columns=f.columns,
+                behaviors=f.behaviors,
+                default_behavior=f.default_behavior,
+                timestamp_format=f.timestamp_format,
+                separator=f.separator,
+                drop_unmapped=f.drop_unmapped,
+            )
+
+        ds = load_files(spec(data.events), catalog=spec(data.catalog), users=spec(data.users))
     else:
-        raise DataError(f"unknown dataset '{name}': not built in, not a folder, not a YAML")
-    if not isinstance(ds, Dataset):
-        raise DataError(f"'{name}' is tabular; ranking configs need interactions")
+        name = str(data.dataset)
+        if name == "simulated":
+            from shoprec.data.simulate import simulate_shop
+
+            sim = data.simulate.model_dump(exclude_none=True) if data.simulate else {}
+            ds = simulate_shop(**sim).dataset
+        elif name in datasets.names():
+            ds = datasets.load(name, **data.options)
+        elif Path(name).is_dir():
+            ds = load_folder(name)
+        elif Path(name).suffix in {".yaml", ".yml"} and Path(name).exists():
+            ds = load_data_yaml(name)
+        elif Path(name).suffix:
+            raise DataError(
+                f"data.dataset '{name}' is not a file that exists; to train on your own "
+                "events file, write data: {events: {path: ..., columns: {...}}}",
+            )
+        else:
+            raise DataError(
+                f"unknown dataset '{name}'; built in: {', '.join(datasets.names())}, "
+                "simulated; or give data: {events: {path: your.csv}}"
+            )
+    if isinstance(ds, TabularDataset):
+        if tabular:
+            return ds
+        raise DataError(
+            f"'{ds.name}' is tabular (one row per impression with labels), not events; "
+            "train it with recipe: {name: tabular}"
+        )
+    if data.behaviors:
+        keep = list(data.behaviors)
+
+        def only(part: Interactions | None) -> Interactions | None:
+            return (
+                None
+                if part is None
+                else Interactions(part.df.filter(pl.col("behavior").is_in(keep)))
+            )
+
+        ds.interactions = only(ds.interactions)  # type: ignore[assignment]
+        ds.test, ds.valid = only(ds.test), only(ds.valid)
     return ds
 
 
-def make_split(ds: Dataset, spec: dict[str, Any]) -> Split:
-    """The split a config's ``data.split`` names: ``time`` or ``leave_last_out``."""
-    spec = dict(spec or {"kind": "time", "test_days": 14, "valid_days": 7})
-    kind = spec.pop("kind", "time")
-    if kind == "time":
-        split = time_split(ds.interactions, **spec)
-    elif kind == "leave_last_out":
-        split = leave_last_out(ds.interactions, **spec)
-    else:
-        raise DataError(f"unknown split kind '{kind}'; use time or leave_last_out")
+# --------------------------------------------------------------------------------- split
+
+
+def _hold_out_target(
+    train: Interactions, behavior: str, seed: int
+) -> tuple[Interactions, Interactions]:
+    """One seeded distinct ``behavior`` item per user with at least two of them, moved out
+    of ``train`` (all its ``behavior`` events) into a validation part."""
+    df = train.df.with_row_index("__row")
+    pairs = (
+        df.filter(pl.col("behavior") == behavior)
+        .select("user", "item")
+        .unique()
+        .sort("user", "item")
+    )
+    rng = np.random.default_rng(seed)
+    pairs = pairs.with_columns(pl.Series("__u", rng.random(pairs.height)))
+    pairs = pairs.with_columns(pl.len().over("user").alias("__n"))
+    held = (
+        pairs.filter(pl.col("__n") >= 2)
+        .sort("__u")
+        .unique("user", keep="first")
+        .select("user", "item")
+    )
+    is_held = df.join(held, on=["user", "item"], how="semi").filter(pl.col("behavior") == behavior)[
+        "__row"
+    ]
+    mask = df["__row"].is_in(is_held.implode())
+    valid = df.filter(mask).drop("__row")
+    rest = df.filter(~mask).drop("__row")
+    return Interactions(rest), Interactions(valid)
+
+
+def _random_per_user(inter: Interactions, cfg: RandomSplit) -> Split:
+    fr = list(cfg.fractions)
+    if len(fr) == 2:
+        fr = [fr[0], 0.0, fr[1]]
+    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-9:
+        raise DataError(f"split.fractions must be 2 or 3 numbers summing to 1; got {cfg.fractions}")
+    df = inter.df.with_row_index("__row")
+    rng = np.random.default_rng(cfg.seed)
+    eligible = pl.lit(True) if cfg.behavior is None else pl.col("behavior") == cfg.behavior
+    df = df.with_columns(pl.Series("__u", rng.random(df.height)), eligible.alias("__e"))
+    df = df.with_columns(
+        (pl.col("__u").rank("ordinal").over(["user", "__e"]) - 1).alias("__r"),
+        pl.len().over(["user", "__e"]).alias("__n"),
+    )
+    n_test = (pl.col("__n") * fr[2]).ceil()
+    n_valid = (pl.col("__n") * fr[1]).ceil()
+    part = (
+        pl.when(~pl.col("__e") | (pl.col("__n") < 2))
+        .then(pl.lit("train"))
+        .when(pl.col("__r") < n_test)
+        .then(pl.lit("test"))
+        .when((pl.col("__r") < n_test + n_valid) & (pl.col("__n") >= 3))
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("train"))
+    )
+    df = df.with_columns(part.alias("__p"))
+    drop = ["__row", "__u", "__e", "__r", "__n", "__p"]
+
+    def part_of(name: str) -> pl.DataFrame:
+        return df.filter(pl.col("__p") == name).sort("__row").drop(drop)
+
+    valid = part_of("valid")
+    return Split(
+        Interactions(part_of("train")),
+        Interactions(valid) if valid.height else None,
+        Interactions(part_of("test")),
+        kind="random",
+    )
+
+
+def make_split(ds: Dataset, spec: Any, target: str = "buy") -> Split:
+    """The split a config's ``split:`` section names, checked for leakage.
+
+    Args:
+        ds: the dataset.
+        spec: one of the split sections of :mod:`shoprec.config`.
+        target: the target behavior (the validation hold-out of a ``given`` split).
+    """
+    inter = ds.interactions
+    ts = inter.df["timestamp"]
+    if isinstance(spec, TimeSplit) and ts.null_count() == len(ts):
+        raise DataError(
+            "this data has no timestamps, so a time split cannot apply; use "
+            "split: {kind: random} (seeded), {kind: given} (the release's own test "
+            "files) or {kind: leave_last_out} (the last events in file order)"
+        )
+    if isinstance(spec, TimeSplit):
+        values = spec.model_dump(exclude={"kind"}, exclude_none=True)
+        split = time_split(inter, **values)
+    elif isinstance(spec, LeaveLastOutSplit):
+        split = leave_last_out(inter, **spec.model_dump(exclude={"kind"}))
+    elif isinstance(spec, GivenSplit):
+        split = given_split(ds)
+        if split.valid is None and spec.valid_hold_out:
+            train, valid = _hold_out_target(split.train, target, spec.seed)
+            if valid.df.height:
+                split = Split(train, valid, split.test, kind="given")
+    elif isinstance(spec, RandomSplit):
+        if spec.per_user:
+            split = _random_per_user(inter, spec)
+        else:
+            split = random_split(inter, spec.fractions, seed=spec.seed)
+    elif isinstance(spec, ColdItemSplit):
+        split = cold_item_split(inter, **spec.model_dump(exclude={"kind"}))
+    elif isinstance(spec, ColdUserSplit):
+        split = cold_user_split(inter, **spec.model_dump(exclude={"kind"}))
+    else:  # pragma: no cover - the schema allows nothing else
+        raise ConfigError(f"unknown split {spec!r}")
     check_no_leakage(split)
     return split
 
 
-def _binary_scores(
-    model: MultiTaskModel, data: RankingData, preds: dict[str, Any], rows: np.ndarray | None
-) -> dict[str, float]:
-    users = data.test.columns["user"].numpy()
-    rows = np.ones(len(users), dtype=bool) if rows is None else rows
-    out: dict[str, float] = {}
-    for task in model.tasks:
-        y = data.test.columns[task.label or task.name].numpy()[rows]
-        p = preds[task.name].numpy()[rows]
-        if task.kind == "binary" and len(y) and 0 < y.mean() < 1:
-            out[f"{task.name}/auc"] = metrics.auc(y, p)
-            out[f"{task.name}/gauc"] = metrics.gauc(y, p, users[rows])
-            out[f"{task.name}/logloss"] = metrics.logloss(y, p)
-    return out
-
-
-def task_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, float]:
-    """Per-task test metrics: AUC and log-loss for binary tasks, GAUC per user."""
-    return _binary_scores(model, data, predict(model, data.test), None)
-
-
-def slice_metrics(model: MultiTaskModel, data: RankingData) -> dict[str, dict[str, float]]:
-    """The same per-task test metrics on slices of the test samples.
-
-    Slices: warm / cold users and items (cold: no positive label of any task in the training
-    samples, e.g. an item launched during the test period; sampled negatives do not warm an
-    item up) and one per domain. Each slice also reports its number of samples as ``rows``; a task
-    whose labels are all equal in a slice has no AUC there and is left out.
-
-    Returns:
-        ``{slice name: {"rows": n, "<task>/auc": ..., ...}}``, e.g. ``"cold items"`` or
-        ``"domain market_1"``.
-    """
-    preds = predict(model, data.test)
-    cols = data.test.columns
-    train = data.train.columns
-    labels = [t.label or t.name for t in model.tasks if (t.label or t.name) in train]
-    positive = np.zeros(len(data.train), dtype=bool)
-    for label in labels:
-        positive |= train[label].numpy() > 0
-    masks: dict[str, np.ndarray] = {}
-    for col, what in (("user", "users"), ("item", "items")):
-        if col in cols and col in train:
-            warm_ids = np.unique(train[col].numpy()[positive])
-            ids = cols[col].numpy()
-            cold = (ids == OOV) | ~np.isin(ids, warm_ids)
-            masks[f"warm {what}"], masks[f"cold {what}"] = ~cold, cold
-    if "domain" in cols and "domain" in data.encoder.idmaps_:
-        ids = cols["domain"].numpy()
-        idmap = data.encoder.idmaps_["domain"]
-        for value in np.unique(ids):
-            name = idmap.value(int(value)) or "unknown"
-            masks[f"domain {name}"] = ids == value
-    out = {}
-    for name, rows in masks.items():
-        if rows.any():
-            out[name] = {"rows": float(rows.sum()), **_binary_scores(model, data, preds, rows)}
-    return out
-
-
-def train_from_config(cfg: ExperimentConfig, output: str | Path | None = None) -> Path:
-    """Load data, split, build samples, train with early stopping, save the artifact."""
-    out = Path(output or cfg.output or Path("runs") / cfg.name)
-    data_cfg = cfg.data
-    ds = load_dataset(data_cfg)
-    split = make_split(ds, data_cfg.get("split", {}))
-    behaviors = list(data_cfg.get("behaviors", ["view", "cart", "buy"]))
-    train_cfg = TrainConfig(**cfg.train)
-    data = prepare_ranking(
-        ds,
-        split,
-        behaviors,
-        n_negatives=int(data_cfg.get("n_negatives", 4)),
-        seed=train_cfg.seed,
-        embedding_dim=int(cfg.model.get("embedding_dim", 16)),
-    )
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(cfg.model["name"], data.features, data.tasks, **cfg.model.get("config", {}))
-    weighting_cfg = dict(cfg.weighting)
-    weighting = make_weighting(weighting_cfg.pop("name", "fixed"), behaviors, **weighting_cfg)
-    result = fit(model, data.train, data.valid, train_cfg, weighting=weighting)
-    scores = task_metrics(model, data)
-    save_artifact(
-        out,
-        model,
-        data.builder,
-        split,
-        cfg,
-        {
-            "valid": result.best_scores,
-            "best_epoch": result.best_epoch,
-            "test": scores,
-            "samples_per_second": result.samples_per_second,
-            "train_seconds": result.train_seconds,
-            "history": result.history,
-        },
-    )
-    return out
-
-
-def prepare_from_config(
-    cfg: ExperimentConfig, builder: FeatureBuilder | None = None
-) -> RankingData:
-    """Rebuild a config's encoded data (with a saved builder's encoder when given)."""
-    ds = load_dataset(cfg.data)
-    split = make_split(ds, cfg.data.get("split", {}))
-    return prepare_ranking(
-        ds,
-        split,
-        list(cfg.data.get("behaviors", ["view", "cart", "buy"])),
-        n_negatives=int(cfg.data.get("n_negatives", 4)),
-        seed=int(cfg.train.get("seed", 0)),
-        embedding_dim=int(cfg.model.get("embedding_dim", 16)),
-        encoder=builder.encoder if builder is not None else None,
-    )
-
-
-def save_artifact(
-    directory: Path,
-    model: MultiTaskModel,
-    builder: FeatureBuilder,
-    split: Split,
-    cfg: ExperimentConfig,
-    metrics_: dict[str, Any],
-) -> None:
-    """Write everything :class:`Artifact` needs into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, directory)
-    builder.save(directory)
-    split.train.df.select("user", "item", "behavior").unique().write_parquet(
-        directory / "seen.parquet"
-    )
-    (directory / "experiment.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (directory / "metrics.json").write_text(json.dumps(metrics_, indent=2, default=float) + "\n")
+# ---------------------------------------------------------------------------- evaluation
 
 
 @dataclass
-class Recommendation:
-    """One recommended item with each task's prediction."""
+class RankingSpec:
+    """Who is evaluated and what counts: rows of ``users``, columns = the scorer's items."""
 
-    item: str
-    score: float
-    predictions: dict[str, float]
-    attributes: dict[str, Any]
+    users: list[str]
+    relevant: CSR
+    exclude: CSR | None
+    unknown_relevant: int  # relevant (user, item) pairs whose item the scorer cannot rank
+    user_has_history: np.ndarray  # (U,) the user has training events
+    item_is_warm: np.ndarray  # (I,) the item has training events
+    pairs: pl.DataFrame  # user, item, row, col, domain of the relevant test pairs
 
 
-class Artifact:
-    """A trained model folder, ready to score and recommend.
+def ranking_spec(
+    part: Interactions,
+    train: Interactions,
+    items: Sequence[str],
+    target: str,
+    exclude: Sequence[str] | None,
+) -> RankingSpec:
+    """Evaluated users (those with a ``target`` event in ``part``), their relevant items
+    (CSR over ``items``) and the training items excluded from their ranking.
 
-    Example:
-        >>> art = Artifact.load("runs/sim_mmoe")  # doctest: +SKIP
-        >>> art.recommend("u12", k=10)  # doctest: +SKIP
+    Items outside ``items`` (e.g. only in a release's test file) cannot be ranked: they are
+    counted in ``unknown_relevant`` and their users score them as misses.
     """
+    events = part.df.filter(pl.col("behavior") == target)
+    if events.height == 0:
+        raise DataError(
+            f"the evaluated part has no '{target}' events (behaviors there: "
+            f"{sorted(part.df['behavior'].unique().to_list())}); set evaluate.target"
+        )
+    item_frame = pl.DataFrame({"item": list(items), "col": np.arange(len(items))})
+    pairs = events.group_by("user", "item").agg(pl.col("domain").first()).sort("user", "item")
+    users = sorted(pairs["user"].unique().to_list())
+    pairs = pairs.join(pl.DataFrame({"user": users, "row": np.arange(len(users))}), on="user").join(
+        item_frame, on="item", how="left"
+    )
+    known = pairs.filter(pl.col("col").is_not_null())
+    relevant = CSR.from_pairs(known["row"].to_numpy(), known["col"].to_numpy(), len(users))
+    excl = None
+    if exclude is None:
+        exclude = [target]
+    if exclude:
+        seen = (
+            train.df.filter(pl.col("behavior").is_in(list(exclude)))
+            .select("user", "item")
+            .unique()
+            .join(pl.DataFrame({"user": users, "row": np.arange(len(users))}), on="user")
+            .join(item_frame, on="item")
+        )
+        excl = CSR.from_pairs(seen["row"].to_numpy(), seen["col"].to_numpy(), len(users))
+    trained_users = set(train.df["user"].unique().to_list())
+    warm_items = item_frame.join(train.df.select("item").unique(), on="item", how="semi")[
+        "col"
+    ].to_numpy()
+    item_is_warm = np.zeros(len(items), dtype=bool)
+    item_is_warm[warm_items] = True
+    return RankingSpec(
+        users=users,
+        relevant=relevant,
+        exclude=excl,
+        unknown_relevant=int(pairs["col"].null_count()),
+        user_has_history=np.array([u in trained_users for u in users], dtype=bool),
+        item_is_warm=item_is_warm,
+        pairs=pairs,
+    )
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        if not (self.directory / "weights.safetensors").exists():
-            raise DataError("not a shoprec artifact (no weights.safetensors)", file=self.directory)
-        self.model = load_model(self.directory)
-        self.builder = FeatureBuilder.load(self.directory)
-        self.seen = pl.read_parquet(self.directory / "seen.parquet")
-        self.config = yaml.safe_load((self.directory / "experiment.yaml").read_text())
-        metrics_path = self.directory / "metrics.json"
-        self.metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
 
-    @classmethod
-    def load(cls, directory: str | Path) -> Artifact:
-        return cls(directory)
+@dataclass
+class Evaluation:
+    """What an evaluation measured (JSON-able through :meth:`to_dict`)."""
 
-    @property
-    def task_names(self) -> list[str]:
-        return self.model.task_names
+    protocol: str
+    target: str
+    metrics: dict[str, float]
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    slices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    served: dict[str, Any] = field(default_factory=dict)
+    pointwise: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
-    def history(self, user: str) -> pl.DataFrame:
-        """The user's training events (user, item, behavior), as the artifact saw them."""
-        return self.seen.filter(pl.col("user") == user)
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "target": self.target,
+            "metrics": self.metrics,
+            "ci": {k: list(v) for k, v in self.ci.items()},
+            "slices": self.slices,
+            "counts": self.counts,
+            "served": self.served,
+            "pointwise": self.pointwise,
+            "seconds": self.seconds,
+        }
 
-    def recommend(
-        self,
-        user: str,
-        k: int = 10,
-        *,
-        task: str | None = None,
-        exclude: tuple[str, ...] = ("buy",),
-    ) -> list[Recommendation]:
-        """Top-``k`` items for ``user`` by ``task``'s prediction (the last task by default).
 
-        Items the user already did one of ``exclude`` with are left out. An unknown user is
-        scored with the unknown-user embedding and attributes, i.e. a cold-start list.
-        """
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        task = task or self.task_names[-1]
-        if task not in self.task_names:
-            raise ValueError(f"unknown task '{task}'; tasks are {self.task_names}")
-        scores = score_pairs(self.model, self.builder, [user])
-        items = self.builder.item_table["item"]
-        s = scores[task][0].copy()
-        if exclude:
-            done = self.seen.filter(
-                (pl.col("user") == user) & pl.col("behavior").is_in(list(exclude))
-            )["item"]
-            s[items.is_in(done.implode()).to_numpy()] = -np.inf
-        top = np.argsort(-s, kind="stable")[:k]
-        top = top[np.isfinite(s[top])]
-        rows = self.builder.item_table[top.tolist()].to_dicts()
-        return [
-            Recommendation(
-                item=row["item"],
-                score=float(s[i]),
-                predictions={t: float(scores[t][0, i]) for t in self.task_names},
-                attributes={c: v for c, v in row.items() if c != "item"},
+def _score_fn(scorer: Scorer, users: Sequence[str]) -> Any:
+    def score(rows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        return np.asarray(scorer.rank_scores([users[i] for i in rows], positions), np.float64)
+
+    return score
+
+
+def evaluate_scorer(
+    scorer: Scorer,
+    split: Split,
+    cfg: EvaluateSection,
+    *,
+    part: str = "test",
+    exclude: Sequence[str] | None = None,
+) -> Evaluation:
+    """Rank the scorer's items for every user with a target event in ``part``.
+
+    Args:
+        scorer: a trained scorer.
+        split: the split it was trained on (``train`` gives the exclusions and warm sets).
+        cfg: the protocol (full ranking or sampled), cut-offs, slices, bootstrap.
+        part: ``test`` or ``valid``.
+        exclude: behaviors whose training items are left out of each user's ranking
+            (default: the target's, as in the papers; ``[]`` keeps repeat purchases).
+    """
+    from shoprec.evaluate import protocols
+
+    start = time.perf_counter()
+    events = split.test if part == "test" else split.valid
+    if events is None:
+        raise DataError(f"the split has no {part} part")
+    target = cfg.target or scorer.target
+    spec = ranking_spec(events, split.train, scorer.items, target, exclude)
+    users = spec.users
+    keep = np.arange(len(users))
+    if cfg.max_users is not None and len(users) > cfg.max_users:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(users), cfg.max_users, False))
+    sub = _take_rows(spec, keep)
+    fn = _score_fn(scorer, sub.users)
+    ks = tuple(cfg.ks)
+
+    def run(relevant: CSR) -> Any:
+        if cfg.protocol == "full":
+            return protocols.full_ranking(
+                fn, len(sub.users), scorer.n_items, relevant, sub.exclude, ks=ks
             )
-            for i, row in zip(top, rows, strict=True)
-        ]
+        popularity = None
+        if cfg.sampling == "popularity":
+            counts = split.train.df.group_by("item").len()
+            popularity = (
+                pl.DataFrame({"item": scorer.items})
+                .join(counts, on="item", how="left")["len"]
+                .fill_null(0)
+                .to_numpy()
+                .astype(np.float64)
+            )
+        return protocols.sampled_ranking(
+            fn,
+            len(sub.users),
+            scorer.n_items,
+            relevant,
+            sub.exclude,
+            n_negatives=cfg.n_negatives,
+            sampling=cfg.sampling,
+            popularity=popularity,
+            seed=cfg.seed,
+            ks=ks,
+        )
+
+    result = run(sub.relevant)
+    if cfg.bootstrap:
+        result = result.with_ci(cfg.bootstrap, seed=cfg.seed)
+    slices: dict[str, dict[str, Any]] = {}
+    if cfg.slices:
+        for name, mask in (
+            ("warm users", sub.user_has_history),
+            ("cold users", ~sub.user_has_history),
+        ):
+            if mask.any() and (~mask).any():
+                s = result.slice(mask)
+                if cfg.bootstrap:
+                    s = s.with_ci(cfg.bootstrap, seed=cfg.seed)
+                slices[name] = s.to_dict()
+        if (~sub.item_is_warm).any():
+            for name, keep_items in (
+                ("warm items", sub.item_is_warm),
+                ("cold items", ~sub.item_is_warm),
+            ):
+                restricted = protocols.restrict(sub.relevant, keep_items)
+                if restricted.indices.size and restricted.indices.size < sub.relevant.indices.size:
+                    s = run(restricted)
+                    if cfg.bootstrap:
+                        s = s.with_ci(cfg.bootstrap, seed=cfg.seed)
+                    slices[name] = s.to_dict()
+        domains = sub.pairs["domain"].unique().drop_nulls().to_list()
+        if len(domains) > 1:
+            for d in sorted(domains):
+                pairs = sub.pairs.filter((pl.col("domain") == d) & pl.col("col").is_not_null())
+                rel = CSR.from_pairs(
+                    pairs["row"].to_numpy(), pairs["col"].to_numpy(), len(sub.users)
+                )
+                s = run(rel)
+                if cfg.bootstrap:
+                    s = s.with_ci(cfg.bootstrap, seed=cfg.seed)
+                slices[f"domain {d}"] = s.to_dict()
+    out = result.to_dict()
+    return Evaluation(
+        protocol=cfg.protocol
+        if cfg.protocol == "full"
+        else f"sampled ({cfg.n_negatives} {cfg.sampling})",
+        target=target,
+        metrics=out["metrics"],
+        ci={k: tuple(v) for k, v in out.get("ci", {}).items()},
+        slices=slices,
+        counts={
+            "users": len(sub.users),
+            "users_total": len(users),
+            "relevant_pairs": int(sub.relevant.indices.size),
+            "relevant_unknown_items": spec.unknown_relevant,
+            "cold_users": int((~sub.user_has_history).sum()),
+        },
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _take_rows(spec: RankingSpec, rows: np.ndarray) -> RankingSpec:
+    if len(rows) == len(spec.users):
+        return spec
+
+    def take(csr: CSR | None) -> CSR | None:
+        if csr is None:
+            return None
+        lists = [csr.indices[csr.indptr[r] : csr.indptr[r + 1]] for r in rows]
+        lengths = np.array([len(x) for x in lists], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        indices = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+        return CSR(indptr, indices)
+
+    new_row = np.full(len(spec.users), -1)
+    new_row[rows] = np.arange(len(rows))
+    pairs = spec.pairs.with_columns(pl.Series("row", new_row[spec.pairs["row"].to_numpy()]))
+    return RankingSpec(
+        users=[spec.users[r] for r in rows],
+        relevant=take(spec.relevant),  # type: ignore[arg-type]
+        exclude=take(spec.exclude),
+        unknown_relevant=spec.unknown_relevant,
+        user_has_history=spec.user_has_history[rows],
+        item_is_warm=spec.item_is_warm,
+        pairs=pairs.filter(pl.col("row") >= 0),
+    )
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def _item_table(ds: Dataset, items: Sequence[str]) -> pl.DataFrame:
+    """The catalog by the scorer's item order (ids only where there is no catalog)."""
+    table = pl.DataFrame({"item": list(items)}, schema={"item": pl.String})
+    if ds.catalog is not None:
+        cat = artifacts.item_table(ds.catalog.df)
+        table = table.join(cat, on="item", how="left", maintain_order="left")
+    return table
+
+
+def train_experiment(
+    cfg: ExperimentConfig,
+    output: str | Path | None = None,
+    *,
+    evaluate_test: bool = True,
+    dataset: Dataset | None = None,
+    split: Split | None = None,
+) -> Path:
+    """Train a config's recipe, evaluate the test split once, write the artifact.
+
+    Args:
+        cfg: the experiment.
+        output: the artifact folder (default: ``cfg.output`` or ``runs/<name>``).
+        evaluate_test: run the test protocol (off in search trials: validation only).
+        dataset, split: already loaded ones to reuse (search trials, benchmarks).
+
+    Returns:
+        The artifact folder.
+    """
+    run, ds, split = fit_experiment(cfg, dataset=dataset, split=split)
+    return save_experiment(cfg, run, ds, split, output, evaluate_test=evaluate_test)
+
+
+def fit_experiment(
+    cfg: ExperimentConfig, *, dataset: Dataset | None = None, split: Split | None = None
+) -> tuple[TrainingRun, Dataset, Split]:
+    """Load the data, split, fit the recipe (no test read)."""
+    recipe = recipes.get(cfg.recipe.name)(cfg)
+    train_cfg = cfg.train.train_config()
+    if train_cfg.threads:
+        import torch
+
+        torch.set_num_threads(train_cfg.threads)
+    tabular = cfg.recipe.name == "tabular"
+    ds = dataset if dataset is not None else load_dataset(cfg.data, tabular=tabular)
+    if split is None and not tabular:
+        split = make_split(ds, cfg.split, recipe.target)
+    log.info("%s: %s recipe, %s split", cfg.name, cfg.recipe.name, cfg.split.kind)
+    run = recipe.fit(ds, split)
+    return run, ds, split
+
+
+def save_experiment(
+    cfg: ExperimentConfig,
+    run: TrainingRun,
+    ds: Dataset,
+    split: Split,
+    output: str | Path | None = None,
+    *,
+    evaluate_test: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Evaluate the test split once (optionally) and write the artifact."""
+    out = Path(output) if output is not None else cfg.output_dir
+    metrics: dict[str, Any] = {
+        "recipe": cfg.recipe.name,
+        "valid": run.valid,
+        "monitor": run.monitor,
+        "best_epoch": run.best_epoch,
+        "history": run.history,
+        **run.info,
+        **(extra or {}),
+    }
+    if evaluate_test and run.scorer.n_items == 0:  # rows, not items: the recipe's own scores
+        metrics["test"] = {"protocol": "pointwise", "pointwise": run.test}
+    elif evaluate_test:
+        ev = evaluate_scorer(run.scorer, split, cfg.evaluate, exclude=_exclude(cfg))
+        ev.pointwise = run.test
+        metrics["test"] = ev.to_dict()
+    artifacts.save(
+        out,
+        config=cfg,
+        scorer=run.scorer,
+        items=_item_table(ds, run.scorer.items),
+        seen=split.train.df
+        if split is not None
+        else pl.DataFrame(
+            {"user": [], "item": [], "behavior": []},
+            schema=dict.fromkeys(("user", "item", "behavior"), pl.String),
+        ),
+        metrics=metrics,
+    )
+    return out
+
+
+def _exclude(cfg: ExperimentConfig) -> list[str] | None:
+    """Training behaviors excluded from a user's ranking: the serve config's (what the shop
+    filters), so the offline ranking and the served list leave out the same items."""
+    serve = cfg.serve.model_extra or {}
+    if "exclude_behaviors" in serve:
+        return list(serve["exclude_behaviors"])
+    return None
+
+
+def evaluate_artifact(
+    directory: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    served: bool | None = None,
+) -> tuple[Evaluation, artifacts.Artifact]:
+    """Rebuild an artifact's split from its config and evaluate its scorer again.
+
+    Args:
+        directory: the artifact folder.
+        overrides: evaluate-section settings to change (e.g. ``{"protocol": "sampled"}``).
+        served: also measure the list the Recommender serves (default: the config's).
+    """
+    art = artifacts.Artifact.load(directory)
+    cfg = art.config
+    if art.scorer.n_items == 0:  # a tabular artifact: its test scores were read once
+        stored = art.metrics.get("test", {})
+        return Evaluation("pointwise", art.target, {}, pointwise=stored.get("pointwise", {})), art
+    ev_cfg = cfg.evaluate.model_copy(update=overrides or {})
+    ev_cfg = EvaluateSection.model_validate(ev_cfg.model_dump())
+    ds = load_dataset(cfg.data)
+    split = make_split(ds, cfg.split, art.target)
+    ev = evaluate_scorer(art.scorer, split, ev_cfg, exclude=_exclude(cfg))
+    ev.pointwise = art.metrics.get("test", {}).get("pointwise", {})
+    if served if served is not None else ev_cfg.served:
+        ev.served = evaluate_served(art, split, ev_cfg)
+    return ev, art
+
+
+def evaluate_served(
+    art: artifacts.Artifact, split: Split, cfg: EvaluateSection, max_users: int = 2000
+) -> dict[str, Any]:
+    """HR@k / NDCG@k of the lists the Recommender serves (retrieval, ranking, fusion, MMR,
+    new-item slot), beside the offline full ranking of the same scorer on the same users."""
+    target = cfg.target or art.target
+    spec = ranking_spec(split.test, split.train, art.scorer.items, target, _exclude(art.config))
+    rows = np.arange(len(spec.users))
+    if len(rows) > max_users:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), max_users, False))
+    k = max(cfg.ks)
+    rec = art.recommender()
+    pos = {item: i for i, item in enumerate(art.scorer.items)}
+    hits = np.zeros((len(rows), k), dtype=bool)
+    n_rel = np.zeros(len(rows))
+    start = time.perf_counter()
+    for j, r in enumerate(rows):
+        relevant = set(spec.relevant.indices[spec.relevant.indptr[r] : spec.relevant.indptr[r + 1]])
+        n_rel[j] = len(relevant)
+        listed = [pos.get(x.item, -1) for x in rec.recommend(spec.users[r], k)]
+        hits[j, : len(listed)] = [p in relevant for p in listed]
+    seconds = time.perf_counter() - start
+    has = n_rel > 0
+    out: dict[str, Any] = {"users": int(has.sum()), "seconds": seconds}
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    for kk in cfg.ks:
+        h = hits[has, :kk]
+        ideal = np.array([discount[: int(min(n, kk))].sum() for n in n_rel[has]])
+        out[f"hr@{kk}"] = float(h.any(axis=1).mean()) if has.any() else float("nan")
+        out[f"ndcg@{kk}"] = (
+            float(((h * discount[:kk]).sum(axis=1) / ideal).mean()) if has.any() else float("nan")
+        )
+    return out
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def _cells(result: dict[str, Any]) -> dict[str, Any]:
+    m, ci = result.get("metrics", {}), result.get("ci", {})
+    return {
+        k: (v, *ci[k]) if k in ci and None not in ci[k] and v is not None else v
+        for k, v in m.items()
+        if v is not None
+    }
+
+
+def write_report(
+    art: artifacts.Artifact, ev: Evaluation, path: str | Path, *, max_users: int = 500
+) -> Path:
+    """A self-contained HTML report of an artifact's evaluation: the metrics beside
+    popularity (and the served list), metrics by slice with intervals, learning curves,
+    per-task calibration and coverage / popularity-bias curves of the top-k lists."""
+    from shoprec.evaluate.report import Report
+    from shoprec.evaluate.report import write_report as write_html
+
+    cfg = art.config
+    ds = load_dataset(cfg.data)
+    split = make_split(ds, cfg.split, art.target)
+    spec = ranking_spec(split.test, split.train, art.scorer.items, ev.target, _exclude(cfg))
+    pop = (
+        pl.DataFrame({"item": art.scorer.items})
+        .join(split.train.df.group_by("item").len(), on="item", how="left")["len"]
+        .fill_null(0)
+        .to_numpy()
+        .astype(np.float64)
+    )
+    rng = np.random.default_rng(0)
+    rows = np.arange(len(spec.users))
+    if len(rows) > max_users:
+        rows = np.sort(rng.choice(len(rows), max_users, replace=False))
+    users = [spec.users[r] for r in rows]
+    ks = tuple(sorted({int(x.split("@")[1]) for x in ev.metrics if "@" in x})) or (10,)
+    k = max(ks)
+    scores = art.scorer.score(users)
+    ranked = scores[art.target].copy()
+    if spec.exclude is not None:
+        ex = spec.exclude
+        for j, r in enumerate(rows):
+            ranked[j, ex.indices[ex.indptr[r] : ex.indptr[r + 1]]] = -np.inf
+    ours_top = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+    pop_top = np.tile(np.argsort(-pop, kind="stable")[:k], (len(users), 1))
+    # calibration: each task's held-out positives against as many random items per user
+    calibration: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    test = split.test.df
+    for task in art.tasks:
+        pos_pairs = test.filter(pl.col("behavior") == task).select("user", "item").unique()
+        pos_pairs = pos_pairs.join(
+            pl.DataFrame({"user": users, "r": np.arange(len(users))}), on="user"
+        ).join(pl.DataFrame({"item": art.scorer.items, "c": np.arange(len(pop))}), on="item")
+        if pos_pairs.height == 0:
+            continue
+        r, c = pos_pairs["r"].to_numpy(), pos_pairs["c"].to_numpy()
+        neg_c = rng.integers(0, len(pop), size=len(r) * 4)
+        neg_r = np.repeat(r, 4)
+        p = np.concatenate([scores[task][r, c], scores[task][neg_r, neg_c]])
+        y = np.concatenate([np.ones(len(r)), np.zeros(len(neg_r))])
+        if np.all((p >= 0) & (p <= 1)):
+            calibration[task] = (y, p)
+    table: dict[str, dict[str, Any]] = {"ours (offline ranking)": _cells(ev.to_dict())}
+    if ev.served:
+        table["ours (served list)"] = {
+            k2: v for k2, v in ev.served.items() if k2 not in ("seconds",)
+        }
+    from shoprec.evaluate import protocols
+
+    def pop_fn(rr: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
+        return np.tile(pop if pos is None else pop[pos], (len(rr), 1))
+
+    pop_res = protocols.full_ranking(
+        pop_fn, len(spec.users), len(pop), spec.relevant, spec.exclude, ks=ks
+    ).with_ci(200, seed=0)
+    table["popularity"] = _cells(pop_res.to_dict())
+    report = Report(
+        title=f"{cfg.name}: {art.recipe} recipe",
+        subtitle=(
+            f"{ev.protocol} ranking of '{ev.target}' on {ev.counts.get('users', 0):,} test "
+            f"users; data {cfg.data.dataset or 'own files'}, split {cfg.split.kind}; "
+            f"shoprec {art.manifest.get('shoprec_version')}, trained {art.manifest.get('created')}"
+        ),
+        metrics=table,
+        ours=[n for n in table if n.startswith("ours")],
+        slices={name: _cells(s) for name, s in ev.slices.items()} or None,
+        history=art.metrics.get("history") or None,
+        monitor=(f"valid/{art.metrics.get('monitor')}" if art.metrics.get("monitor") else None),
+        calibration=calibration or None,
+        recommendations={"ours": ours_top, "popularity": pop_top},
+        popularity=pop,
+        trials=(art.metrics.get("search") or {}).get("trials"),
+        trials_metric="valid" if art.metrics.get("search") else None,
+        notes=[
+            "Ties count against the held-out item (pessimistic); intervals are 95% "
+            "percentile bootstraps over users.",
+            f"Calibration and coverage use a seeded sample of {len(users):,} test users.",
+        ],
+    )
+    return write_html(path, report)

@@ -1,7 +1,65 @@
-"""Recipes: end-to-end ways of preparing data for, training and evaluating a model on one kind
-of problem, built from the library's parts (data, models, train, evaluate).
+"""Recipes: one per kind of problem, all behind one interface (:mod:`shoprec.recipes.base`).
 
-* :mod:`shoprec.recipes.multibehavior` — rank items for one target behavior (e.g. buy) with a
-  multi-task model over several behaviors (view / cart / buy), with the user's behavior
-  histories as features and a candidate stage for full ranking.
+=================  =========================================================================
+``pairs``          (user, item) pairs with one label per behavior and sampled negatives; ids
+                   and catalog / user attributes as features (:mod:`~.pairs`)
+``multibehavior``  rank items for a target behavior (buy) from the user's own view / cart /
+                   buy histories, with or without timestamps (:mod:`~.multibehavior`)
+``windows``        repeat-purchase retail: monthly label windows with buy, return and
+                   quantity, features from the events before each window (:mod:`~.retail`)
+``content``        new items from their title and attributes (ID + content tower, optional
+                   seed ensemble) (:mod:`~.content`)
+``cross_domain``   a sparse target domain from a rich source: target only, fine-tune, joint
+                   lambda, experts, item neighbours (:mod:`~.cross_domain`)
+``tabular``        impression-level rows with one label per task (CTR / CVR, census-income):
+                   scores rows, recommends nothing (:mod:`~.tabular`)
+=================  =========================================================================
+
+Each runs from ``shoprec train CONFIG`` with ``recipe: {name: ...}``.
 """
+
+from __future__ import annotations
+
+import importlib
+
+from shoprec.recipes.base import Recipe, RecipeOptions, Scorer, TrainingRun
+
+__all__ = ["REGISTRY", "Recipe", "RecipeOptions", "Scorer", "TrainingRun", "get", "names"]
+
+#: Recipe name -> "module:class" (imported on first use, so a config check stays fast).
+REGISTRY: dict[str, str] = {
+    "pairs": "shoprec.recipes.pairs:PairsRecipe",
+    "multibehavior": "shoprec.recipes.multibehavior:MultiBehaviorRecipe",
+    "windows": "shoprec.recipes.retail:WindowsRecipe",
+    "content": "shoprec.recipes.content:ContentRecipe",
+    "cross_domain": "shoprec.recipes.cross_domain:CrossDomainRecipe",
+    "tabular": "shoprec.recipes.tabular:TabularRecipe",
+}
+
+
+def names() -> list[str]:
+    """The registered recipe names whose module is present."""
+    out = []
+    for name, target in REGISTRY.items():
+        module, cls = target.split(":")
+        try:
+            if hasattr(importlib.import_module(module), cls):
+                out.append(name)
+        except ImportError:
+            continue
+    return out
+
+
+def get(name: str) -> type[Recipe]:
+    """The recipe class registered under ``name``.
+
+    Raises:
+        ValueError: no such recipe.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown recipe '{name}'; recipes: {sorted(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"recipe '{name}' is not available: {e}") from e

@@ -75,6 +75,7 @@ class FileSpec:
     default_behavior: str = Behavior.BUY.value
     timestamp_format: str | None = None
     separator: str | None = None
+    drop_unmapped: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: Path | None = None) -> FileSpec:
@@ -91,6 +92,7 @@ class FileSpec:
             "default_behavior",
             "timestamp_format",
             "separator",
+            "drop_unmapped",
         }
         unknown = set(d) - known
         if unknown:
@@ -105,6 +107,7 @@ class FileSpec:
             default_behavior=str(d.get("default_behavior", Behavior.BUY.value)),
             timestamp_format=d.get("timestamp_format"),
             separator=d.get("separator"),
+            drop_unmapped=bool(d.get("drop_unmapped", False)),
         )
 
 
@@ -268,8 +271,9 @@ def _check_not_null(df: pl.DataFrame, col: str, spec: FileSpec) -> None:
         )  # type: ignore[arg-type]
 
 
-def load_events(spec: FileSpec) -> Interactions:
-    """Read an events file into canonical :class:`Interactions`."""
+def load_events(spec: FileSpec, report: DropReport | None = None) -> Interactions:
+    """Read an events file into canonical :class:`Interactions` (rows dropped on purpose,
+    e.g. unmapped event names with ``drop_unmapped``, are counted in ``report``)."""
     df = read_table(spec.path, spec.separator)
     file = Path(spec.path)
     df = _rename(df, spec, list(INTERACTION_SCHEMA), ["user", "item"], "events")
@@ -287,6 +291,19 @@ def load_events(spec: FileSpec) -> Interactions:
                     file=file,
                 )
         mapped = beh.replace_strict(table, default=None, return_dtype=pl.String)
+        if spec.drop_unmapped:
+            unmapped = mapped.is_null() & beh.is_not_null()
+            if unmapped.any():
+                counts = beh.filter(unmapped).value_counts(sort=True)
+                for name, n in counts.iter_rows():
+                    if report is not None:
+                        report.add(f"unmapped behavior '{name}'", n)
+                    log.info("dropped %d '%s' events (no behavior mapped)", n, name)
+                df, beh, mapped = (
+                    df.filter(~unmapped),
+                    beh.filter(~unmapped),
+                    mapped.filter(~unmapped),
+                )
         row = _first_bad(beh, mapped) if beh.null_count() == 0 else int(beh.is_null().arg_max())  # type: ignore[arg-type]
         if row is not None:
             raise DataError(
@@ -295,7 +312,10 @@ def load_events(spec: FileSpec) -> Interactions:
                 column=_source_column(spec, "behavior"),
                 row=row,
                 value=beh[row],
-                hint="Map it with behaviors: {<your name>: view|click|cart|buy|return|...}.",
+                hint=(
+                    "Map it with behaviors: {<your name>: view|click|cart|buy|return|...}, "
+                    "or set drop_unmapped: true to drop (and count) such events."
+                ),
             )
         df = df.with_columns(mapped.alias("behavior"))
     else:
@@ -350,14 +370,15 @@ def load_files(
     name: str | None = None,
 ) -> Dataset:
     """Load a shop's own events (and optional catalog and users) into a :class:`Dataset`."""
-    inter = load_events(events)
+    dropped = DropReport()
+    inter = load_events(events, dropped)
     ds = Dataset(
         name=name or Path(events.path).stem,
         interactions=inter,
         catalog=load_catalog(catalog) if catalog else None,
         users=load_users(users) if users else None,
-        raw_rows=len(inter),
-        dropped=DropReport(),
+        raw_rows=len(inter) + dropped.total,
+        dropped=dropped,
         meta={"source": str(events.path)},
     )
     log.info("loaded %d events from %s", len(inter), events.path)
