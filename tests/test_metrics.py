@@ -212,10 +212,15 @@ def test_sampled_ranks_tie_rule() -> None:
 
 
 def _brute_multi(
-    scores: np.ndarray, relevant: list[list[int]], exclude: list[list[int]], k: int
+    scores: np.ndarray,
+    relevant: list[list[int]],
+    exclude: list[list[int]],
+    k: int,
+    prec: list[float] | None = None,
 ) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Reference with distinct scores: sort each user's list explicitly."""
+    """Reference with distinct scores: sort each user's list explicitly (Precision@k into prec)."""
     hr, rec, ndcg, rr = [], [], [], []
+    prec = [] if prec is None else prec
     for u, rel in enumerate(relevant):
         if not rel:
             continue
@@ -228,6 +233,7 @@ def _brute_multi(
         top = pos[pos < k]
         hr.append(float(len(top) > 0))
         rec.append(len(top) / len(rel))
+        prec.append(len(top) / k)
         idcg = sum(1 / math.log2(j + 2) for j in range(min(len(rel), k)))
         ndcg.append(sum(1 / math.log2(p + 2) for p in top) / idcg)
         rr.append(1 / (pos[0] + 1))
@@ -248,11 +254,13 @@ def test_ranking_metrics_random_vs_brute_force_and_sklearn() -> None:
         scores, CSR.from_lists(relevant), CSR.from_lists(exclude), ks=(5, 10), chunk_size=16
     )
     for k in (5, 10):
-        hr, rec, ndcg, rr = _brute_multi(scores, relevant, exclude, k)
+        prec: list[float] = []
+        hr, rec, ndcg, rr = _brute_multi(scores, relevant, exclude, k, prec)
         assert m[f"HR@{k}"] == pytest.approx(np.mean(hr))
         assert m[f"Recall@{k}"] == pytest.approx(np.mean(rec))
         assert m[f"NDCG@{k}"] == pytest.approx(np.mean(ndcg))
         assert m["MRR"] == pytest.approx(np.mean(rr))
+        assert m[f"Precision@{k}"] == pytest.approx(np.mean(prec))
 
         # scikit-learn's NDCG: excluded items pushed to the bottom (relevant ones kept).
         has = np.array([len(r) > 0 for r in relevant])
@@ -304,9 +312,12 @@ def test_ranking_metrics_ties_and_exclusion_hand_case() -> None:
     # User 1: only item 2 (0.7) is above item 3 after exclusion.
     assert per["Recall@2"][1] == 1.0 and per["MRR"][1] == 0.5
     assert per["NDCG@2"][1] == pytest.approx(d)
+    assert per["Precision@2"][0] == 0.5  # one of the two top places holds a relevant item
+    assert per["Precision@2"][1] == 0.5
     assert all(math.isnan(v[2]) for v in per.values())
     means = ranking_metrics(scores, relevant, exclude, ks=(2,))
     assert means["Recall@2"] == pytest.approx(0.75)  # user 2 left out of the mean
+    assert means["Precision@2"] == pytest.approx(0.5)
 
 
 def test_ranking_metrics_k_beyond_items_and_chunking() -> None:
@@ -317,6 +328,34 @@ def test_ranking_metrics_k_beyond_items_and_chunking() -> None:
     b = ranking_metrics(torch.from_numpy(scores), relevant, ks=(3, 50), chunk_size=1000)
     assert a == pytest.approx(b)
     assert a["HR@50"] == 1.0 and a["Recall@50"] == 1.0 and a["NDCG@50"] <= 1.0
+    # Precision divides by k even when k exceeds the catalog (as RecBole).
+    n_rel = np.diff(relevant.indptr)
+    assert a["Precision@50"] == pytest.approx(np.mean(n_rel / 50))
+
+
+def test_precision_keys_and_existing_metrics_unchanged() -> None:
+    """Precision@k is added next to the other keys; the other values do not move."""
+    rng = np.random.default_rng(10)
+    scores = np.round(rng.random((40, 30)), 1)  # ties
+    relevant = CSR.from_lists(_random_lists(rng, 40, 30, 0, 5))
+    exclude = CSR.from_lists(_random_lists(rng, 40, 30, 0, 8))
+    per = ranking_metrics(scores, relevant, exclude, ks=(3, 10), per_user=True)
+    assert list(per) == [
+        *(f"{m}@{k}" for m in ("HR", "Recall", "NDCG", "Precision") for k in (3, 10)),
+        "MRR",
+    ]
+    for k in (3, 10):
+        n_rel = np.diff(relevant.indptr).astype(float)
+        has = n_rel > 0
+        # hits in the top k = Recall * n_relevant = Precision * k
+        np.testing.assert_allclose(
+            per[f"Precision@{k}"][has] * k, per[f"Recall@{k}"][has] * n_rel[has], atol=1e-12
+        )
+        assert np.isnan(per[f"Precision@{k}"][~has]).all()
+    # Single target: Precision@k = HR@k / k.
+    targets = rng.integers(0, 30, 40)
+    m = ranking_metrics(scores, CSR.from_lists([[t] for t in targets]), ks=(5,))
+    assert m["Precision@5"] == pytest.approx(m["HR@5"] / 5)
 
 
 def test_ranking_metrics_medium_scale_is_fast() -> None:

@@ -1,4 +1,6 @@
-"""Evaluation: pure metric functions (``metrics``); protocols and reports build on them."""
+"""Evaluation: pure metric functions (``metrics``), protocols over score functions
+(``protocols``: full and sampled ranking, slices, bootstrap intervals) and HTML reports
+(``report``)."""
 
 from shoprec.evaluate.metrics import (
     CSR,
@@ -18,22 +20,47 @@ from shoprec.evaluate.metrics import (
     rmse,
     sampled_ranks,
 )
+from shoprec.evaluate.protocols import (
+    RankingResult,
+    bootstrap_ci,
+    evaluate_slices,
+    full_ranking,
+    item_slices,
+    pointwise,
+    restrict,
+    sample_negatives,
+    sampled_ranking,
+    union,
+)
+from shoprec.evaluate.report import Report, write_report
 
 __all__ = [
     "CSR",
+    "RankingResult",
+    "Report",
     "accuracy",
     "auc",
+    "bootstrap_ci",
+    "evaluate_slices",
+    "full_ranking",
     "gauc",
     "grouped_auc",
     "hit_rate_at_k",
+    "item_slices",
     "logloss",
     "macro_f1",
     "mae",
     "mrr",
     "ndcg_at_k",
+    "pointwise",
     "rank_of_targets",
     "ranking_metrics",
     "recall_at_k",
+    "restrict",
     "rmse",
+    "sample_negatives",
+    "sampled_ranking",
     "sampled_ranks",
+    "union",
+    "write_report",
 ]

@@ -586,6 +586,7 @@ def _chunk_ranking(
         out[f"HR@{k}"] = torch.where(has, (hits > 0).double(), nan)
         out[f"Recall@{k}"] = torch.where(has, hits / n_rel_f.clamp(min=1), nan)
         out[f"NDCG@{k}"] = torch.where(has, dcg / idcg, nan)
+        out[f"Precision@{k}"] = torch.where(has, hits / k, nan)
     return out
 
 
@@ -607,6 +608,8 @@ def ranking_metrics(
     * ``NDCG@k``: ``DCG@k / IDCG@k`` with binary gains, ``DCG = sum 1/log2(pos + 2)`` over
       relevant items at 0-based positions ``pos < k`` and ``IDCG`` the DCG of the
       ``min(n_relevant, k)`` relevant items placed first.
+    * ``Precision@k``: relevant items in the top k / k (always over ``k``, also when a user
+      has fewer than ``k`` relevant items or the catalog fewer than ``k`` items, as RecBole).
     * ``MRR``: ``1 / (pos + 1)`` of the best-placed relevant item (uncut).
 
     With one relevant item per user these equal :func:`hit_rate_at_k`, :func:`ndcg_at_k` and
@@ -622,8 +625,8 @@ def ranking_metrics(
         per_user: return ``(U,)`` float64 arrays instead of means.
 
     Returns:
-        ``{"HR@k", "Recall@k", "NDCG@k" for each k, "MRR"}`` -> mean over users with at
-        least one relevant item (NaN if none), or per-user arrays.
+        ``{"HR@k", "Recall@k", "NDCG@k", "Precision@k" for each k, "MRR"}`` -> mean over
+        users with at least one relevant item (NaN if none), or per-user arrays.
 
     Example:
         >>> scores = np.array([[0.9, 0.8, 0.7, 0.1]])
@@ -649,7 +652,7 @@ def ranking_metrics(
         exc = _rows_mask(exclude, start, stop, n_users, n_items, s.device)
         for name, v in _chunk_ranking(s, rel, exc, ks).items():
             parts.setdefault(name, []).append(v)
-    names = [f"{m}@{k}" for m in ("HR", "Recall", "NDCG") for k in ks] + ["MRR"]
+    names = [f"{m}@{k}" for m in ("HR", "Recall", "NDCG", "Precision") for k in ks] + ["MRR"]
     per = {
         n: (torch.cat(parts[n]).cpu().numpy() if parts else np.zeros(0, dtype=np.float64))
         for n in names
