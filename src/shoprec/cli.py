@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Load, inspect and simulate data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+config_app = typer.Typer(help="Check experiment configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 out = Console()
 err = Console(stderr=True)
@@ -185,70 +187,176 @@ def data_simulate(
     _print_summary(describe(shop.dataset))
 
 
-@app.command("train")
+_TRAIN_HELP = """Train from an experiment YAML: data -> split -> recipe -> test scores -> artifact.
+
+\b
+Sections (unknown keys anywhere are refused; paths are relative to the YAML file):
+  name       the run's name (default: the file name)
+  data       dataset: a built-in name (online_retail, tmall, ...) or simulated (+ simulate:)
+             events: {path, columns, behaviors, drop_unmapped} (+ catalog:, users:)
+             release: {format: behavior_lines | domain_pairs, ...} (public release layouts)
+  split      {kind: time | leave_last_out | given | random | cold_items | cold_users, ...}
+  recipe     {name: pairs | multibehavior | windows | content | cross_domain, ...options}
+  tasks      [view, cart, buy] or {name, kind: binary | regression | multiclass, ...}
+  model      {name: mmoe | ple | shared_bottom | single_task | esmm | aitm, embedding_dim,
+             config: {...}}
+  weighting  {name: fixed | uncertainty | gradnorm | pcgrad, ...}
+  train      {epochs, batch_size, lr, patience, monitor, seed, threads, checkpoint_dir, ...}
+  evaluate   {protocol: full | sampled, ks, n_negatives, sampling, target, slices, bootstrap}
+  serve      {fusion, exclude_behaviors, new_item_slots, diversity, ...} (the Recommender)
+  search     {method: grid | tpe, space: {dotted.setting: [values]}, trials, minutes, metric}
+  output     the artifact folder (default runs/NAME)
+
+`shoprec config check FILE` validates a file without training."""
+
+
+@app.command("train", help=_TRAIN_HELP)
 def train(
     config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
     output: Annotated[
         Path | None, typer.Option(help="Artifact folder (default: the config's output).")
     ] = None,
+    search: Annotated[
+        bool, typer.Option(help="Run the config's search: section (when it has one).")
+    ] = True,
 ) -> None:
-    """Train a multi-task model from a YAML config; write the artifact and metrics.json."""
-    from shoprec.experiment import ExperimentConfig, train_from_config
+    from shoprec.config import load_config
+    from shoprec.experiment import train_experiment
 
     try:
-        cfg = ExperimentConfig.from_yaml(config)
-        path = train_from_config(cfg, output)
-    except (ShoprecError, ValueError, TypeError) as e:
+        cfg = load_config(config)
+        if cfg.search is not None and search:
+            from shoprec.search import run_search
+
+            def show(t: Any) -> None:
+                err.print(
+                    f"trial {t.number}: {t.values} -> valid {t.score:.4f} ({t.seconds:.0f} s)"
+                    + (f" [red]{t.error}[/]" if t.error else "")
+                )
+
+            path, _ = run_search(cfg, output, on_trial=show)
+        else:
+            cfg = cfg.model_copy(update={"search": None})
+            with err.status(f"{cfg.name}: training the {cfg.recipe.name} recipe..."):
+                path = train_experiment(cfg, output)
+    except (ShoprecError, ValueError, TypeError, OSError) as e:
         _fail(str(e))
         return
     metrics = json.loads((path / "metrics.json").read_text())
-    _print_metrics(f"{cfg.name}: test metrics", metrics["test"])
+    if "search" in metrics:
+        _print_trials(metrics["search"])
+    _print_evaluation(f"{cfg.name}: test", metrics.get("test", {}))
     out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
+
+
+def _print_trials(search: dict[str, Any]) -> None:
+    rows = search["trials"]
+    table = Table(title=f"search ({search['method']}) on validation: {search['metric']}")
+    keys = [k for k in rows[0] if k not in ("error",)]
+    for k in keys:
+        table.add_column(k, justify="right")
+    best = search["best"]["trial"]
+    for r in rows:
+        style = "bold green" if r["trial"] == best else None
+        table.add_row(
+            *[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys],
+            style=style,
+        )
+    out.print(table)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
+    """The ranking metrics with intervals, the slices, the served path, pointwise scores."""
+    if not ev:
+        return
+    m = ev.get("metrics", {})
+    names = [k for k in m if k != "users"]
+    counts = ev.get("counts", {})
+    table = Table(
+        title=f"{title}: {ev.get('protocol', '')} ranking of '{ev.get('target', '')}' "
+        f"({counts.get('users', m.get('users', 0)):,} users)"
+    )
+    table.add_column("part")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("users", justify="right")
+    ci = ev.get("ci", {})
+    table.add_row("all", *[_fmt(m[n]) for n in names], _fmt(m.get("users")))
+    if ci:
+        table.add_row(
+            "  95% CI",
+            *[f"{_fmt(ci[n][0])}-{_fmt(ci[n][1])}" if n in ci else "" for n in names],
+            "",
+            style="dim",
+        )
+    for name, s in ev.get("slices", {}).items():
+        sm = s.get("metrics", {})
+        table.add_row(name, *[_fmt(sm.get(n)) for n in names], _fmt(sm.get("users")))
+    served = ev.get("served") or {}
+    if served:
+        table.add_row(
+            "served list",
+            *[_fmt(served.get(n)) for n in names],
+            _fmt(served.get("users")),
+            style="cyan",
+        )
+    out.print(table)
+    if counts.get("relevant_unknown_items"):
+        out.print(
+            f"[yellow]{counts['relevant_unknown_items']:,} held-out pairs name items the model "
+            "cannot rank (not in its catalog); they count as misses.[/]"
+        )
+    pw = {k: v for k, v in (ev.get("pointwise") or {}).items() if not isinstance(v, dict)}
+    if pw:
+        _print_metrics("pointwise test scores", pw)
+
+
+@config_app.command("check")
+def config_check(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML to validate.")],
+) -> None:
+    """Validate a config (keys, types, files) without training; print what it would do."""
+    from shoprec.config import check_config
+
+    try:
+        summary = check_config(config)
+    except (ShoprecError, ValueError) as e:
+        _fail(str(e))
+        return
+    table = Table(title=f"{config}: valid", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for k, v in summary.items():
+        table.add_row(k, str(v))
+    out.print(table)
 
 
 @app.command("transfer")
 def transfer(
-    config: Annotated[Path, typer.Argument(help="Transfer YAML (see configs/*transfer*.yaml).")],
+    config: Annotated[Path, typer.Argument(help="A config with recipe: {name: cross_domain}.")],
     output: Annotated[
         Path | None, typer.Option(help="Artifact folder (default: the config's output).")
     ] = None,
 ) -> None:
-    """Cross-domain transfer from a YAML config: train on source + target (target only,
-    fine-tune, joint, multi-domain experts or item neighbours), score the target's held-out
-    items beside popularity, write the artifact."""
-    from shoprec.transfer.run import TransferConfig, run_transfer
-
-    try:
-        cfg = TransferConfig.from_yaml(config)
-        with err.status(f"{cfg.name}: {cfg.method} transfer..."):
-            path = run_transfer(cfg, output)
-    except (ShoprecError, ValueError, TypeError) as e:
-        _fail(str(e))
-        return
-    result = json.loads((path / "metrics.json").read_text())
-    d = result["domains"]
-    table = Table(title=f"{cfg.name}: {d['source']} -> {d['target']}, held-out target items")
-    for col in ("model", "users", "HR@10", "NDCG@10"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for name, m in result["test"].items():
-        table.add_row(name, f"{m['users']:,.0f}", f"{m['hr@10']:.4f}", f"{m['ndcg@10']:.4f}")
-    out.print(table)
-    out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
+    """Cross-domain transfer: the same as `shoprec train` on a cross_domain config."""
+    train(config, output, True)
 
 
 def _print_metrics(title: str, scores: dict[str, float]) -> None:
-    tasks = sorted(
-        {k.split("/")[0] for k in scores},
-        key=list(dict.fromkeys(k.split("/")[0] for k in scores)).index,
-    )
-    names = list(dict.fromkeys(k.split("/")[1] for k in scores))
+    tasks = list(dict.fromkeys(k.split("/")[0] for k in scores))
+    names = list(dict.fromkeys(k.split("/", 1)[1] if "/" in k else "value" for k in scores))
     table = Table(title=title)
     table.add_column("task")
     for n in names:
         table.add_column(n, justify="right")
     for t in tasks:
         table.add_row(
-            t, *[f"{scores[f'{t}/{n}']:.4f}" if f"{t}/{n}" in scores else "-" for n in names]
+            t,
+            *[_fmt(scores.get(f"{t}/{n}", scores.get(t) if n == "value" else None)) for n in names],
         )
     out.print(table)
 
@@ -256,56 +364,65 @@ def _print_metrics(title: str, scores: dict[str, float]) -> None:
 @app.command("evaluate")
 def evaluate(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
+    protocol: Annotated[
+        str | None, typer.Option(help="full (rank every item) or sampled (1 + N negatives).")
+    ] = None,
+    n_negatives: Annotated[int | None, typer.Option(help="Sampled protocol: N.")] = None,
+    sampling: Annotated[
+        str | None, typer.Option(help="Sampled protocol: uniform or popularity.")
+    ] = None,
+    ks: Annotated[str | None, typer.Option(help="Cut-offs, e.g. 10,20,50.")] = None,
+    max_users: Annotated[
+        int | None, typer.Option(help="Evaluate a seeded sample of this many users.")
+    ] = None,
+    served: Annotated[
+        bool | None,
+        typer.Option("--served/--no-served", help="Also measure the list the service returns."),
+    ] = None,
+    bootstrap: Annotated[
+        int | None, typer.Option(help="Bootstrap resamples for the intervals (0: none).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    slices: Annotated[
-        bool,
-        typer.Option(
-            help="Also per slice: warm / cold users and items, each domain "
-            "(with --json: under the key 'slices')."
-        ),
-    ] = True,
+    report: Annotated[
+        Path | None, typer.Option(help="Write a self-contained HTML report with plots here.")
+    ] = None,
 ) -> None:
-    """Rebuild the artifact's test split and print per-task test metrics, overall and per slice."""
-    from shoprec.experiment import (
-        Artifact,
-        ExperimentConfig,
-        prepare_from_config,
-        slice_metrics,
-        task_metrics,
-    )
+    """Rebuild the artifact's split and evaluate it: full-ranking (or sampled) HR, NDCG, MRR,
+    Recall, Precision at k with bootstrap intervals, per slice (warm / cold users and items,
+    domains), optionally the served list, and an HTML report."""
+    from shoprec.experiment import evaluate_artifact
 
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("protocol", protocol),
+        ("n_negatives", n_negatives),
+        ("sampling", sampling),
+        ("max_users", max_users),
+        ("bootstrap", bootstrap),
+    ):
+        if value is not None:
+            overrides[key] = value
+    if ks:
+        try:
+            overrides["ks"] = tuple(int(k) for k in ks.split(","))
+        except ValueError:
+            _fail(f"--ks takes cut-offs separated by commas, e.g. 10,20; got '{ks}'")
     try:
-        art = Artifact.load(artifact)
-        cfg = ExperimentConfig(**art.config)
-        data = prepare_from_config(cfg, art.builder)
-        scores = task_metrics(art.model, data)
-        by_slice = slice_metrics(art.model, data) if slices else {}
-    except (ShoprecError, ValueError) as e:
+        with err.status(f"evaluating {artifact}..."):
+            ev, art = evaluate_artifact(artifact, overrides=overrides, served=served)
+        if report is not None:
+            from shoprec.experiment import write_report
+
+            write_report(art, ev, report)
+    except (ShoprecError, ValueError, OSError) as e:
         _fail(str(e))
         return
     if as_json:
-        payload: dict[str, Any] = dict(scores)
-        if slices:
-            payload["slices"] = by_slice
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-        return
-    _print_metrics(f"{cfg.name}: test metrics ({len(data.test):,} test samples)", scores)
-    if by_slice:
-        _print_slices(by_slice)
-
-
-def _print_slices(by_slice: dict[str, dict[str, float]]) -> None:
-    aucs = list(dict.fromkeys(k for row in by_slice.values() for k in row if k.endswith("/auc")))
-    table = Table(title="AUC per slice of the test samples (cold = no positive in training)")
-    table.add_column("slice")
-    table.add_column("samples", justify="right")
-    for k in aucs:
-        table.add_column(k.replace("/auc", " AUC"), justify="right")
-    for name, row in by_slice.items():
-        table.add_row(
-            name, f"{row['rows']:,.0f}", *[f"{row[k]:.4f}" if k in row else "-" for k in aucs]
-        )
-    out.print(table)
+        sys.stdout.write(json.dumps(ev.to_dict(), indent=2, default=str) + "\n")
+    else:
+        _print_evaluation(f"{art.config.name}", ev.to_dict())
+    if report is not None:
+        err.print(f"report written to {report}")
 
 
 @app.command("recommend")
@@ -313,22 +430,21 @@ def recommend(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
     user: Annotated[str, typer.Option("--user", "-u", help="The shopper's id.")],
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
-    task: Annotated[str | None, typer.Option(help="Rank by this task (default: the last).")] = None,
+    fusion: Annotated[
+        str | None, typer.Option(help="Final score formula (default: the serve config's).")
+    ] = None,
+    explain: Annotated[bool, typer.Option(help="Add a sentence on why each item.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Top-k items for a shopper, with each task's prediction, beside their history (a
-    transfer artifact: top-k target-domain items from the shopper's history in both)."""
+    """Top-k items for a shopper: exactly the list GET /recommend/USER?k=K returns."""
     from dataclasses import asdict
 
-    from shoprec.experiment import Artifact
-    from shoprec.transfer.run import TransferArtifact
+    from shoprec.artifact import Artifact
 
-    if TransferArtifact.is_artifact(artifact):
-        _recommend_transfer(artifact, user, k, as_json)
-        return
     try:
         art = Artifact.load(artifact)
-        recs = art.recommend(user, k, task=task)
+        rec = art.recommender()
+        recs = rec.recommend(user, k, fusion=fusion, explain=explain)
     except (ShoprecError, ValueError) as e:
         _fail(str(e))
         return
@@ -341,44 +457,26 @@ def recommend(
     else:
         counts = hist.group_by("behavior").len().sort("behavior")
         out.print(f"{user}'s history: " + ", ".join(f"{b} {n}" for b, n in counts.iter_rows()))
-    table = Table(title=f"top {k} for {user} by p({task or art.task_names[-1]})")
+    table = Table(title=f"top {k} for {user} ({art.recipe} recipe)")
     table.add_column("#", justify="right")
     table.add_column("item")
     table.add_column("title / attributes", overflow="fold")
-    for t in art.task_names:
-        table.add_column(f"p({t})", justify="right")
-    for i, r in enumerate(recs, 1):
-        label = r.attributes.get("item_title") or ", ".join(
-            f"{v}" for c, v in r.attributes.items() if v is not None and "log" not in c
+    for t in art.tasks:
+        table.add_column(t, justify="right")
+    if explain:
+        table.add_column("why", overflow="fold")
+    for r in recs:
+        label = r.attributes.get("title") or ", ".join(
+            f"{v}" for c, v in r.attributes.items() if v is not None and c != "stock"
         )
+        why = [r.explanation.sentence] if explain and r.explanation else []
         table.add_row(
-            str(i), r.item, str(label), *[f"{r.predictions[t]:.3f}" for t in art.task_names]
+            str(r.rank),
+            r.item,
+            str(label),
+            *[f"{r.predictions.get(t, float('nan')):.3f}" for t in art.tasks],
+            *why,
         )
-    out.print(table)
-
-
-def _recommend_transfer(artifact: Path, user: str, k: int, as_json: bool) -> None:
-    from shoprec.transfer.run import TransferArtifact
-
-    try:
-        art = TransferArtifact.load(artifact)
-        recs = art.recommend(user, k)
-    except (ShoprecError, ValueError) as e:
-        _fail(str(e))
-        return
-    if as_json:
-        sys.stdout.write(json.dumps(recs, indent=2) + "\n")
-        return
-    target = art.config.data["target"]
-    if user not in art.index.users:
-        out.print(f"[yellow]{user} is new to this model: the most popular {target} items.[/]")
-    table = Table(title=f"top {k} {target} items for {user} ({art.config.method})")
-    table.add_column("#", justify="right")
-    table.add_column("item")
-    table.add_column("score", justify="right")
-    table.add_column("because you have", overflow="fold")
-    for i, r in enumerate(recs, 1):
-        table.add_row(str(i), r["item"], f"{r['score']:.4f}", ", ".join(r["because"]))
     out.print(table)
 
 
@@ -488,12 +586,13 @@ def serve(
         if rebuild or not has_retrieval(artifact):
             with err.status("training the two-tower retrieval model..."):
                 build_retrieval(artifact)
-        rec_cfg = RecommenderConfig(fusion=fusion)
+        rec_cfg = None
         if fusion:
+            from shoprec.artifact import read_manifest
             from shoprec.recommend import Fusion
 
-            meta = json.loads((artifact / "config.json").read_text())
-            Fusion.parse(fusion).check([t["name"] for t in meta["tasks"]])
+            Fusion.parse(fusion).check(read_manifest(artifact)["tasks"])
+            rec_cfg = RecommenderConfig(fusion=fusion)
     except (ShoprecError, ValueError, OSError) as e:
         _fail(str(e))
         return

@@ -386,7 +386,7 @@ class EvaluateSection(Strict):
     """How ``shoprec evaluate`` (and ``train``'s test scores) measure the model."""
 
     protocol: Literal["full", "sampled"] = "full"  # rank all items, or 1 positive + N drawn
-    ks: tuple[int, ...] = (10, 20)
+    ks: tuple[Annotated[int, Field(gt=0)], ...] = Field((10, 20), min_length=1)  # cut-offs
     n_negatives: int = Field(99, ge=1)  # sampled protocol
     sampling: Literal["uniform", "popularity"] = "uniform"  # sampled protocol
     target: str | None = None  # the behavior whose held-out items count (default: the target)
@@ -596,7 +596,9 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
         if current is None:
             return None
     fields = getattr(current, "model_fields", None)
-    return sorted(fields) if fields is not None else None
+    if fields is None:
+        return None
+    return sorted(k for k, f in fields.items() if not f.exclude)
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -612,17 +614,26 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def _describe(error: ValidationError, model: type[BaseModel], prefix: tuple[str, ...] = ()) -> str:
     """One paragraph: each problem with the dotted key it is at."""
     parts = []
+    unknown: dict[tuple[Any, ...], list[str]] = {}
+    for e in error.errors():
+        loc = tuple(str(x) for x in e["loc"] if not str(x).startswith("function-"))
+        loc = tuple(x for x in loc if x not in _UNION_TAGS)
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(tuple(e["loc"][:-1]), []).append(".".join((*prefix, *loc)))
+    for parent, keys in unknown.items():
+        allowed = _allowed(model, parent)
+        if allowed is None and parent[:1] == ("split",):
+            allowed = _split_keys(parent[1] if len(parent) > 1 else None)
+        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        names = ", ".join(f"'{k}'" for k in keys)
+        parts.append(f"unknown key{'s' if len(keys) > 1 else ''} {names}{hint}")
     for e in error.errors():
         loc = tuple(str(x) for x in e["loc"] if not str(x).startswith("function-"))
         loc = tuple(x for x in loc if x not in _UNION_TAGS)
         key = ".".join((*prefix, *loc))
         if e["type"] == "extra_forbidden":
-            allowed = _allowed(model, tuple(e["loc"][:-1]))
-            if allowed is None and e["loc"][:1] == ("split",):
-                allowed = _split_keys(e["loc"][1] if len(e["loc"]) > 2 else None)
-            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
-            parts.append(f"unknown key '{key}'{hint}")
-        elif e["type"] == "missing":
+            continue
+        if e["type"] == "missing":
             parts.append(f"'{key}' is required")
         elif e["type"] == "union_tag_invalid":
             parts.append(
@@ -633,10 +644,9 @@ def _describe(error: ValidationError, model: type[BaseModel], prefix: tuple[str,
         elif e["type"] == "union_tag_not_found":
             parts.append(f"'{key}' needs a 'kind' (one of {_split_kinds()})")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            where = (
-                f"'{key}': " if key and not msg.startswith(("unknown key", "data needs")) else ""
-            )
+            msg = e["msg"].removeprefix("Value error, ").rstrip(".")
+            own = ("unknown key", "data needs", f"'{key}")
+            where = f"'{key}': " if key and not msg.startswith(own) else ""
             value = e.get("input")
             shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
             parts.append(f"{where}{msg}{shown}")

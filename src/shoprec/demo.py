@@ -17,15 +17,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from shoprec.artifact import Artifact
+from shoprec.config import ExperimentConfig
 from shoprec.data.simulate import simulate_shop
-from shoprec.data.split import check_no_leakage, time_split
-from shoprec.evaluate import metrics
-from shoprec.evaluate.protocol import evaluated_users, item_lists
-from shoprec.experiment import ExperimentConfig, save_artifact
-from shoprec.models import build_model
-from shoprec.pipeline import RankingData, prepare_ranking
+from shoprec.experiment import evaluate_scorer, fit_experiment, make_split, save_experiment
 from shoprec.recommend import build_retrieval
-from shoprec.train.loop import TrainConfig, fit, predict
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +41,34 @@ class DemoConfig:
     n_negatives: int = 4
     output: str = "runs/demo"  # where the MMoE artifact is saved
 
-
-def _test_auc(model: torch.nn.Module, data: RankingData) -> dict[str, float]:
-    preds = predict(model, data.test)
-    return {b: metrics.auc(data.test.columns[b].numpy(), preds[b].numpy()) for b in BEHAVIORS}
-
-
-def _buy_ranking(
-    model: torch.nn.Module, data: RankingData, train: pl.DataFrame, test: pl.DataFrame
-) -> dict[str, float]:
-    """Full ranking of the whole catalog by p(buy) for the test period's buyers known from
-    train, their past purchases excluded: what a shop's "for you" list needs."""
-    users = evaluated_users(test, "buy", known=train["user"].unique())
-    items = data.item_table["item"]
-    scores = data.score(model, users)["buy"]
-    return metrics.ranking_metrics(
-        scores,
-        item_lists(test, users, items, "buy"),
-        item_lists(train, users, items, "buy"),
-        ks=(10, 50),
-    )  # type: ignore[return-value]
+    def experiment(self, model: str, options: dict) -> ExperimentConfig:
+        """The demo's experiment config: what `shoprec train` would read from a YAML file."""
+        return ExperimentConfig.from_dict(
+            {
+                "name": "demo" if model == "mmoe" else f"demo_{model}",
+                "data": {
+                    "dataset": "simulated",
+                    "simulate": {"n_events": self.events, "seed": self.seed},
+                },
+                "split": {
+                    "kind": "time",
+                    "test_days": self.test_days,
+                    "valid_days": self.valid_days,
+                },
+                "recipe": {"name": "pairs", "n_negatives": self.n_negatives},
+                "tasks": BEHAVIORS,
+                "model": {"name": model, "embedding_dim": 16, "config": options},
+                "train": {
+                    "epochs": self.epochs,
+                    "batch_size": self.batch_size,
+                    "seed": self.seed,
+                    "patience": 2,
+                    "progress": True,
+                },
+                "evaluate": {"protocol": "full", "ks": [10, 50], "bootstrap": 200},
+                "output": self.output,
+            }
+        )
 
 
 def run_demo(config: DemoConfig | None = None, console: Console | None = None) -> dict:
@@ -76,8 +80,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
 
     console.rule("[bold]1. A simulated shop")
     start = time.perf_counter()
-    shop = simulate_shop(n_events=cfg.events, seed=cfg.seed)
-    ds = shop.dataset
+    ds = simulate_shop(n_events=cfg.events, seed=cfg.seed).dataset
     counts = ds.interactions.df.group_by("behavior").len().sort("len", descending=True)
     console.print(
         f"{len(ds.interactions):,} events from {ds.interactions.df['user'].n_unique():,} shoppers "
@@ -87,38 +90,33 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         + ", ".join(f"{b} {n:,}" for b, n in counts.iter_rows())
     )
 
-    console.rule("[bold]2. Split by time, encode on train only")
-    split = time_split(ds.interactions, test_days=cfg.test_days, valid_days=cfg.valid_days)
-    check_no_leakage(split)
-    data = prepare_ranking(ds, split, BEHAVIORS, n_negatives=cfg.n_negatives, seed=cfg.seed)
-    rates = {b: float(data.train.columns[b].mean()) for b in BEHAVIORS}
+    console.rule("[bold]2. Split by time (the last two weeks are the test period)")
+    mmoe_options = {"n_experts": 4, "expert_dims": [64], "tower_dims": [32]}
+    configs = {
+        "single_task": cfg.experiment("single_task", {}),
+        "mmoe": cfg.experiment("mmoe", mmoe_options),
+    }
+    split = make_split(ds, configs["mmoe"].split, "buy")
     console.print(
-        f"train {len(data.train):,} / valid {len(data.valid or []):,} / test {len(data.test):,} "
-        "(user, product) samples; positive rate in train: "
-        + ", ".join(f"{b} {r:.1%}" for b, r in rates.items())
+        f"train {len(split.train):,} / valid {len(split.valid or []):,} / test "
+        f"{len(split.test):,} events; checked for leakage"
     )
 
-    console.rule("[bold]3. Train MMoE and one single-task network per task")
-    train_cfg = TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, patience=2, progress=True
-    )
+    console.rule("[bold]3. Train MMoE and one single-task network per task (pairs recipe)")
     results: dict[str, dict[str, float]] = {}
-    models = {}
-    mmoe_options = {"n_experts": 4, "expert_dims": [64], "tower_dims": [32]}
-    for name, options in [("single_task", {}), ("mmoe", mmoe_options)]:
-        torch.manual_seed(cfg.seed)
-        model = build_model(name, data.features, data.tasks, **options)
-        res = fit(model, data.train, data.valid, train_cfg)
-        ranked = _buy_ranking(model, data, split.train.df, split.test.df)
+    runs = {}
+    for name, exp in configs.items():
+        run, _, _ = fit_experiment(exp, dataset=ds, split=split)
+        ev = evaluate_scorer(run.scorer, split, exp.evaluate)
         results[name] = {
-            **_test_auc(model, data),
-            "buy/Recall@50": ranked["Recall@50"],
-            "buy/NDCG@50": ranked["NDCG@50"],
-            "seconds": res.train_seconds,
+            **{b: run.test[f"{b}/auc"] for b in BEHAVIORS},
+            "buy/recall@50": ev.metrics["recall@50"],
+            "buy/ndcg@50": ev.metrics["ndcg@50"],
+            "seconds": run.info["train_seconds"],
         }
-        models[name] = model
+        runs[name] = (run, ev)
         console.print(
-            f"{name}: best epoch {res.best_epoch}, {res.samples_per_second:,.0f} samples/s"
+            f"{name}: best epoch {run.best_epoch}, {run.info['samples_per_second']:,.0f} samples/s"
         )
 
     table = Table(title="Test metrics (the test period is read once, after selection)")
@@ -128,7 +126,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
     table.add_column("buy Recall@50", justify="right")
     table.add_column("buy NDCG@50", justify="right")
     table.add_column("train s", justify="right")
-    ranking_keys = ["buy/Recall@50", "buy/NDCG@50"]
+    ranking_keys = ["buy/recall@50", "buy/ndcg@50"]
     for name, row in results.items():
         table.add_row(
             name,
@@ -141,53 +139,29 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         "untouched ones). Recall/NDCG@50: the whole catalog ranked by p(buy) for each test "
         "buyer, past purchases excluded."
     )
-    for key, metric in [("buy", "AUC"), ("buy/NDCG@50", "NDCG@50")]:
+    for key, metric in [("buy", "AUC"), ("buy/ndcg@50", "NDCG@50")]:
         gain = results["mmoe"][key] - results["single_task"][key]
         console.print(
             f"On the sparse buy task ({metric}) MMoE is "
             f"{'ahead of' if gain > 0 else 'behind'} single-task by {gain:+.4f}."
         )
 
-    console.rule("[bold]4. Top-10 for three shoppers (ranked by p(buy), bought items excluded)")
-    _show_recommendations(models["mmoe"], data, split.train.df, ds.catalog.df, console, cfg)  # type: ignore[union-attr]
-
-    console.rule("[bold]5. Save the MMoE artifact and build its retrieval index")
-    experiment = ExperimentConfig(
-        name="demo",
-        data={
-            "dataset": "simulated",
-            "simulate": {"n_events": cfg.events, "seed": cfg.seed},
-            "split": {"kind": "time", "test_days": cfg.test_days, "valid_days": cfg.valid_days},
-            "behaviors": BEHAVIORS,
-            "n_negatives": cfg.n_negatives,
-        },
-        model={"name": "mmoe", "embedding_dim": 16, "config": mmoe_options},
-        train={"epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed, "patience": 2},
-        output=cfg.output,
-    )
+    console.rule("[bold]4. Save the MMoE artifact and build its retrieval index")
     out = Path(cfg.output)
-    save_artifact(
-        out,
-        models["mmoe"],
-        data.builder,
-        split,
-        experiment,
-        {"test": {f"{b}/auc": results["mmoe"][b] for b in BEHAVIORS}},
-    )
+    run, ev = runs["mmoe"]
+    save_experiment(configs["mmoe"], run, ds, split, out)
     start = time.perf_counter()
     with console.status("training the two-tower retrieval model..."):
         build_retrieval(out)
     console.print(f"artifact and retrieval index in {out} ({time.perf_counter() - start:.0f} s)")
+
+    console.rule("[bold]5. Top-10 for three shoppers: the list the service will return")
+    _show_recommendations(Artifact.load(out), split.train.df, console, cfg)
     return results
 
 
 def _show_recommendations(
-    model,
-    data: RankingData,
-    train: pl.DataFrame,
-    catalog: pl.DataFrame,
-    console: Console,
-    cfg: DemoConfig,
+    art: Artifact, train: pl.DataFrame, console: Console, cfg: DemoConfig
 ) -> None:
     active = (
         train.filter(pl.col("behavior") == "buy")
@@ -198,16 +172,12 @@ def _show_recommendations(
     )
     rng = np.random.default_rng(cfg.seed)
     shoppers = [str(u) for u in rng.choice(active.to_numpy(), size=3, replace=False)]
-    scores = data.score(model, shoppers)
-    items = data.item_table["item"]
-    titles = dict(zip(catalog["item"], catalog["title"], strict=True))
-    cats = dict(zip(catalog["item"], catalog["category"], strict=True))
-    for row, user in enumerate(shoppers):
+    rec = art.recommender()
+    info = art.items
+    titles = dict(zip(info["item"], info["title"], strict=True))
+    cats = dict(zip(info["item"], info["category"], strict=True))
+    for user in shoppers:
         hist = train.filter(pl.col("user") == user).sort("timestamp")
-        bought = set(hist.filter(pl.col("behavior") == "buy")["item"].to_list())
-        p_buy = scores["buy"][row].copy()
-        p_buy[items.is_in(list(bought)).to_numpy()] = -np.inf
-        top = np.argsort(-p_buy)[:10]
         recent = (
             hist.filter(pl.col("behavior").is_in(["cart", "buy"]))
             .tail(6)
@@ -220,16 +190,16 @@ def _show_recommendations(
         table.add_column("recommended", overflow="fold", max_width=34)
         for task in BEHAVIORS:
             table.add_column(f"p({task})", justify="right")
-        for i in range(10):
+        for i, r in enumerate(rec.recommend(user, 10)):
             h = ""
             if i < len(recent):
                 item, what = recent[i]
                 h = f"{what}: {titles.get(item, item)} ({cats.get(item)})"
-            it = items[int(top[i])]
             table.add_row(
                 h,
-                str(i + 1),
-                f"{titles.get(it, it)} ({cats.get(it)})",
-                *[f"{scores[t][row, top[i]]:.3f}" for t in BEHAVIORS],
+                str(r.rank),
+                f"{titles.get(r.item, r.item)} ({cats.get(r.item)})"
+                + (" [new]" if r.is_new else ""),
+                *[f"{r.predictions[t]:.3f}" for t in BEHAVIORS],
             )
         console.print(table)

@@ -409,10 +409,10 @@ def evaluate_scorer(
     fn = _score_fn(scorer, sub.users)
     ks = tuple(cfg.ks)
 
-    def run(relevant: CSR) -> Any:
+    def run(relevant: CSR, exclude: CSR | None = sub.exclude) -> Any:
         if cfg.protocol == "full":
             return protocols.full_ranking(
-                fn, len(sub.users), scorer.n_items, relevant, sub.exclude, ks=ks
+                fn, len(sub.users), scorer.n_items, relevant, exclude, ks=ks
             )
         popularity = None
         if cfg.sampling == "popularity":
@@ -429,7 +429,7 @@ def evaluate_scorer(
             len(sub.users),
             scorer.n_items,
             relevant,
-            sub.exclude,
+            exclude,
             n_negatives=cfg.n_negatives,
             sampling=cfg.sampling,
             popularity=popularity,
@@ -457,19 +457,31 @@ def evaluate_scorer(
                 ("cold items", ~sub.item_is_warm),
             ):
                 restricted = protocols.restrict(sub.relevant, keep_items)
-                if restricted.indices.size and restricted.indices.size < sub.relevant.indices.size:
-                    s = run(restricted)
+                n_kept = restricted.indices.size
+                if n_kept and n_kept < sub.relevant.indices.size:
+                    # the other held-out items leave the ranking instead of competing
+                    dropped = protocols.restrict(sub.relevant, ~keep_items)
+                    excl = dropped if sub.exclude is None else protocols.union(sub.exclude, dropped)
+                    s = run(restricted, excl)
                     if cfg.bootstrap:
                         s = s.with_ci(cfg.bootstrap, seed=cfg.seed)
                     slices[name] = s.to_dict()
         domains = sub.pairs["domain"].unique().drop_nulls().to_list()
         if len(domains) > 1:
             for d in sorted(domains):
-                pairs = sub.pairs.filter((pl.col("domain") == d) & pl.col("col").is_not_null())
+                mine = pl.col("col").is_not_null() & (pl.col("domain") == d)
+                pairs, other = (
+                    sub.pairs.filter(mine),
+                    sub.pairs.filter(~mine & pl.col("col").is_not_null()),
+                )
                 rel = CSR.from_pairs(
                     pairs["row"].to_numpy(), pairs["col"].to_numpy(), len(sub.users)
                 )
-                s = run(rel)
+                dropped = CSR.from_pairs(
+                    other["row"].to_numpy(), other["col"].to_numpy(), len(sub.users)
+                )
+                excl = dropped if sub.exclude is None else protocols.union(sub.exclude, dropped)
+                s = run(rel, excl)
                 if cfg.bootstrap:
                     s = s.with_ci(cfg.bootstrap, seed=cfg.seed)
                 slices[f"domain {d}"] = s.to_dict()

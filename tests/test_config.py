@@ -1,0 +1,145 @@
+"""The typed experiment config: strict keys at every depth, paths from the file's folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shoprec.config import ConfigError, ExperimentConfig, check_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "events.csv").write_text("user,item\nu,i\n")
+    path = write(
+        sub,
+        "data: {events: {path: events.csv}}\noutput: out/run\n",
+    )
+    cfg = load_config(path)
+    assert cfg.name == "exp"  # from the file name
+    assert cfg.data.events.path == sub.resolve() / "events.csv"
+    assert cfg.output == sub.resolve() / "out" / "run"
+    assert cfg.recipe.name == "pairs" and cfg.split.kind == "time"
+    assert cfg.train.train_config().epochs == 10  # TrainConfig's default
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "allowed"),
+    [
+        ("data: {dataset: simulated, simulate: {n_event: 5}}", "data.simulate.n_event", "n_events"),
+        (
+            "data: {dataset: simulated}\nsplit: {kind: time, test_dayz: 3}",
+            "split.test_dayz",
+            "test_days",
+        ),
+        (
+            "data: {dataset: simulated}\nrecipe: {name: pairs, n_negatvies: 3}",
+            "recipe.n_negatvies",
+            "n_negatives",
+        ),
+        (
+            "data: {events: {path: e.csv, behaviours: {a: view}}}",
+            "data.events.behaviours",
+            "behaviors",
+        ),
+        ("data: {dataset: simulated}\ntrain: {epoch: 3}", "train.epoch", "epochs"),
+        ("data: {dataset: simulated}\nserve: {diversty: 0.1}", "serve.diversty", "diversity"),
+        (
+            "data: {dataset: simulated}\nmodel: {name: mmoe, config: {n_expert: 2}}",
+            "model.config.n_expert",
+            "n_experts",
+        ),
+        ("data: {dataset: simulated}\nevaluate: {protocl: full}", "evaluate.protocl", "protocol"),
+        ("data: {dataset: simulated}\nextra: 1", "extra", "data"),
+    ],
+)
+def test_unknown_keys_at_any_depth_are_named(
+    tmp_path: Path, text: str, key: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    message = str(e.value)
+    assert f"'{key}'" in message and allowed in message
+    assert "exp.yaml" in message  # the file is named
+    assert "\n" not in message.strip()  # one paragraph
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("data: {dataset: simulated}\ntrain: {lr: fast}", "train.lr"),
+        ("data: {dataset: simulated}\nsplit: {kind: sideways}", "split.kind"),
+        ("data: {dataset: simulated}\nrecipe: {name: magic}", "unknown recipe 'magic'"),
+        ("data: {dataset: simulated}\nmodel: {name: gpt}", "unknown model 'gpt'"),
+        ("split: {kind: time}", "'data' is required"),
+        ("data: {}", "exactly one of"),
+        ("data: {dataset: simulated}\nevaluate: {ks: [0]}", "evaluate"),
+        ("data: {dataset: simulated}\nsearch: {space: {lr: [1]}}", "search.space key 'lr'"),
+        ("- just a list", "mapping"),
+    ],
+)
+def test_wrong_values_give_one_paragraph(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert needle in str(e.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    path = write(tmp_path, "data: {events: {path: missing.csv}}")
+    load_config(path)  # the schema is fine ...
+    with pytest.raises(ConfigError, match="missing.csv"):
+        check_config(path)  # ... the check looks for the file
+
+
+def test_with_values_replaces_dotted_settings(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            "data: {dataset: simulated}\ntrain: {lr: 0.01}\nsearch: {space: {train.lr: [0.1]}}",
+        )
+    )
+    changed = cfg.with_values({"train.lr": 0.5, "model.embedding_dim": 4})
+    assert changed.train.train_config().lr == 0.5
+    assert changed.model.embedding_dim == 4
+    assert changed.search is None  # a trial does not search again
+    assert cfg.train.train_config().lr == 0.01  # frozen original
+
+
+def test_round_trip_through_dict(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            "data: {dataset: simulated, simulate: {n_events: 500}}\ntasks: [view, {name: buy}]",
+        )
+    )
+    again = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg.model_copy(update={"source": None})
+    assert again.task_names == ["view", "buy"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for folder in ("configs", "benchmarks/configs", "examples")
+        for p in (ROOT / folder).rglob("*.yaml")
+        if "runs" not in p.parts
+    ),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.recipe.name
