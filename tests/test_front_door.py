@@ -50,8 +50,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_given_split_holds_out_one_target_item_per_user() -> None:
     train = events(
-        [("a", "1", "buy"), ("a", "2", "buy"), ("a", "2", "view"), ("a", "3", "buy")]
-        + [("b", "1", "buy"), ("b", "4", "view")]
+        [
+            ("a", "1", "buy"),
+            ("a", "2", "buy"),
+            ("a", "2", "view"),
+            ("a", "3", "buy"),
+            ("b", "1", "buy"),
+            ("b", "4", "view"),
+        ]
     )
     ds = Dataset("t", train, test=events([("a", "9", "buy"), ("b", "8", "buy")]))
     split = make_split(ds, GivenSplit(kind="given"), "buy")
@@ -119,7 +125,7 @@ def test_damaged_artifact_is_refused_with_the_file_named(trained: Path, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)
     (copy / "seen.parquet").write_bytes(b"broken")
-    with pytest.raises(artifacts.ArtifactError, match="seen.parquet"):
+    with pytest.raises(artifacts.ArtifactError, match=r"seen\.parquet"):
         artifacts.Artifact.load(copy)
     with pytest.raises(artifacts.ArtifactError, match="not a shoprec artifact"):
         artifacts.Artifact.load(tmp_path)
