@@ -20,11 +20,12 @@ BENCHMARKS = [
     "retail_new_items",  # Online Retail products first sold in the last month (~15 min)
     "amazon_cdr",  # Amazon Sport <-> Cloth cross-domain transfer vs ALS (~30 min)
     "retail_transfer",  # Online Retail: the UK as source market for the others
+    "served_path",  # what GET /recommend returns vs the offline ranking (Online Retail, Tmall)
     "serve_latency",  # HTTP /recommend latency and throughput
 ]
 #: Benchmarks that have a --quick smoke mode; in quick mode the others are skipped.
 QUICK = {"census", "tmall", "online_retail", "new_items", "retail_new_items", "amazon_cdr",
-         "serve_latency"}  # fmt: skip
+         "served_path", "serve_latency"}  # fmt: skip
 
 
 def main() -> int:

@@ -610,7 +610,7 @@ def save_experiment(
     if evaluate_test and run.scorer.n_items == 0:  # rows, not items: the recipe's own scores
         metrics["test"] = {"protocol": "pointwise", "pointwise": run.test}
     elif evaluate_test:
-        ev = evaluate_scorer(run.scorer, split, cfg.evaluate, exclude=_exclude(cfg))
+        ev = evaluate_scorer(run.scorer, split, cfg.evaluate, exclude=exclusions(cfg))
         ev.pointwise = run.test
         metrics["test"] = ev.to_dict()
     artifacts.save(
@@ -629,7 +629,7 @@ def save_experiment(
     return out
 
 
-def _exclude(cfg: ExperimentConfig) -> list[str] | None:
+def exclusions(cfg: ExperimentConfig) -> list[str] | None:
     """Training behaviors excluded from a user's ranking: the serve config's (what the shop
     filters), so the offline ranking and the served list leave out the same items."""
     serve = cfg.serve.model_extra or {}
@@ -660,7 +660,7 @@ def evaluate_artifact(
     ev_cfg = EvaluateSection.model_validate(ev_cfg.model_dump())
     ds = load_dataset(cfg.data)
     split = make_split(ds, cfg.split, art.target)
-    ev = evaluate_scorer(art.scorer, split, ev_cfg, exclude=_exclude(cfg))
+    ev = evaluate_scorer(art.scorer, split, ev_cfg, exclude=exclusions(cfg))
     ev.pointwise = art.metrics.get("test", {}).get("pointwise", {})
     if served if served is not None else ev_cfg.served:
         ev.served = evaluate_served(art, split, ev_cfg)
@@ -668,17 +668,35 @@ def evaluate_artifact(
 
 
 def evaluate_served(
-    art: artifacts.Artifact, split: Split, cfg: EvaluateSection, max_users: int = 2000
+    art: artifacts.Artifact,
+    split: Split,
+    cfg: EvaluateSection,
+    max_users: int = 2000,
+    *,
+    recommender: Any = None,
+    users: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """HR@k / NDCG@k of the lists the Recommender serves (retrieval, ranking, fusion, MMR,
-    new-item slot), beside the offline full ranking of the same scorer on the same users."""
+    new-item slot) to the test users (a seeded sample of ``max_users``, or ``users``).
+
+    Args:
+        art: the artifact.
+        split: its split (the test part says what is relevant).
+        cfg: cut-offs and seed.
+        max_users: users sampled when ``users`` is not given.
+        recommender: a Recommender to measure (default: the artifact's, as served).
+        users: exactly these users (those of another evaluation, to compare like with like).
+    """
     target = cfg.target or art.target
-    spec = ranking_spec(split.test, split.train, art.scorer.items, target, _exclude(art.config))
+    spec = ranking_spec(split.test, split.train, art.scorer.items, target, exclusions(art.config))
     rows = np.arange(len(spec.users))
-    if len(rows) > max_users:
+    if users is not None:
+        index = {u: i for i, u in enumerate(spec.users)}
+        rows = np.array([index[u] for u in users if u in index], dtype=np.int64)
+    elif len(rows) > max_users:
         rows = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), max_users, False))
     k = max(cfg.ks)
-    rec = art.recommender()
+    rec = recommender if recommender is not None else art.recommender()
     pos = {item: i for i, item in enumerate(art.scorer.items)}
     hits = np.zeros((len(rows), k), dtype=bool)
     n_rel = np.zeros(len(rows))
@@ -726,7 +744,7 @@ def write_report(
     cfg = art.config
     ds = load_dataset(cfg.data)
     split = make_split(ds, cfg.split, art.target)
-    spec = ranking_spec(split.test, split.train, art.scorer.items, ev.target, _exclude(cfg))
+    spec = ranking_spec(split.test, split.train, art.scorer.items, ev.target, exclusions(cfg))
     pop = (
         pl.DataFrame({"item": art.scorer.items})
         .join(split.train.df.group_by("item").len(), on="item", how="left")["len"]
