@@ -375,6 +375,14 @@ def _score_fn(scorer: Scorer, users: Sequence[str]) -> Any:
     return score
 
 
+def in_domain(events: Interactions, scorer: Scorer) -> Interactions:
+    """The events of the scorer's evaluation domain (all of them when it has none)."""
+    domain = getattr(scorer, "domain", None)
+    if domain is None:
+        return events
+    return Interactions(events.df.filter(pl.col("domain") == domain))
+
+
 def evaluate_scorer(
     scorer: Scorer,
     split: Split,
@@ -399,6 +407,7 @@ def evaluate_scorer(
     events = split.test if part == "test" else split.valid
     if events is None:
         raise DataError(f"the split has no {part} part")
+    events = in_domain(events, scorer)
     target = cfg.target or scorer.target
     spec = ranking_spec(events, split.train, scorer.items, target, exclude)
     users = spec.users
@@ -688,7 +697,8 @@ def evaluate_served(
         users: exactly these users (those of another evaluation, to compare like with like).
     """
     target = cfg.target or art.target
-    spec = ranking_spec(split.test, split.train, art.scorer.items, target, exclusions(art.config))
+    test = in_domain(split.test, art.scorer)
+    spec = ranking_spec(test, split.train, art.scorer.items, target, exclusions(art.config))
     rows = np.arange(len(spec.users))
     if users is not None:
         index = {u: i for i, u in enumerate(spec.users)}
@@ -744,7 +754,8 @@ def write_report(
     cfg = art.config
     ds = load_dataset(cfg.data)
     split = make_split(ds, cfg.split, art.target)
-    spec = ranking_spec(split.test, split.train, art.scorer.items, ev.target, exclusions(cfg))
+    test = in_domain(split.test, art.scorer)
+    spec = ranking_spec(test, split.train, art.scorer.items, ev.target, exclusions(cfg))
     pop = (
         pl.DataFrame({"item": art.scorer.items})
         .join(split.train.df.group_by("item").len(), on="item", how="left")["len"]

@@ -62,6 +62,9 @@ class Scorer(ABC):
     """
 
     recipe: ClassVar[str] = ""
+    #: The domain whose held-out events evaluate this scorer (a cross-domain target); None:
+    #: every domain's.
+    domain: str | None = None
 
     def __init__(self, tasks: Sequence[str], target: str, items: Sequence[str]) -> None:
         if target not in tasks:
