@@ -6,14 +6,17 @@ Run::
 
 What it does, per seed ``S`` of ``--seeds``:
 
-1. loads ``../shared/data/census_income`` with ``census_income.load(split_seed=S)`` (a seeded
-   80/10/10 split), fits shoprec's :class:`~shoprec.data.encode.Encoder` on the train rows
-   only, and writes the encoded split to one npz (the format of
+1. loads ``../shared/data/census_income`` and splits and encodes it as ``shoprec train
+   configs/census_mmoe.yaml`` does, with the split seed set to ``S``: the ``tabular``
+   recipe's ``prepare`` (:mod:`shoprec.recipes.tabular`: a seeded 80/10/10 split, the same
+   as ``census_income.load(split_seed=S)``, and an :class:`~shoprec.data.encode.Encoder`
+   fitted on the train rows only), and writes the encoded split to one npz (the format of
    :mod:`benchmarks.peers_census`). Tasks: income > 50K and never married; marital status is
    not a feature; the census ``instance_weight`` is not used by anyone;
 2. runs every (library, model) on that npz, each in its own process (so peak RSS and thread
-   settings are per run): ours through :mod:`benchmarks.ours_census` with one YAML of
-   ``configs/census_*.yaml`` each, the peers through :mod:`benchmarks.peers_census` with
+   settings are per run): ours through :mod:`benchmarks.ours_census` with one config of
+   ``configs/census_*.yaml`` each (the recipe's model, loop and test scores, as ``shoprec
+   train`` runs them), the peers through :mod:`benchmarks.peers_census` with
    their dimensions read from ``configs/census_mmoe.yaml`` and ``configs/census_ple.yaml``
    (embedding 16, MMoE 8 experts of [64], PLE one level of 4 experts per task + 4 shared,
    towers [32], batch 1024, Adam 1e-3, at most 20 epochs, early stopping on the mean
@@ -49,8 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
-import yaml
 
 from benchmarks._results import stamp, write_section
 
@@ -85,36 +86,71 @@ LIB_TITLES = {
 # --------------------------------------------------------------------------- data
 
 
-def prepare(seed: int, out_dir: Path, rows: int | None = None) -> tuple[Path, dict[str, Any]]:
-    """Load, split with ``seed``, encode on train only, write the npz the runners read."""
-    from shoprec.data.datasets import census_income
-    from shoprec.data.encode import Encoder
+def load_ours(name: str, **values: Any) -> Any:
+    """One of our configs (``configs/census_*.yaml``), typed; ``values`` are dotted settings
+    to replace, e.g. ``{"split.seed": 1}``."""
+    from shoprec.config import load_config
 
-    ds = census_income.load(split_seed=seed)
-    frame = ds.frame if rows is None else ds.frame.head(rows)
-    parts = {s: frame.filter(pl.col("split") == s) for s in ("train", "valid", "test")}
-    encoder = Encoder(categorical=ds.categorical, numeric=ds.numeric).fit(parts["train"])
+    cfg = load_config(CONFIGS / name)
+    return cfg.with_values(values) if values else cfg
+
+
+def _data_settings(cfg: Any) -> dict[str, Any]:
+    """What decides the encoded arrays: data, split, recipe options, tasks, embedding size."""
+    d = cfg.to_dict()
+    return {k: d.get(k) for k in ("data", "split", "recipe", "tasks")}
+
+
+def prepare(seed: int, out_dir: Path, rows: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """Load, split with ``seed`` and encode on train only, by the ``tabular`` recipe of
+    ``census_mmoe.yaml`` (the path ``shoprec train`` takes); write the npz the runners read.
+
+    Every config of :data:`OURS` must read the data alike (checked), since all runs share
+    these arrays. ``rows`` keeps only the first rows before the split (a smoke test).
+    """
+    import dataclasses
+
+    from shoprec import recipes
+    from shoprec.experiment import load_dataset
+
+    cfg = load_ours(OURS["mmoe"], **{"split.seed": seed})
+    for name in OURS.values():
+        if _data_settings(load_ours(name, **{"split.seed": seed})) != _data_settings(cfg):
+            raise SystemExit(f"{name} reads the data unlike {OURS['mmoe']}; they share arrays")
+    recipe = recipes.get(cfg.recipe.name)(cfg)
+    ds = load_dataset(cfg.data, tabular=True)
+    if rows is not None:
+        ds = dataclasses.replace(ds, frame=ds.frame.head(rows))
+    data = recipe.prepare(ds, None)
+    tasks = [t.name for t in data.tasks]
+    if tuple(tasks) != TASKS:
+        raise SystemExit(f"the configs' tasks are {tasks}; the peer harness expects {TASKS}")
+    labels = [str(t.label) for t in data.tasks]
+    cat, num = data.categorical, data.numeric
     arrays: dict[str, np.ndarray] = {}
-    for s, part in parts.items():
-        enc = encoder.transform(part)
-        arrays[f"cat_{s}"] = np.stack([enc[c] for c in ds.categorical], axis=1).astype(np.int64)
-        arrays[f"num_{s}"] = np.stack([enc[c] for c in ds.numeric], axis=1).astype(np.float32)
-        arrays[f"y_{s}"] = part.select(ds.labels).to_numpy().astype(np.float32)  # (N, 2)
-    arrays["vocab_sizes"] = np.array([encoder.vocab_size(c) for c in ds.categorical])
-    arrays["cat_names"] = np.array(ds.categorical)
-    arrays["num_names"] = np.array(ds.numeric)
+    for s in ("train", "valid", "test"):
+        cols = {k: v.numpy() for k, v in data.part(s).columns.items()}
+        arrays[f"cat_{s}"] = np.stack([cols[c] for c in cat], axis=1).astype(np.int64)
+        arrays[f"num_{s}"] = np.stack([cols[c] for c in num], axis=1).astype(np.float32)
+        arrays[f"y_{s}"] = np.stack([cols[y] for y in labels], axis=1).astype(np.float32)
+    arrays["vocab_sizes"] = np.array([f.vocab_size for f in data.features if f.name in cat])
+    arrays["cat_names"] = np.array(cat)
+    arrays["num_names"] = np.array(num)
+    arrays["label_names"] = np.array(labels)
     path = out_dir / f"census_seed{seed}.npz"
     np.savez(path, **arrays)
+    frame = ds.frame
     meta = {
         "rows": frame.height,
-        "n": {s: p.height for s, p in parts.items()},
+        "n": dict(data.info["rows"]),
         "positive_rates": {
             t: float(frame[label].mean())  # type: ignore[arg-type]
-            for t, label in zip(TASKS, ds.labels, strict=True)
+            for t, label in zip(TASKS, labels, strict=True)
         },
-        "n_categorical": len(ds.categorical),
-        "n_numeric": len(ds.numeric),
+        "n_categorical": len(cat),
+        "n_numeric": len(num),
         "vocab_total": int(arrays["vocab_sizes"].sum()),
+        "split": data.info["split"],
     }
     return path, meta
 
@@ -122,31 +158,29 @@ def prepare(seed: int, out_dir: Path, rows: int | None = None) -> tuple[Path, di
 # --------------------------------------------------------------------------- runs
 
 
-def read_yaml(name: str) -> dict[str, Any]:
-    return yaml.safe_load((CONFIGS / name).read_text())
-
-
 def peer_flags() -> list[str]:
     """The peers' flags, read from our MMoE and PLE configs so both sides match."""
-    mmoe, ple = read_yaml(OURS["mmoe"]), read_yaml(OURS["ple"])
+    mmoe, ple = load_ours(OURS["mmoe"]), load_ours(OURS["ple"])
     for cfg in (mmoe, ple):
         for key in ("expert_dims", "tower_dims"):
-            if len(cfg["model"]["config"][key]) != 1:
+            if len(cfg.model.config[key]) != 1:
                 raise SystemExit(f"the peer harness takes one-layer {key}; config has more")
-        same = cfg["model"]["embedding_dim"] == mmoe["model"]["embedding_dim"]
-        if cfg["train"] != mmoe["train"] or not same:
+        same = cfg.model.embedding_dim == mmoe.model.embedding_dim
+        if cfg.train.train_config() != mmoe.train.train_config() or not same:
             raise SystemExit("census_mmoe.yaml and census_ple.yaml must train alike")
-        if float(cfg["train"].get("weight_decay", 0.0)) != 0.0:
+        if cfg.train.train_config().weight_decay != 0.0:
             raise SystemExit("the peers run without weight decay; so must we")
-    m, p, t = mmoe["model"]["config"], ple["model"]["config"], mmoe["train"]
-    if m["expert_dims"] != p["expert_dims"] or m["tower_dims"] != p["tower_dims"]:
+    m, p, t = mmoe.model.config, ple.model.config, mmoe.train.train_config()
+    if list(m["expert_dims"]) != list(p["expert_dims"]) or list(m["tower_dims"]) != list(
+        p["tower_dims"]
+    ):
         raise SystemExit("MMoE and PLE configs must share expert and tower widths")
     return [
-        "--epochs", str(t["epochs"]),
-        "--batch-size", str(t["batch_size"]),
-        "--lr", str(t["lr"]),
-        "--patience", str(t["patience"]),
-        "--emb-dim", str(mmoe["model"]["embedding_dim"]),
+        "--epochs", str(t.epochs),
+        "--batch-size", str(t.batch_size),
+        "--lr", str(t.lr),
+        "--patience", str(t.patience),
+        "--emb-dim", str(mmoe.model.embedding_dim),
         "--experts", str(m["n_experts"]),
         "--expert-dim", str(m["expert_dims"][0]),
         "--tower-dim", str(m["tower_dims"][0]),
@@ -328,7 +362,7 @@ def _rss(row: dict[str, Any]) -> str:
 
 def _max_epochs() -> int:
     """The epoch cap every run shares (the MMoE config's; the driver checks PLE's agrees)."""
-    return int(yaml.safe_load((CONFIGS / "census_mmoe.yaml").read_text())["train"]["epochs"])
+    return int(load_ours(OURS["mmoe"]).train.train_config().epochs)
 
 
 def markdown(

@@ -1,4 +1,4 @@
-"""Our side of the census-income benchmark: one shoprec model, one seed, one process.
+"""Our side of the census-income benchmark: one shoprec config, one seed, one process.
 
 The twin of :mod:`benchmarks.peers_census`, with the same inputs and the same JSON, so that
 peak RSS, threads and timing are measured the same way for every library::
@@ -6,19 +6,20 @@ peak RSS, threads and timing are measured the same way for every library::
     python -m benchmarks.ours_census --config configs/census_mmoe.yaml --data census.npz \\
         --seed 0 --out result.json [--threads 1 --epochs N --no-fold]
 
-``--data`` is the npz the driver writes for the peers (see :mod:`benchmarks.peers_census`):
-the split encoded once by shoprec's :class:`~shoprec.data.encode.Encoder` fitted on train.
-Everything else comes from the YAML config (the shape of ``shoprec train`` configs): model
-name and config, embedding size, training settings, loss weighting. ``--seed`` seeds the
-model's initialisation and the batch order (the driver passes the split seed).
+``--config`` is an experiment config that ``shoprec train`` runs as is (``recipe: tabular``),
+read by :func:`shoprec.config.load_config` with the split seed and ``train.seed`` set to
+``--seed`` (and ``--epochs`` / ``--patience`` to ``train.*``). ``--data`` is the npz the
+driver wrote with that recipe's ``prepare`` (:func:`benchmarks.census.prepare`): the split
+encoded once, by the Encoder fitted on train, that every library reads.
 
-The run is the library's own path, as a user would write it: :func:`shoprec.models.build_model`,
-:func:`shoprec.train.loop.fit` (Adam, early stopping on the mean validation AUC, best weights
-restored) and :func:`shoprec.train.loop.task_scores` on test, once. ``fit`` is given an
-``evaluator`` that computes exactly the per-task validation scores ``fit`` would compute
-itself (:func:`task_scores`) and notes the clock; the training data notes it when ``fit`` asks
-for an epoch's batches, so each training pass is timed alone (wall and CPU), from its first
-batch to its validation, as the peer harness does.
+The run is the recipe's own path, the one ``shoprec train`` takes
+(:class:`shoprec.recipes.tabular.TabularRecipe`): ``build_model`` (the configured model,
+seeded), ``train`` (:func:`shoprec.train.loop.fit`: Adam, early stopping on the mean
+validation AUC, best weights restored, the configured loss weighting) and ``test_scores`` on
+test, once. ``train`` is given an ``evaluator`` that computes exactly the per-task validation
+scores ``fit`` would compute itself (:func:`task_scores`) and notes the clock; the training
+data notes it when ``fit`` asks for an epoch's batches, so each training pass is timed alone
+(wall and CPU), from its first batch to its validation, as the peer harness does.
 
 ``--no-fold`` builds the model with the plain first layer (no folding of the embedding tables
 into the first layer, see :meth:`shoprec.models.layers.InputLayer.linear`), to show what the
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -40,54 +40,41 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from benchmarks._results import peak_rss_mib_now
+from shoprec import recipes
+from shoprec.config import load_config
 from shoprec.data.batches import TensorData
-from shoprec.models import CategoricalFeature, NumericFeature, Task, build_model, layers
-from shoprec.train.loop import TrainConfig, fit, main_score, task_scores
-from shoprec.train.weighting import make_weighting
+from shoprec.models import layers
+from shoprec.recipes.tabular import TabularData, TabularRecipe
+from shoprec.train.loop import main_score, task_scores
 
 TASKS = ("income", "never_married")  # column order of y_*, as in peers_census
-SECTIONS = {"name", "data", "model", "train", "weighting", "output"}  # shoprec train's keys
 
 
-def load_config(path: str) -> dict[str, Any]:
-    """The YAML config, checked for the top-level keys ``shoprec train`` configs have."""
-    raw = yaml.safe_load(Path(path).read_text())
-    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-        raise SystemExit(f"{path}: expected a mapping with a 'model:' section")
-    unknown = sorted(set(raw) - SECTIONS)
-    if unknown:
-        raise SystemExit(f"{path}: unknown top-level keys {unknown}; allowed {sorted(SECTIONS)}")
-    raw.setdefault("train", {})
-    raw.setdefault("weighting", {"name": "fixed"})
-    return raw
-
-
-def load_npz(path: str) -> dict[str, Any]:
-    """The splits as :class:`TensorData` (feature columns named as in the peer harness, and
-    one label column per task) plus the vocabulary sizes and feature keys. Reads the npz
-    without importing the peer harness, whose scikit-learn would count in our peak RSS."""
+def load_npz(path: str, recipe: TabularRecipe) -> TabularData:
+    """The driver's encoded split as the recipe's :class:`TabularData` (feature and label
+    columns named as the data names them; specs from the recipe). Reads the npz without
+    importing the peer harness, whose scikit-learn would count in our peak RSS."""
     z = np.load(path, allow_pickle=False)
-    safe = [re.sub(r"[^0-9A-Za-z_]", "_", str(n)) for n in z["cat_names"]]
-    cat_keys = [f"c{i:02d}_{n}" for i, n in enumerate(safe)]
-    safe = [re.sub(r"[^0-9A-Za-z_]", "_", str(n)) for n in z["num_names"]]
-    num_keys = [f"n{i:02d}_{n}" for i, n in enumerate(safe)]
-    out: dict[str, Any] = {
-        "vocab_sizes": [int(v) for v in z["vocab_sizes"]],
-        "cat_keys": cat_keys,
-        "num_keys": num_keys,
-    }
+    cat_names = [str(n) for n in z["cat_names"]]
+    num_names = [str(n) for n in z["num_names"]]
+    labels = [str(n) for n in z["label_names"]]
+    vocab = dict(zip(cat_names, (int(v) for v in z["vocab_sizes"]), strict=True))
+    tasks = recipe.task_specs(labels)
+    if tuple(t.name for t in tasks) != TASKS or [t.label for t in tasks] != labels:
+        raise SystemExit(f"the config's tasks {tasks} do not match the npz labels {labels}")
+    parts: dict[str, TensorData] = {}
     for s in ("train", "valid", "test"):
         cat = z[f"cat_{s}"].astype(np.int64, copy=False)
         num = z[f"num_{s}"].astype(np.float32, copy=False)
         y = z[f"y_{s}"].astype(np.float32, copy=False)
-        cols = {k: np.ascontiguousarray(cat[:, i]) for i, k in enumerate(cat_keys)}
-        cols.update({k: np.ascontiguousarray(num[:, i]) for i, k in enumerate(num_keys)})
-        cols.update({t: np.ascontiguousarray(y[:, k]) for k, t in enumerate(TASKS)})
-        out[s] = TensorData({k: torch.from_numpy(v) for k, v in cols.items()})
-    return out
+        cols = {k: np.ascontiguousarray(cat[:, i]) for i, k in enumerate(cat_names)}
+        cols.update({k: np.ascontiguousarray(num[:, i]) for i, k in enumerate(num_names)})
+        cols.update({k: np.ascontiguousarray(y[:, i]) for i, k in enumerate(labels)})
+        parts[s] = TensorData({k: torch.from_numpy(v) for k, v in cols.items()})
+    features = recipe.feature_specs(vocab, num_names)
+    return TabularData(features=features, tasks=tasks, **parts)
 
 
 def aucs(scores: dict[str, float]) -> dict[str, float]:
@@ -98,7 +85,7 @@ def aucs(scores: dict[str, float]) -> dict[str, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML: model, train, weighting")
+    p.add_argument("--config", required=True, help="experiment config (recipe: tabular)")
     p.add_argument("--data", required=True, help="npz with the encoded split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="where to write the result JSON")
@@ -112,35 +99,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    exp = load_config(args.config)
-    data = load_npz(args.data)
+    overrides: dict[str, Any] = {
+        "split.seed": args.seed,
+        "train.seed": args.seed,
+        "train.progress": False,
+    }
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    if args.patience is not None:
+        overrides["train.patience"] = args.patience
+    exp = load_config(args.config).with_values(overrides)
+    recipe = recipes.get(exp.recipe.name)(exp)
+    if not isinstance(recipe, TabularRecipe):
+        raise SystemExit(f"{args.config}: recipe '{exp.recipe.name}' is not tabular")
+    data = load_npz(args.data, recipe)
+    cfg = exp.train.train_config()
     t0 = time.perf_counter()
 
     if args.no_fold:
         layers.FOLD_MAX_VOCAB = 0  # InputLayer reads it when built: no group is folded
-    model_cfg = exp["model"]
-    emb_dim = int(model_cfg.get("embedding_dim", 16))
-    cat_keys, num_keys = data["cat_keys"], data["num_keys"]
-    features = [
-        CategoricalFeature(k, v, emb_dim)
-        for k, v in zip(cat_keys, data["vocab_sizes"], strict=True)
-    ] + [NumericFeature(k) for k in num_keys]
-    tasks = [Task(t) for t in TASKS]
-    torch.manual_seed(args.seed)
-    model = build_model(model_cfg["name"], features, tasks, **model_cfg.get("config", {}))
-    weighting_cfg = dict(exp["weighting"])
-    weighting = make_weighting(
-        weighting_cfg.pop("name", "fixed"), [t.name for t in tasks], **weighting_cfg
-    )
-    train_cfg = dict(exp["train"])
-    train_cfg.update(seed=args.seed, progress=False, threads=None)
-    if args.epochs is not None:
-        train_cfg["epochs"] = args.epochs
-    if args.patience is not None:
-        train_cfg["patience"] = args.patience
-    cfg = TrainConfig(**train_cfg)
-
-    train, valid, test = data["train"], data["valid"], data["test"]
+    model = recipe.build_model(data)  # seeded with train.seed (= --seed)
+    train, valid, test = data.train, data.valid, data.test
 
     # A training pass runs from fit's first request for this epoch's batches to the
     # evaluator, which fit calls right after the pass: time exactly that span (wall and CPU).
@@ -161,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         return scores
 
     train.batches = timed_batches  # type: ignore[method-assign]
-    result = fit(model, train, valid, cfg, weighting=weighting, evaluator=evaluator)
+    result = recipe.train(model, data, evaluator=evaluator)
     restored = aucs(task_scores(model, valid, cfg.eval_batch_size))
-    test_auc = aucs(task_scores(model, test, cfg.eval_batch_size))  # read once, after fit
+    test_auc = aucs(recipe.test_scores(model, data))  # read once, after fit
     test_auc.pop("mean")
     wall_seconds = time.perf_counter() - t0
 
@@ -175,18 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     assert abs(main_score(result.best_scores) - best["mean"]) < 1e-9
     train_seconds, cpu_seconds = float(sum(epoch_wall)), float(sum(epoch_cpu))
     peak_rss_mib = peak_rss_mib_now()
-    input_dim = emb_dim * len(cat_keys) + len(num_keys)
+    emb_dim = exp.model.embedding_dim
+    input_dim = emb_dim * len(data.categorical) + len(data.numeric)
     out = {
         "lib": "shoprec",
         "lib_version": version("shoprec"),
-        "model": model_cfg["name"],
-        "weighting": exp["weighting"].get("name", "fixed"),
+        "model": exp.model.name,
+        "weighting": exp.weighting.name,
         "config": {
-            **model_cfg.get("config", {}),
+            **exp.model.config,
             "fold_first_layer": not args.no_fold,
             "emb_dim": emb_dim,
-            "n_categorical": len(cat_keys),
-            "n_numeric": len(num_keys),
+            "n_categorical": len(data.categorical),
+            "n_numeric": len(data.numeric),
             "input_dim": input_dim,
             "n_params": sum(p.numel() for p in model.parameters()),
             "optimizer": "Adam",
@@ -201,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_valid": len(valid),
             "n_test": len(test),
             "yaml": str(args.config),
-            "experiment": exp,
+            "experiment": exp.to_dict(),
             "torch": torch.__version__,
             "python": sys.version.split()[0],
         },
@@ -222,15 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": wall_seconds,
         "peak_rss_mib": peak_rss_mib,
         "trainer_used": (
-            "shoprec.train.loop.fit with an evaluator equal to its default validation "
-            "(task_scores on valid) that also times each training pass; test via task_scores"
+            "the tabular recipe (shoprec.recipes.tabular, as shoprec train runs the config): "
+            "build_model, train (shoprec.train.loop.fit) with an evaluator equal to its "
+            "default validation (task_scores on valid) that also times each training pass, "
+            "test_scores once"
         ),
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(
-        f"shoprec {model_cfg['name']}/{out['weighting']} seed {args.seed}: test AUC "
+        f"shoprec {exp.model.name}/{out['weighting']} seed {args.seed}: test AUC "
         + " / ".join(f"{t} {test_auc[t]:.4f}" for t in TASKS)
         + f", best epoch {result.best_epoch}/{epochs_run}, {out['samples_per_s']:.0f} samples/s,"
         f" peak RSS {peak_rss_mib:.0f} MiB -> {path}"

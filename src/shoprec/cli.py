@@ -274,6 +274,11 @@ def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
     if not ev:
         return
     m = ev.get("metrics", {})
+    if not m:  # a tabular artifact: pointwise scores only
+        pw = {k: v for k, v in (ev.get("pointwise") or {}).items() if not isinstance(v, dict)}
+        if pw:
+            _print_metrics(f"{title}: pointwise test scores", pw)
+        return
     names = [k for k in m if k != "users"]
     counts = ev.get("counts", {})
     table = Table(
@@ -443,6 +448,12 @@ def recommend(
 
     try:
         art = Artifact.load(artifact)
+        if art.scorer.n_items == 0:
+            _fail(
+                f"{artifact} is a {art.recipe} artifact: it scores rows (e.g. click and "
+                "purchase probabilities of impressions), it does not recommend items; "
+                "use shoprec evaluate, or its scorer's predict_rows in Python"
+            )
         rec = art.recommender()
         recs = rec.recommend(user, k, fusion=fusion, explain=explain)
     except (ShoprecError, ValueError) as e:
@@ -583,6 +594,12 @@ def serve(
 
         torch.set_num_threads(threads)
     try:
+        from shoprec.artifact import read_manifest
+
+        if read_manifest(artifact).get("items") == 0:
+            raise ShoprecError(
+                f"{artifact} is a tabular artifact: it scores rows, it has no items to serve"
+            )
         if rebuild or not has_retrieval(artifact):
             with err.status("training the two-tower retrieval model..."):
                 build_retrieval(artifact)

@@ -547,8 +547,9 @@ def _take_rows(spec: RankingSpec, rows: np.ndarray) -> RankingSpec:
 def _item_table(ds: Dataset, items: Sequence[str]) -> pl.DataFrame:
     """The catalog by the scorer's item order (ids only where there is no catalog)."""
     table = pl.DataFrame({"item": list(items)}, schema={"item": pl.String})
-    if ds.catalog is not None:
-        cat = artifacts.item_table(ds.catalog.df)
+    catalog = getattr(ds, "catalog", None)  # a tabular dataset has none
+    if catalog is not None:
+        cat = artifacts.item_table(catalog.df)
         table = table.join(cat, on="item", how="left", maintain_order="left")
     return table
 
