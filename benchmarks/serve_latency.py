@@ -6,18 +6,20 @@ Usage: ``python -m benchmarks.serve_latency [--quick] [--rebuild] [--concurrency
 Protocol:
 
 * Two artifacts, trained here once (and reused from ``runs/serve_latency/`` afterwards; the
-  benchmark is about serving, so the training is small and fast): MMoE (buy, return) on
-  UCI Online Retail with the generic ``shoprec train`` path (time split, last 30 days test,
-  30 days before valid, 2 epochs), and MMoE (view, cart, buy) on a simulated shop with a
+  benchmark is about serving, so the training is small and fast): the ``pairs`` recipe
+  (MMoE, buy and return, buy ranks) on UCI Online Retail through the front door
+  (:func:`shoprec.experiment.train_experiment`; time split, last 30 days test, 30 days
+  before valid, 2 epochs), and the same recipe (view, cart, buy) on a simulated shop with a
   100,000-item catalog (``simulate_shop(n_items=100_000, n_users=20_000,
   n_events=300_000)``). Each gets its two-tower model, item index and co-occurrences from
-  :func:`~shoprec.recommend.build_retrieval`.
+  :func:`~shoprec.recommend.build_retrieval` (built from the artifact's item table and
+  training events only).
 * Retrieval recall@100: for 1,000 known shoppers (seeded draw), the 100 items the served
   index returns for their two-tower vector against the exact top 100 by inner product over
   the same item vectors (NumPy, float32). 1.0 means the index loses nothing.
 * The server is a subprocess: uvicorn on 127.0.0.1 serving :func:`shoprec.serve.create_app`
   with the default :class:`~shoprec.recommend.RecommenderConfig` (which ranks at least 500
-  candidates with the multi-task model), one torch thread per worker, no access log,
+  candidates with the artifact's scorer), one torch thread per worker, no access log,
   httptools and uvloop, in its own session (as a service runs). One and two uvicorn
   workers are measured, each at concurrency 1, 2, 4 and 8.
 * The load generator is this process: a small asyncio HTTP/1.1 client (keep-alive, one
@@ -80,19 +82,24 @@ TRAIN = {
     "progress": False,
     "threads": 1,
 }
+#: The experiment config sections of each catalog (with MODEL and TRAIN).
 CATALOGS: dict[str, dict[str, Any]] = {
     "online_retail": {
-        "dataset": "online_retail",
+        "data": {"dataset": "online_retail"},
         "split": {"kind": "time", "test_days": 30, "valid_days": 30},
-        "behaviors": ["buy", "return"],
-        "n_negatives": 4,
+        "recipe": {"name": "pairs", "n_negatives": 4},
+        "tasks": ["buy", "return"],
+        "evaluate": {"target": "buy", "bootstrap": 0, "max_users": 2000},
     },
     "sim_100k": {
-        "dataset": "simulated",
-        "simulate": {"n_items": 100_000, "n_users": 20_000, "n_events": 300_000, "seed": 0},
+        "data": {
+            "dataset": "simulated",
+            "simulate": {"n_items": 100_000, "n_users": 20_000, "n_events": 300_000, "seed": 0},
+        },
         "split": {"kind": "time", "test_days": 14, "valid_days": 7},
-        "behaviors": ["view", "cart", "buy"],
-        "n_negatives": 4,
+        "recipe": {"name": "pairs", "n_negatives": 4},
+        "tasks": ["view", "cart", "buy"],
+        "evaluate": {"bootstrap": 0, "max_users": 2000},
     },
 }
 TARGET_P99_MS = 20.0
@@ -147,16 +154,20 @@ def artifact(name: str, rebuild: bool = False) -> Path:
     """The artifact of catalog ``name`` (trained, with retrieval files), built if missing."""
     import torch
 
-    from shoprec.experiment import ExperimentConfig, train_from_config
+    from shoprec.artifact import is_artifact
+    from shoprec.config import ExperimentConfig
+    from shoprec.experiment import train_experiment
     from shoprec.recommend import TwoTowerConfig, build_retrieval, has_retrieval
 
     out = RUNS / name
-    if not rebuild and (out / "metrics.json").exists() and has_retrieval(out):
+    if not rebuild and is_artifact(out) and has_retrieval(out):
         return out
     torch.set_num_threads(1)
     start = time.perf_counter()
-    cfg = ExperimentConfig(name=f"serve_{name}", data=CATALOGS[name], model=MODEL, train=TRAIN)
-    train_from_config(cfg, out)
+    cfg = ExperimentConfig.from_dict(
+        {"name": f"serve_{name}", **CATALOGS[name], "model": MODEL, "train": TRAIN}
+    )
+    train_experiment(cfg, out)
     build_retrieval(out, TwoTowerConfig(epochs=2, batch_size=2048))
     log.info("%s artifact built in %.0f s", name, time.perf_counter() - start)
     return out
@@ -172,7 +183,7 @@ def retrieval_recall(path: Path, n_users: int = 1000, k: int = 100) -> dict[str,
     rec = Recommender.from_artifact(path, build=False)
     rng = np.random.default_rng(0)
     users = rng.choice(len(rec.known_users), min(n_users, len(rec.known_users)), replace=False)
-    queries = rec._users_matrix()[users]
+    queries = rec.merchant.user_vectors()[users]
     start = time.perf_counter()
     _, found = rec.retrieval.index.search(queries, k)
     index_ms = (time.perf_counter() - start) / len(users) * 1000
@@ -184,7 +195,7 @@ def retrieval_recall(path: Path, n_users: int = 1000, k: int = 100) -> dict[str,
         "index_ms": index_ms,
         "items": rec.n_items,
         "users": len(rec.known_users),
-        "new_items": int(rec.is_new.sum()),
+        "new_items": int(rec.catalog.is_new.sum()),
         "tasks": rec.tasks,
         "fusion": rec.fusion.formula(),
         "sample_users": sample,

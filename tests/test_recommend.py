@@ -1,4 +1,9 @@
-"""The Python recommender: candidates, filters, live events, diversity, explanations."""
+"""The Python recommender over any recipe's scorer: candidates, filters, live events,
+diversity, explanations, products added at run time.
+
+Two artifacts: the ``pairs`` recipe (MMoE, the lead's PairsScorer) and :class:`FakeScorer`
+(no model at all, ``tests/serving_helpers.py``), so nothing here may assume a neural model.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +16,28 @@ import polars as pl
 import pytest
 import torch
 
-from serving_helpers import tiny_artifact
-from shoprec.experiment import Artifact
+from serving_helpers import FakeScorer, fake_artifact, tiny_artifact
+from shoprec.artifact import Artifact
 from shoprec.models import build_model
 from shoprec.models.base import output_to_prediction
 from shoprec.models.features import CategoricalFeature, NumericFeature, Task
-from shoprec.pipeline import score_pairs
 from shoprec.recommend import (
     SOURCES,
+    CatalogError,
+    DuplicateItemError,
     Fusion,
     Recommender,
     RecommenderConfig,
+    Retrieval,
     SessionLog,
     TwoTower,
     UnknownItemError,
     integrated_gradients,
 )
-from shoprec.recommend.recommender import REACH_TOLERANCE
-from shoprec.recommend.retrieve import CoOccurrence, ItemIndex, Retrieval
-from shoprec.recommend.two_tower import embed_items
+from shoprec.recommend.candidates import bit, union
+from shoprec.recommend.merchant import REACH_TOLERANCE
+from shoprec.recommend.retrieve import CoOccurrence, ItemIndex, retrieval_dir
+from shoprec.recommend.two_tower import RetrievalFeatures, embed_items
 
 Make = Callable[..., Recommender]
 
@@ -50,11 +58,14 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def make(artifact: Path) -> Make:
-    """A factory of recommenders over the same loaded artifact, each with its own sessions."""
+    """A factory of recommenders over the same loaded artifact, each with its own sessions.
+    The whole-catalog source is off (``rank_all_below=0``) unless asked for, so the
+    retrieval sources are what these tests see."""
     art = Artifact.load(artifact)
-    retrieval = Retrieval.load(artifact, art.builder, art.seen)
+    retrieval = Retrieval.load(artifact, art.items, art.seen)
 
     def build(**config: object) -> Recommender:
+        config = {"rank_all_below": 0, **config}
         return Recommender(art, retrieval, RecommenderConfig(**config), sessions=SessionLog())
 
     return build
@@ -63,6 +74,11 @@ def make(artifact: Path) -> Make:
 @pytest.fixture(scope="module")
 def rec(make: Make) -> Recommender:
     return make()
+
+
+@pytest.fixture(scope="module")
+def fake_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_artifact(tmp_path_factory.getbasetemp())
 
 
 def _user_with_buys(rec: Recommender) -> str:
@@ -104,7 +120,7 @@ def test_live_views_pull_similar_items_into_the_list(make: Make) -> None:
     user = rec.top_users(3)[2][0]
     before = rec.recommend(user, k=10)
     v = rec.retrieval.similarity_vectors
-    popular = rec._popular[:100]
+    popular = rec.candidates.popular[:100]
     listed = v[[rec.position(r.item) for r in before]].mean(0)
     p = int(popular[np.argmin(v[popular] @ listed)])  # a popular item unlike the list
     target = rec.items[p]
@@ -180,7 +196,17 @@ def test_fusion_formula_and_terms() -> None:
         Fusion.parse("buy + price")
     with pytest.raises(ValueError, match="unknown task"):
         Fusion.parse("click * buy").check(["view", "buy"])
-    assert Fusion.default(["view", "cart", "buy"]).formula() == "buy * price"
+    assert Fusion.default(["view", "cart", "buy"]).formula() == "buy"
+    assert Fusion.default(["buy", "return"], "buy").formula() == "buy"
+
+
+def test_fusion_keeps_the_order_of_any_positive_scores() -> None:
+    """Task outputs are not clipped at 1 (a quantity) nor at 1e-7 (a recipe's fallback
+    scores just above 0), so the fused order is the scorer's order."""
+    f = Fusion.parse("qty")
+    assert np.all(np.diff(f.log_score({"qty": np.array([3.0, 2.0, 1.0, 0.5])})) < 0)
+    tiny = np.array([0.3, 2e-7, 1e-9, 5e-10])
+    assert np.all(np.diff(Fusion.parse("buy").log_score({"buy": tiny})) < 0)
 
 
 def test_explanation_sums_and_ranks_as_documented(rec: Recommender) -> None:
@@ -190,7 +216,7 @@ def test_explanation_sums_and_ranks_as_documented(rec: Recommender) -> None:
     # task contributions: exact decomposition of log score against the reference items
     total = sum(t.contribution for t in exp.tasks)
     assert math.isclose(total, exp.log_score - exp.reference_log_score, abs_tol=1e-9)
-    assert {t.name for t in exp.tasks} == {"buy", "price", "session"}
+    assert {t.name for t in exp.tasks} == {"buy", "session"}  # the default: the target
     assert [abs(t.contribution) for t in exp.tasks] == sorted(
         (abs(t.contribution) for t in exp.tasks), reverse=True
     )
@@ -198,12 +224,12 @@ def test_explanation_sums_and_ranks_as_documented(rec: Recommender) -> None:
     gap = exp.model_log_score - exp.baseline_model_log_score
     ig_sum = sum(f.attribution for f in exp.features)
     assert abs(ig_sum - gap) <= 0.03 * abs(gap) + 1e-3
-    assert {f.feature for f in exp.features} == set(rec.builder.categorical + rec.builder.numeric)
+    builder = rec.scorer.builder
+    assert {f.feature for f in exp.features} == set(builder.categorical + builder.numeric)
     assert [abs(f.attribution) for f in exp.features] == sorted(
         (abs(f.attribution) for f in exp.features), reverse=True
     )
-    price = rec.price[rec.position(item)]
-    assert math.isclose(exp.model_log_score, math.log(exp.score / price), rel_tol=1e-4)
+    assert math.isclose(exp.model_log_score, exp.log_score, rel_tol=1e-4)  # no session here
     # MMoE gates: one weight per expert, summing to 1 per task
     assert exp.gates is not None and set(exp.gates) == set(rec.tasks)
     for weights in exp.gates.values():
@@ -212,6 +238,11 @@ def test_explanation_sums_and_ranks_as_documented(rec: Recommender) -> None:
     assert exp.because is not None
     assert exp.because.item in set(rec.artifact.history(user)["item"])
     assert exp.sentence.startswith("Recommended") and "Because you" in exp.sentence
+    # a price-weighted fusion, asked for per request
+    priced = rec.explain(user, item, fusion="buy * price")
+    assert {t.name for t in priced.tasks} == {"buy", "price", "session"}
+    price = rec.catalog.price[rec.position(item)]
+    assert math.isclose(priced.model_log_score, math.log(priced.score / price), rel_tol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["single_task", "shared_bottom", "ple", "esmm"])
@@ -288,10 +319,11 @@ def test_numpy_search_matches_faiss(rec: Recommender) -> None:
 
 
 def test_two_tower_round_trip(artifact: Path, rec: Recommender) -> None:
-    model, _, item_cols = TwoTower.load(artifact)
-    items = rec.items[:20]
+    model = TwoTower.load(retrieval_dir(artifact))
+    features = RetrievalFeatures.load(retrieval_dir(artifact))
+    items = rec.artifact.items.head(20)
     np.testing.assert_allclose(
-        embed_items(model, rec.builder, items, item_cols), rec.retrieval.item_vectors[:20]
+        embed_items(model, features, items), rec.retrieval.item_vectors[:20], rtol=1e-6
     )
 
 
@@ -314,31 +346,27 @@ def test_explanation_without_attributions_still_answers(
     def refuse(*args: object, **kwargs: object) -> None:
         raise ValueError("this model reads its inputs another way")
 
-    monkeypatch.setattr("shoprec.recommend.recommender.integrated_gradients", refuse)
+    monkeypatch.setattr(rec.scorer, "feature_attributions", refuse)
     exp = rec.explain(rec.top_users(1)[0][0], rec.items[0])
     assert exp.features == [] and exp.model_log_score is None
     assert "another way" in exp.notes[0] and exp.sentence.startswith("Recommended")
 
 
-def test_cached_model_input_matches_the_feature_builder(rec: Recommender) -> None:
-    """The serving path's cached inputs give the same batch and predictions as the
-    dataframe path, for a known shopper and for one the artifact has never seen."""
+def test_predictions_are_the_scorers(rec: Recommender) -> None:
+    """The recommender's per-task outputs are the scorer's for the same positions, for a
+    known shopper and for one the artifact has never seen."""
     positions = np.array([0, 7, 3, 7, rec.n_items - 1])
-    items = rec.items[positions.tolist()]
     for user in (rec.known_users[3], "never-seen-shopper"):
-        slow = rec.builder.pairs([user], items).columns
-        fast = rec.features.batch(user, positions)
-        assert set(fast) == set(slow)
-        for key, value in slow.items():
-            torch.testing.assert_close(fast[key], value, rtol=0, atol=0)
-        expected = score_pairs(rec.model, rec.builder, [user], items)
+        expected = rec.scorer.score([user], positions)
         got = rec.predict(user, positions)
         for task in rec.tasks:
-            np.testing.assert_allclose(got[task], expected[task][0], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(got[task], expected[task][0], rtol=1e-6)
 
 
 def test_candidates_fill_up_to_the_minimum(make: Make) -> None:
-    small = make(n_two_tower=10, n_popular=5, n_cooccurrence=5, n_new=2, min_candidates=60)
+    small = make(
+        n_two_tower=10, n_popular=5, n_cooccurrence=5, n_new=2, n_history=0, min_candidates=60
+    )
     user = _user_with_buys(small)
     ranking = small.rank(user, k=5)
     assert ranking.candidates == 60 and len(ranking.items) == 5
@@ -346,13 +374,48 @@ def test_candidates_fill_up_to_the_minimum(make: Make) -> None:
     bought = set(seen.filter((pl.col("user") == user) & (pl.col("behavior") == "buy"))["item"])
     assert bought and not bought & {r.item for r in ranking.items}
     # no fill-up: the union of the sources only
-    plain = make(n_two_tower=10, n_popular=5, n_cooccurrence=5, n_new=2, min_candidates=0)
-    assert plain.rank(user, k=5).candidates <= 22
-    # a catalog smaller than the minimum: every allowed item is ranked
-    everything = make(min_candidates=10_000)
-    events, _, _ = everything._recent(user)
-    allowed = int((~everything._excluded(user, events)).sum())
-    assert everything.rank(user, k=5).candidates == allowed
+    plain = make(
+        n_two_tower=10, n_popular=5, n_cooccurrence=5, n_new=2, n_history=3, min_candidates=0
+    )
+    assert plain.rank(user, k=5).candidates <= 25
+    # a catalog smaller than the minimum, or than rank_all_below: every allowed item
+    allowed = small.n_items - len(set(small.training.excluded_positions(user).tolist()))
+    allowed -= int((small.catalog.out_of_stock & ~_banned_mask(small, user)).sum())
+    assert make(min_candidates=10_000).rank(user, k=5).candidates == allowed
+    whole = make(rank_all_below=10_000, n_two_tower=5, min_candidates=0).rank(user, k=50)
+    assert whole.candidates == allowed
+    assert any("catalog" in r.sources for r in whole.items)
+
+
+def _banned_mask(rec: Recommender, user: str) -> np.ndarray:
+    mask = np.zeros(rec.n_items, dtype=bool)
+    mask[rec.training.excluded_positions(user)] = True
+    return mask
+
+
+def test_served_list_is_the_offline_ranking(make: Make) -> None:
+    """Without the business re-ranking (diversity, new-item slots) and with the whole small
+    catalog as candidates, the served top 10 is the scorer's rank_scores order over the
+    items offline evaluation ranks (the target's training items left out)."""
+    rec = make(rank_all_below=10_000, diversity=0.0, new_item_slots=0, filter_out_of_stock=False)
+    for user in (_user_with_buys(rec), rec.known_users[5], "cold-shopper"):
+        scores = rec.scorer.rank_scores([user])[0].astype(np.float64)
+        scores[_banned_mask(rec, user)] = -np.inf
+        offline = [rec.items[i] for i in np.argsort(-scores, kind="stable")[:10]]
+        assert [r.item for r in rec.recommend(user, k=10)] == offline
+
+
+def test_repeat_purchases_reach_the_list_through_the_history_source(make: Make) -> None:
+    user = _user_with_buys(make())
+    bought = set(
+        make().artifact.history(user).filter(pl.col("behavior") == "buy")["item"].to_list()
+    )
+    few = {"n_two_tower": 5, "n_popular": 0, "n_cooccurrence": 0, "n_new": 0, "min_candidates": 0}
+    repeats = make(exclude_behaviors=(), **few).rank(user, k=100)
+    listed = {r.item: r.sources for r in repeats.items}
+    assert bought <= set(listed) and all("history" in listed[i] for i in bought)
+    once = make(**few).rank(user, k=100)
+    assert not bought & {r.item for r in once.items}
 
 
 def test_large_catalogs_get_an_inverted_file_index(
@@ -384,3 +447,125 @@ def test_large_catalogs_get_an_inverted_file_index(
         ItemIndex(vectors[:100]).search(queries, 20)[1],
         ItemIndex(vectors[:100], use_faiss=False).search(queries, 20)[1],
     )
+
+
+# ------------------------------------------------------------- a scorer with no model at all
+@pytest.fixture()
+def fake(fake_path: Path) -> Recommender:
+    """A fresh recommender over the fake artifact (its scorer may be changed by the test)."""
+    return Artifact.load(fake_path).recommender(
+        RecommenderConfig(diversity=0.0, new_item_slots=0, filter_out_of_stock=False)
+    )
+
+
+def test_fake_scorer_serves_its_own_ranking(fake: Recommender) -> None:
+    assert isinstance(fake.scorer, FakeScorer) and fake.model_name == "fake"
+    assert fake.fusion.formula() == "buy"
+    user = _user_with_buys(fake)
+    recs = fake.recommend(user, k=10)
+    scores = fake.scorer.rank_scores([user])[0].copy()
+    scores[_banned_mask(fake, user)] = -np.inf
+    assert [r.item for r in recs] == [fake.items[i] for i in np.argsort(-scores)[:10]]
+    assert all(set(r.predictions) == {"view", "buy"} for r in recs)
+    assert all(r.sources and set(r.sources) <= set(SOURCES) for r in recs)
+
+
+def test_fake_scorer_is_explained_without_hooks(fake: Recommender) -> None:
+    user = _user_with_buys(fake)
+    item = fake.recommend(user, k=1)[0].item
+    exp = fake.explain(user, item)
+    assert exp.features == [] and exp.gates is None and exp.model_log_score is None
+    assert any("'fake' scorer offers no feature attributions" in n for n in exp.notes)
+    total = sum(t.contribution for t in exp.tasks)
+    assert math.isclose(total, exp.log_score - exp.reference_log_score, abs_tol=1e-9)
+    assert exp.because is not None and exp.sentence.startswith("Recommended")
+
+
+def test_live_events_reach_the_scorer(fake: Recommender) -> None:
+    """The fake doubles the scores of categories a shopper just touched: after two views in
+    one category, the scorer was handed them and the list moves to that category."""
+    user = fake.known_users[7]
+    before = fake.recommend(user, k=10)
+    cats = fake.catalog.category_names
+    listed = {r.attributes["category"] for r in before}
+    other = next(p for p in fake.candidates.popular if cats[p] not in listed)
+    for behavior in ("view", "view"):
+        fake.record(user, fake.items[other], behavior)
+    after = fake.recommend(user, k=10)
+    handed = pl.concat(fake.scorer.seen_events)
+    assert fake.items[other] in handed.filter(pl.col("user") == user)["item"].to_list()
+    share = np.mean([r.attributes["category"] == cats[other] for r in after])
+    assert share > np.mean([r.attributes["category"] == cats[other] for r in before])
+    # an unknown shopper's query vector moves to their live items
+    q0 = fake.user_vector("walk-in", fake.live("walk-in"))
+    fake.record("walk-in", fake.items[other], "cart")
+    q1 = fake.user_vector("walk-in", fake.live("walk-in"))
+    v = fake.retrieval.item_vectors[other]
+    assert q1 @ v > q0 @ v + 0.1
+
+
+def test_repeat_purchase_scorer_gets_its_best_items_served(fake: Recommender) -> None:
+    """A scorer that likes what the shopper bought before (repeat purchases) gets those items
+    into the list through the history source when the serve config allows repeats."""
+    user = _user_with_buys(fake)
+    bought = [fake.position(i) for i in fake.artifact.history(user)["item"].unique()]
+    fake.scorer.quality[bought] = 0.99
+    few = {"n_two_tower": 5, "n_popular": 5, "n_cooccurrence": 0, "n_new": 0, "min_candidates": 0}
+    cfg = RecommenderConfig(
+        exclude_behaviors=(), rank_all_below=0, diversity=0.0, new_item_slots=0,
+        filter_out_of_stock=False, n_history=len(bought), **few,
+    )  # fmt: skip
+    repeats = Recommender(fake.artifact, fake.retrieval, cfg).recommend(user, k=len(bought))
+    assert {fake.position(r.item) for r in repeats} == set(bought)
+    assert all("history" in r.sources for r in repeats)
+
+
+def test_products_added_at_run_time(fake: Recommender, rec: Recommender) -> None:
+    n = fake.n_items
+    category = fake.catalog.category_names[0]
+    rows = [
+        {"item": "sku-new-1", "title": "A new thing", "category": category, "price": 3.0},
+        {"item": "sku-new-2", "category": category, "price": 9.0, "stock": 4},
+    ]
+    assert fake.add_items(rows) == ["sku-new-1", "sku-new-2"]
+    assert fake.n_items == n + 2 and fake.scorer.n_items == n + 2
+    assert fake.position("sku-new-2") == n + 1 and {"sku-new-1", "sku-new-2"} <= set(
+        fake.new_items()
+    )
+    assert len(fake.retrieval.item_vectors) == n + 2 and len(fake.retrieval.index) == n + 2
+    assert fake.attributes([n + 1])[0]["stock"] == 4 and fake.attributes([n])[0]["title"]
+    # the fake scores them best: they are served at once, found similar, given an audience
+    top = [r.item for r in fake.recommend(fake.known_users[0], k=3)]
+    assert {"sku-new-1", "sku-new-2"} <= set(top)
+    similar = [x.item for x in fake.similar("sku-new-1", k=3)]
+    assert len(similar) == 3 and "sku-new-1" not in similar
+    assert len(fake.audience("sku-new-1", k=3)) == 3
+    assert any(r.item.startswith("sku-new") for r in fake.new_item_reach(limit=100, audience=0))
+    with pytest.raises(DuplicateItemError, match="already in the catalog"):
+        fake.add_items([{"item": "sku-new-1"}])
+    with pytest.raises(CatalogError, match="unknown product columns"):
+        fake.add_items([{"item": "sku-x", "colour": "red"}])
+    # a recipe whose scorer cannot score unseen products refuses, naming the recipe
+    with pytest.raises(CatalogError, match="'pairs' recipe cannot score products added"):
+        rec.add_items([{"item": "sku-z", "price": 1.0}])
+    assert not rec.has_item("sku-z")
+
+
+def test_retrieval_is_built_from_the_item_table_and_events_only(fake_path: Path) -> None:
+    files = sorted(p.name for p in retrieval_dir(fake_path).iterdir())
+    assert files == sorted(
+        [
+            "cooccurrence.parquet", "item_encoder.json", "items.faiss", "retrieval.json",
+            "two_tower.json", "two_tower.safetensors", "user_encoder.json",
+        ]
+    )  # fmt: skip
+    r = Retrieval.load(fake_path)  # nothing of the recipe needed
+    items = pl.read_parquet(fake_path / "items.parquet")
+    assert r.item_vectors.shape[0] == items.height and len(r.index) == items.height
+    assert r.features.item_columns == ["item", "category", "brand", "log_price"]
+
+
+def test_candidate_union_bits() -> None:
+    cand, bits = union(np.array([4, 1, 4, 9]), np.array([bit("two_tower"), 2, bit("history"), 1]))
+    assert cand.tolist() == [1, 4, 9]
+    assert bits.tolist() == [2, bit("two_tower") | bit("history"), 1]

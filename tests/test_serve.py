@@ -1,4 +1,5 @@
-"""The HTTP service: API contract, events, auth, bad input, metrics, reload under load."""
+"""The HTTP service: API contract, events, auth, bad input, metrics, reload under load, any
+recipe's artifact, products added at run time, the same list as the Python facade."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from serving_helpers import API_KEY, serving, tiny_artifact
+from serving_helpers import API_KEY, fake_artifact, serving, tiny_artifact
+from shoprec.artifact import Artifact
 from shoprec.serve import ServeConfig, create_app
 
 AUTH = {"X-API-Key": API_KEY}
@@ -75,7 +77,7 @@ def test_recommend_contract(client: TestClient, known_user: str) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["user"] == known_user and body["known_user"] is True
-    assert body["fusion"] == "buy * price" and body["model"] == "mmoe"
+    assert body["fusion"] == "buy" and body["model"] == "mmoe" and body["recipe"] == "pairs"
     assert [x["rank"] for x in body["items"]] == [1, 2, 3, 4]
     first = body["items"][0]
     assert set(first["predictions"]) == {"view", "cart", "buy"}
@@ -114,6 +116,15 @@ def test_unknown_user_gets_cold_start_never_5xx(client: TestClient) -> None:
         ("post", "/events", {"content": b"{not json", "headers": JSON_TYPE}, 422, "JSON"),
         ("put", "/admin/stock", {"json": {"stock": {"i1": -1}}}, 422, ">= 0"),
         ("post", "/admin/reload", {"json": {"artifact": "/no/such/folder"}}, 400, "cannot load"),
+        ("post", "/admin/catalog", {"json": {"items": []}}, 422, "at least 1"),
+        ("post", "/admin/catalog", {"json": {"items": [{"item": "s", "price": -1}]}}, 422, "price"),
+        (
+            "post",
+            "/admin/catalog",
+            {"json": {"items": [{"item": "sku-9", "category": "bags"}]}},
+            422,
+            "'pairs' recipe cannot score products added at run time",
+        ),
     ],
 )
 def test_malformed_requests_get_a_4xx_with_a_message(
@@ -133,6 +144,7 @@ def test_write_and_admin_endpoints_need_the_key(client: TestClient) -> None:
     assert r.status_code == 403 and "wrong API key" in r.text
     assert client.post("/admin/reload").status_code == 401
     assert client.put("/admin/stock", json={"stock": {}}).status_code == 401
+    assert client.post("/admin/catalog", json={"items": [{"item": "x"}]}).status_code == 401
 
 
 def test_an_event_changes_the_next_recommendation(client: TestClient, db: Path) -> None:
@@ -203,6 +215,7 @@ def test_health_and_prometheus_metrics(client: TestClient, known_user: str) -> N
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["journal_mode"] == "wal"
     assert health["index"] == "faiss" and health["items"] > 0
+    assert (health["recipe"], health["model"], health["target"]) == ("pairs", "mmoe", "buy")
     client.get(f"/recommend/{known_user}")
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -219,7 +232,7 @@ def test_health_and_prometheus_metrics(client: TestClient, known_user: str) -> N
 def test_reload_swaps_the_model(client: TestClient, artifact: Path) -> None:
     before = client.get("/health").json()["loaded_at"]
     r = client.post("/admin/reload", json={"artifact": str(artifact)}, headers=AUTH)
-    assert r.status_code == 200 and r.json()["model"] == "mmoe"
+    assert r.status_code == 200 and r.json()["model"] == "mmoe" and r.json()["recipe"] == "pairs"
     assert client.get("/health").json()["loaded_at"] > before
 
 
@@ -271,6 +284,58 @@ def test_reload_under_load_loses_no_request(artifact: Path, tmp_path: Path) -> N
     during = [r for r in results if any(a < r[1] and r[0] < b for a, b in windows)]
     assert during, "no request overlapped a reload"
     assert 'shoprec_reloads_total{outcome="ok"} 2' in metrics
+
+
+def test_python_facade_and_http_serve_the_same_list(artifact: Path, tmp_path: Path) -> None:
+    """``shoprec recommend`` (``Artifact.load(dir).recommender().recommend(user, k)``) and
+    ``GET /recommend/U?k=10`` give the same ten items, for known and unknown shoppers."""
+    rec = Artifact.load(artifact).recommender()
+    users = [u for u, _ in rec.top_users(3)] + ["walk-in-shopper"]
+    config = ServeConfig(artifact, db=tmp_path / "events.sqlite", api_key=API_KEY)
+    with TestClient(create_app(config)) as c:
+        for user in users:
+            served = [
+                x["item"] for x in c.get(f"/recommend/{user}", params={"k": 10}).json()["items"]
+            ]
+            assert served == [r.item for r in rec.recommend(user, 10)]
+            assert len(served) == 10
+
+
+def test_any_recipe_serves_and_takes_new_products(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A scorer with no model (the fake recipe) serves through the same app; its scorer can
+    score new products, so POST /admin/catalog adds them, they are served at once, and a
+    reload keeps them."""
+    path = fake_artifact(tmp_path_factory.getbasetemp())
+    config = ServeConfig(path, db=tmp_path / "events.sqlite", api_key=API_KEY)
+    with TestClient(create_app(config)) as c:
+        health = c.get("/health").json()
+        assert (health["recipe"], health["model"], health["tasks"]) == (
+            "fake",
+            "fake",
+            ["view", "buy"],
+        )
+        user = c.get("/users", params={"limit": 1}).json()["users"][0]["user"]
+        body = c.get(f"/recommend/{user}", params={"k": 5, "explain": True}).json()
+        assert body["recipe"] == "fake" and len(body["items"]) == 5
+        exp = body["items"][0]["explanation"]
+        assert exp["features"] == [] and exp["gates"] is None and exp["notes"]
+        product = {"item": "sku-launch", "title": "Launch", "category": "bags", "price": 2.0}
+        r = c.post("/admin/catalog", json={"items": [product]}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        assert r.json()["added"] == ["sku-launch"] and r.json()["items"] == health["items"] + 1
+        assert c.post("/admin/catalog", json={"items": [product]}, headers=AUTH).status_code == 409
+        listed = [x["item"] for x in c.get(f"/recommend/{user}", params={"k": 5}).json()["items"]]
+        assert "sku-launch" in listed
+        assert c.get("/similar/sku-launch", params={"k": 3}).status_code == 200
+        ack = c.post("/events", json={"user": "guest-1", "item": "sku-launch", "behavior": "view"},
+                     headers=AUTH).json()  # fmt: skip
+        assert ack["known_item"] is True
+        assert c.post("/admin/reload", headers=AUTH).status_code == 200
+        assert c.get("/health").json()["items"] == health["items"] + 1
+        listed = [x["item"] for x in c.get(f"/recommend/{user}", params={"k": 5}).json()["items"]]
+        assert "sku-launch" in listed
 
 
 def test_benchmark_percentile_and_recall() -> None:

@@ -586,7 +586,7 @@ def serve(
     """Serve recommendations over HTTP, with a web page at /ui/ and API docs at /docs."""
     import uvicorn
 
-    from shoprec.recommend import RecommenderConfig, build_retrieval, has_retrieval
+    from shoprec.recommend import build_retrieval, has_retrieval
     from shoprec.serve import ServeConfig, create_app
 
     if threads:
@@ -605,11 +605,12 @@ def serve(
                 build_retrieval(artifact)
         rec_cfg = None
         if fusion:
-            from shoprec.artifact import read_manifest
+            from shoprec.artifact import Artifact
             from shoprec.recommend import Fusion
 
-            Fusion.parse(fusion).check(read_manifest(artifact)["tasks"])
-            rec_cfg = RecommenderConfig(fusion=fusion)
+            art = Artifact.load(artifact)
+            Fusion.parse(fusion).check(art.tasks)
+            rec_cfg = art.config.serve.recommender_config(fusion=fusion)
     except (ShoprecError, ValueError, OSError) as e:
         _fail(str(e))
         return

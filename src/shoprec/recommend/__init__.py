@@ -1,32 +1,38 @@
-"""Recommendations from a trained artifact: candidates, ranking, re-ranking, explanations.
+"""Recommendations from any recipe's artifact: candidates, scoring, re-ranking, explanations.
 
-* :class:`Recommender` — ``Recommender.from_artifact(path).recommend(user, k)``;
-* :class:`Fusion` — the final score as a product of task outputs and the price;
-* :func:`build_retrieval` — train the two-tower model and write the retrieval files;
+* :class:`Recommender` — ``Recommender.from_artifact(path).recommend(user, k)`` (or
+  ``Artifact.load(path).recommender()``), scoring only through the artifact's scorer;
+* :class:`Catalog` — the item table, live stock, products added at run time;
+* :class:`Fusion` — the final score as a product of task outputs (and the price);
+* :func:`build_retrieval` — the two-tower model, item index and co-occurrences of an
+  artifact, from its item table and training events only;
 * :class:`SessionLog` — live events that the next recommendation uses.
 """
 
+from shoprec.recommend.candidates import SOURCES
+from shoprec.recommend.catalog import Catalog, CatalogError, DuplicateItemError, UnknownItemError
 from shoprec.recommend.explain import Explanation, integrated_gradients
 from shoprec.recommend.fusion import Fusion
-from shoprec.recommend.recommender import (
-    SOURCES,
+from shoprec.recommend.recommender import Recommender
+from shoprec.recommend.retrieve import Retrieval, build_retrieval, has_retrieval
+from shoprec.recommend.session import Event, SessionLog
+from shoprec.recommend.two_tower import RetrievalFeatures, TwoTower, TwoTowerConfig
+from shoprec.recommend.types import (
     AudienceMember,
     HistoryEntry,
     NewItemReach,
     RankedItem,
     Ranking,
-    Recommender,
     RecommenderConfig,
     SimilarItem,
-    UnknownItemError,
 )
-from shoprec.recommend.retrieve import build_retrieval, has_retrieval
-from shoprec.recommend.session import Event, SessionLog
-from shoprec.recommend.two_tower import TwoTower, TwoTowerConfig
 
 __all__ = [
     "SOURCES",
     "AudienceMember",
+    "Catalog",
+    "CatalogError",
+    "DuplicateItemError",
     "Event",
     "Explanation",
     "Fusion",
@@ -36,6 +42,8 @@ __all__ = [
     "Ranking",
     "Recommender",
     "RecommenderConfig",
+    "Retrieval",
+    "RetrievalFeatures",
     "SessionLog",
     "SimilarItem",
     "TwoTower",

@@ -18,20 +18,41 @@ An :class:`Explanation` carries four kinds of evidence and one readable sentence
 * **Gate weights** of MMoE / PLE: per task, the softmax weight of each expert (rows sum to 1).
 * **Because**: the item of the shopper's history (training events and session) whose
   two-tower vector is closest to the recommended item's, with the deepest behavior on it.
+
+Task contributions and "because" work for every recipe (they need only the scorer's outputs
+and the retrieval vectors). Feature attributions and gates come from the scorer's optional
+hooks (:meth:`~shoprec.recipes.base.Scorer.feature_attributions`, ``gate_weights``); a scorer
+without them is explained by the rest, and the explanation's ``notes`` say so.
+:class:`Explainer` puts it together for the :class:`~shoprec.recommend.Recommender`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import polars as pl
 import torch
 from torch import Tensor, nn
 
 from shoprec.models.base import MultiTaskModel, output_to_prediction
 from shoprec.models.features import SequenceFeature, TextFeature
 from shoprec.models.layers import Batch, InputLayer
+from shoprec.recommend.fusion import PRICE, Fusion
+from shoprec.recommend.rerank import session_similarity
+from shoprec.recommend.retrieve import BEHAVIOR_WEIGHT
+
+if TYPE_CHECKING:
+    from shoprec.recommend.recommender import Recommender
+    from shoprec.recommend.session import Event, LiveEvents
+
+log = logging.getLogger(__name__)
+#: The name of the session term among the task contributions.
+SESSION = "session"
 
 
 @dataclass
@@ -280,3 +301,146 @@ def sentence(exp: Explanation, penalties: Mapping[str, float] | None = None) -> 
         verb = _PAST.get(exp.because.behavior, exp.because.behavior)
         text += f" Because you {verb} \u201c{title}\u201d."
     return text
+
+
+# ------------------------------------------------------------------------------ explainer
+
+
+class Explainer:
+    """Builds :class:`Explanation` objects for one :class:`~shoprec.recommend.Recommender`.
+
+    Args:
+        rec: the recommender (its scorer, catalog, retrieval vectors and history).
+    """
+
+    def __init__(self, rec: Recommender) -> None:
+        self.rec = rec
+        self._lock = threading.Lock()  # the scorer's hooks may swap model layers while they run
+
+    def reference(
+        self, user: str, fusion: Fusion, live: LiveEvents
+    ) -> dict[str, tuple[float, float]]:
+        """Mean log term and typical value per term over the reference items (the catalog,
+        or a fixed sample of ``reference_items`` of it, scored for this shopper)."""
+        rec = self.rec
+        n, total = rec.config.reference_items, rec.catalog.n_items
+        ref = (
+            np.arange(total)
+            if total <= n
+            else np.sort(np.random.default_rng(0).choice(total, n, replace=False))
+        )
+        preds, terms = rec.score(user, ref, fusion, live.frame)
+        out: dict[str, tuple[float, float]] = {}
+        for name, t in terms.items():
+            values = rec.catalog.price[ref] if name == PRICE else preds[name]
+            typical = float(np.exp(np.mean(np.log(np.clip(values, 1e-7, None)))))
+            out[name] = (float(t.mean()), typical)
+        sim = session_similarity(rec.retrieval.similarity_vectors, ref, live)
+        out[SESSION] = (float(rec.config.session_boost * sim.mean()), float(sim.mean()))
+        return out
+
+    def explain(
+        self,
+        user: str,
+        p: int,
+        fusion: Fusion,
+        live: LiveEvents,
+        ref: Mapping[str, tuple[float, float]],
+    ) -> Explanation:
+        """Why the item at position ``p`` for ``user`` (see the module docstring)."""
+        rec = self.rec
+        positions = np.array([p])
+        preds, terms = rec.score(user, positions, fusion, live.frame)
+        sim = float(session_similarity(rec.retrieval.similarity_vectors, positions, live)[0])
+        terms[SESSION] = np.array([rec.config.session_boost * sim])
+        tasks = []
+        for name, t in terms.items():
+            if name == PRICE:
+                value = float(rec.catalog.price[p])
+            elif name == SESSION:
+                value = sim
+            else:
+                value = float(preds[name][0])
+            tasks.append(TaskContribution(name, value, ref[name][1], float(t[0]) - ref[name][0]))
+        tasks.sort(key=lambda t: -abs(t.contribution))
+        log_score = float(sum(float(t[0]) for t in terms.values()))
+        notes: list[str] = []
+        attributions, gates = self._hooks(user, p, fusion, notes)
+        features: list[FeatureAttribution] = []
+        if attributions is not None:
+            values, raw = attributions[0], attributions[1]
+            features = sorted(
+                (FeatureAttribution(n, raw.get(n), a) for n, a in values.items()),
+                key=lambda f: -abs(f.attribution),
+            )
+        exp = Explanation(
+            user=user,
+            item=rec.catalog.ids[p],
+            fusion=fusion.formula(),
+            score=float(np.exp(log_score)),
+            log_score=log_score,
+            reference_log_score=float(sum(m for m, _ in ref.values())),
+            tasks=tasks,
+            model_log_score=attributions[2] if attributions else None,
+            baseline_model_log_score=attributions[3] if attributions else None,
+            features=features,
+            gates=gates,
+            because=self.because(user, p, live.events),
+            notes=notes,
+        )
+        if not rec.is_known_user(user):
+            exp.notes.append("new shopper: the scorer knows them by their live events only")
+        exp.sentence = sentence(exp, fusion.penalties)
+        return exp
+
+    def _hooks(
+        self, user: str, p: int, fusion: Fusion, notes: list[str]
+    ) -> tuple[tuple[dict[str, float], dict[str, Any], float, float] | None, Any]:
+        """The scorer's feature attributions and gate weights, where it offers them."""
+        scorer = self.rec.scorer
+        attributions = gates = None
+        try:
+            with self._lock:
+                attributions = scorer.feature_attributions(
+                    user, p, fusion.model_log_score, self.rec.config.explain_steps
+                )
+        except ValueError as e:  # a model whose inputs cannot be attributed: explain the rest
+            log.warning("no feature attributions: %s", e)
+            notes.append(str(e))
+        else:
+            if attributions is None:
+                notes.append(
+                    f"the '{scorer.recipe}' scorer offers no feature attributions: explained "
+                    "by its task outputs, the fusion terms and the closest history item"
+                )
+        with self._lock:
+            gates = scorer.gate_weights(user, p)
+        return attributions, gates
+
+    def because(self, user: str, p: int, events: list[Event]) -> BecauseItem | None:
+        """The history item (training or live) closest to item ``p`` in the two-tower space,
+        the deepest behavior on it."""
+        rec = self.rec
+        deep, _ = rec.training.deepest(user)
+        pos = [rec.catalog.pos[e.item] for e in events] + deep.tolist()
+        beh = [e.behavior for e in events] + rec.training.deepest_behaviors(user)
+        if not pos:
+            return None
+        frame = (
+            pl.DataFrame({"pos": pos, "behavior": beh}, {"pos": pl.Int64, "behavior": pl.String})
+            .filter(pl.col("pos") != p)
+            .with_columns(
+                pl.col("behavior").replace_strict(BEHAVIOR_WEIGHT, default=1.0).alias("w")
+            )
+            .sort("w", descending=True, maintain_order=True)
+            .unique("pos", keep="first", maintain_order=True)
+        )
+        if frame.height == 0:
+            return None
+        v = rec.retrieval.similarity_vectors
+        sims = v[frame["pos"].to_numpy()] @ v[p]
+        j = int(np.argmax(sims))
+        q = int(frame["pos"][j])
+        return BecauseItem(
+            rec.catalog.ids[q], rec.catalog.title(q), frame["behavior"][j], float(sims[j])
+        )

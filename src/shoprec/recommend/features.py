@@ -9,7 +9,7 @@ the whole catalog once, the user side once per shopper (all known shoppers at st
 on first sight), and assembles a batch by indexing: no Python loop over candidates.
 
 Example:
-    >>> enc = PairEncoder(artifact.builder)  # doctest: +SKIP
+    >>> enc = PairEncoder(scorer.builder)  # a PairsScorer's  # doctest: +SKIP
     >>> batch = enc.batch("u12", np.array([3, 17, 40]))  # doctest: +SKIP
     >>> model.predict(batch)  # doctest: +SKIP
 """
@@ -26,13 +26,19 @@ from torch import Tensor
 
 from shoprec.data.encode import OOV
 from shoprec.pipeline import FeatureBuilder
-from shoprec.recommend.two_tower import split_columns
 
 #: Shoppers outside the user table whose encoded row is kept (least recently used dropped).
 UNKNOWN_CACHE = 10_000
 #: Cache key of every shopper outside the user table whose id the encoder does not know
 #: (their user-side input is the same row: OOV id, no attributes).
 _ANONYMOUS = "\x00anonymous"
+
+
+def split_columns(builder: FeatureBuilder) -> tuple[list[str], list[str]]:
+    """The builder's feature columns of the user side and of the item side."""
+    item_side = set(builder.item_table.columns)
+    cols = builder.categorical + builder.numeric
+    return [c for c in cols if c not in item_side], [c for c in cols if c in item_side]
 
 
 def _encode(builder: FeatureBuilder, frame: pl.DataFrame, columns: list[str]) -> dict[str, Tensor]:

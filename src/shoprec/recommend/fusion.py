@@ -11,6 +11,13 @@ so ``log score`` is a sum of one term per task (and one for the price). The expl
 exactly these terms: each task's share of a score is its term, measured against a reference
 (see :meth:`Fusion.log_terms`).
 
+The default (:meth:`Fusion.default`) is the scorer's target task alone: the served list then
+ranks by what the offline evaluation ranks by. Price-weighted fusions (expected revenue) are
+a choice made in the serve config or per request. Task outputs are used as they are (only
+floored at :data:`FLOOR` before the logarithm), so a recipe's small fallback scores and
+non-probability outputs (a quantity) keep their order; ``(1 - p)`` penalties need
+probabilities and clip them to ``[EPS, 1 - EPS]``.
+
 A fusion is written as a short formula (:meth:`Fusion.parse`), e.g. ``"buy * price"``,
 ``"view^0.2 * buy * price^0.5 * (1-return)^2"``.
 
@@ -34,8 +41,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Probabilities are clipped to ``[EPS, 1 - EPS]`` before taking logs.
+#: Probabilities in ``(1 - p)`` penalties are clipped to ``[EPS, 1 - EPS]`` before the log.
 EPS = 1e-7
+#: Task outputs multiplied into the score are floored here before the log (a score of 0).
+FLOOR = 1e-30
 PRICE = "price"
 _TERM = re.compile(
     r"^(?:\(\s*1\s*-\s*(?P<pen>[A-Za-z_][\w-]*)\s*\)|(?P<name>[A-Za-z_][\w-]*))"
@@ -95,15 +104,17 @@ class Fusion:
         return cls(weights, price, penalties)
 
     @classmethod
-    def default(cls, tasks: Sequence[str], has_price: bool = True) -> Fusion:
-        """Expected revenue where the tasks allow it: ``buy * price * (1-return)``; otherwise
-        the last task's probability (times the price when there is a ``buy``-like last task)."""
-        last = "buy" if "buy" in tasks else tasks[-1]
-        return cls(
-            {last: 1.0},
-            1.0 if has_price and last == "buy" else 0.0,
-            {"return": 1.0} if "return" in tasks else {},
-        )
+    def default(cls, tasks: Sequence[str], target: str | None = None) -> Fusion:
+        """The target task alone (the last task when none is named): what offline
+        evaluation ranks by.
+
+        Example:
+            >>> Fusion.default(["view", "cart", "buy"]).formula()
+            'buy'
+        """
+        if target is not None and target not in tasks:
+            raise ValueError(f"target '{target}' is not one of the tasks {list(tasks)}")
+        return cls({target or tasks[-1]: 1.0})
 
     def check(self, tasks: Sequence[str]) -> Fusion:
         """Raise ``ValueError`` naming the model's tasks if the fusion reads another one."""
@@ -134,7 +145,7 @@ class Fusion:
         """
         terms: dict[str, np.ndarray] = {}
         for task, w in self.weights.items():
-            p = np.clip(np.asarray(preds[task], dtype=np.float64), EPS, 1 - EPS)
+            p = np.clip(np.asarray(preds[task], dtype=np.float64), FLOOR, None)
             terms[task] = w * np.log(p)
         for task, w in self.penalties.items():
             p = np.clip(np.asarray(preds[task], dtype=np.float64), EPS, 1 - EPS)
@@ -160,7 +171,7 @@ class Fusion:
         differentiable: what the feature attributions explain. ``(N,)``."""
         total: Tensor | None = None
         for task, w in self.weights.items():
-            term = w * torch.log(preds[task].clamp(EPS, 1 - EPS))
+            term = w * torch.log(preds[task].clamp_min(FLOOR))
             total = term if total is None else total + term
         for task, w in self.penalties.items():
             term = w * torch.log1p(-preds[task].clamp(EPS, 1 - EPS))

@@ -1,6 +1,6 @@
-"""Candidate sources and the serving step that prepares them inside an artifact folder.
+"""Candidate sources and the serving step that builds them inside an artifact folder.
 
-Three sources feed the ranker (:mod:`shoprec.recommend.recommender` unions them):
+The sources feed the ranker (:mod:`shoprec.recommend.candidates` unions them):
 
 * **two-tower** (:mod:`shoprec.recommend.two_tower`): nearest items to the user's vector in
   an inner-product index (faiss ``IndexFlatIP`` when faiss is installed, NumPy otherwise);
@@ -8,36 +8,54 @@ Three sources feed the ranker (:mod:`shoprec.recommend.recommender` unions them)
 * **co-occurrence**: item-to-item neighbours, ``|U_i & U_j| / sqrt(|U_i| |U_j|)`` (cosine of
   the item columns of the user x item matrix), seeded by the shopper's recent items.
 
-:func:`build_retrieval` trains the two-tower model and writes, next to the ranking model::
+They are built from the artifact's ``items.parquet`` (item id, category, brand, price) and
+``seen.parquet`` (training events) only, never from the ranking recipe's state, so every
+recipe's artifact serves with the same retrieval. :func:`build_retrieval` writes, into
+``ARTIFACT/retrieval/`` (JSON, Parquet, safetensors and the faiss index; no pickle)::
 
-    two_tower.safetensors + two_tower.json   the retrieval model
-    items.faiss                              the index of item vectors (with faiss)
-    cooccurrence.parquet                     item, neighbor, score (top neighbours per item)
-    catalog.parquet                          titles and stock from the training data's catalog
+    retrieval.json                               what was built, from how many items / users
+    user_encoder.json + item_encoder.json        the towers' own vocabularies and price stats
+    two_tower.safetensors + two_tower.json       the retrieval model
+    items.faiss                                  the index of item vectors (with faiss)
+    cooccurrence.parquet                         item, neighbor, score (top neighbours per item)
 
 Example:
     >>> build_retrieval("runs/sim_mmoe")  # doctest: +SKIP
+    >>> Retrieval.load("runs/sim_mmoe").index.describe()  # doctest: +SKIP
+    'faiss IndexFlatIP (exact; NumPy for searches under 50,000 scores)'
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from shoprec.pipeline import FeatureBuilder
+from shoprec.artifact import ITEMS_FILE, RETRIEVAL_DIR, SEEN_FILE, read_manifest
+from shoprec.data.errors import ShoprecError
 from shoprec.recommend.two_tower import (
+    ITEM_ENCODER_FILE,
     META_FILE,
+    USER_ENCODER_FILE,
+    RetrievalFeatures,
     TwoTower,
     TwoTowerConfig,
     embed_items,
+    embed_users,
     train_two_tower,
 )
+
+if TYPE_CHECKING:
+    from shoprec.artifact import Artifact
 
 # faiss logs each CPU-feature build it tries at INFO; only its problems are news here.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -56,7 +74,7 @@ IVF_MIN_ITEMS = 20_000
 #: Exact searches over at most this many query x item scores are done in NumPy.
 NUMPY_MAX_CELLS = 50_000
 COOC_FILE = "cooccurrence.parquet"
-CATALOG_FILE = "catalog.parquet"
+INFO_FILE = "retrieval.json"
 #: Weight of each behavior in the popularity count (and in session signals).
 BEHAVIOR_WEIGHT: dict[str, float] = {
     "impression": 0.0,
@@ -123,6 +141,17 @@ class ItemIndex:
         order = np.argsort(-np.take_along_axis(sims, idx, 1), axis=1, kind="stable")
         idx = np.take_along_axis(idx, order, 1)
         return np.take_along_axis(sims, idx, 1), idx
+
+    def extended(self, vectors: np.ndarray) -> ItemIndex:
+        """A new index with ``vectors`` appended as rows ``len(self)...`` (this one is left
+        as it is, so searches running on it are not disturbed)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        all_vectors = np.concatenate([self.vectors, vectors])
+        if self.index is None:
+            return ItemIndex(all_vectors, use_faiss=False)
+        index = faiss.clone_index(self.index)
+        index.add(vectors)  # an inverted-file index keeps its trained lists
+        return ItemIndex(all_vectors, index)
 
     def save(self, path: str | Path) -> None:
         """Write the faiss index (nothing without faiss)."""
@@ -253,6 +282,11 @@ class CoOccurrence:
         )
         return cls._from_table(table, len(items))
 
+    def extended(self, n_new: int) -> CoOccurrence:
+        """The same neighbours over ``n_new`` more items (which have none yet)."""
+        indptr = np.concatenate([self.indptr, np.full(n_new, self.indptr[-1], np.int64)])
+        return CoOccurrence(indptr, self.indices, self.scores)
+
     def neighbours(
         self, seeds: np.ndarray, weights: np.ndarray | None = None, k: int = 100
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -289,14 +323,14 @@ def found_in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray
     return idx[sorted_values[idx] == values]
 
 
-def centred(vectors: np.ndarray) -> np.ndarray:
-    """Unit vectors after removing the mean vector.
+def centred(vectors: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+    """Unit vectors after removing the mean vector (``vectors``' own, or ``mean``).
 
     Two-tower item vectors share a large common direction (cosines of unrelated items are
     often above 0.5); without it, item-to-item cosines spread over [-1, 1] and tell related
     items from unrelated ones more clearly.
     """
-    c = vectors - vectors.mean(axis=0, keepdims=True)
+    c = vectors - (vectors.mean(axis=0, keepdims=True) if mean is None else mean)
     return (c / np.clip(np.linalg.norm(c, axis=1, keepdims=True), 1e-9, None)).astype(np.float32)
 
 
@@ -316,106 +350,172 @@ def popularity(seen: pl.DataFrame, items: pl.Series) -> np.ndarray:
     )
 
 
-def _catalog_from_config(directory: Path) -> pl.DataFrame | None:
-    """Titles and stock from the dataset the artifact was trained on, where it can be read."""
-    import yaml
-
-    from shoprec.experiment import load_dataset
-
-    try:
-        cfg = yaml.safe_load((directory / "experiment.yaml").read_text())
-        ds = load_dataset(cfg["data"])
-    except Exception as e:  # the data may be gone or elsewhere: titles are optional
-        log.warning("no catalog for %s (%s); items are shown by id and attributes", directory, e)
-        return None
-    return ds.catalog.df if ds.catalog is not None else None
+def retrieval_dir(directory: str | Path) -> Path:
+    """Where an artifact keeps its retrieval files."""
+    return Path(directory) / RETRIEVAL_DIR
 
 
 def build_retrieval(
-    directory: str | Path,
-    config: TwoTowerConfig | None = None,
-    *,
-    catalog: pl.DataFrame | None = None,
-    load_catalog: bool = True,
-    n_neighbors: int = 50,
+    directory: str | Path, config: TwoTowerConfig | None = None, *, n_neighbors: int = 50
 ) -> Path:
-    """Train the two-tower model and write the retrieval files into an artifact folder.
+    """Train the two-tower model and write the retrieval files into ``ARTIFACT/retrieval/``.
+
+    Reads only the artifact's ``items.parquet`` and ``seen.parquet``: any recipe's artifact.
+    The files are written into a temporary folder and swapped in, so a service loading the
+    artifact meanwhile sees the old files or the new ones, never half of them.
 
     Args:
         directory: an artifact folder written by ``shoprec train``.
         config: the two-tower model's sizes and training knobs.
-        catalog: the shop's catalog (``item`` plus ``title``, ``stock``, ...); by default
-            it is read from the dataset named in the artifact's ``experiment.yaml``.
-        load_catalog: read the catalog from the dataset when none is given.
         n_neighbors: co-occurrence neighbours kept per item.
 
     Returns:
-        The folder.
-    """
-    from shoprec.experiment import Artifact
+        The artifact folder.
 
+    Raises:
+        ArtifactError: the folder is not an artifact.
+    """
     directory = Path(directory)
+    read_manifest(directory)
     start = time.perf_counter()
-    art = Artifact.load(directory)
-    items = art.builder.item_table["item"]
-    model, user_cols, item_cols = train_two_tower(art.builder, art.seen, config)
-    model.save(directory, user_cols, item_cols)
-    ItemIndex(embed_items(model, art.builder, items, item_cols)).save(directory / INDEX_FILE)
-    cooc = CoOccurrence.fit(art.seen, items, n_neighbors)
-    cooc.to_frame(items).write_parquet(directory / COOC_FILE)
-    if catalog is None and load_catalog:
-        catalog = _catalog_from_config(directory)
-    if catalog is not None:
-        keep = [
-            c
-            for c in ("item", "title", "category", "brand", "price", "stock")
-            if c in catalog.columns
-        ]
-        catalog.select(keep).write_parquet(directory / CATALOG_FILE)
-    log.info("retrieval files written to %s in %.1f s", directory, time.perf_counter() - start)
+    items = pl.read_parquet(directory / ITEMS_FILE)
+    seen = pl.read_parquet(directory / SEEN_FILE).select("user", "item", "behavior")
+    final = retrieval_dir(directory)
+    tmp = directory / f".{RETRIEVAL_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    features = RetrievalFeatures.fit(items, seen)
+    features.save(tmp)
+    model = train_two_tower(features, items, seen, config)
+    model.save(tmp)
+    ItemIndex(embed_items(model, features, items)).save(tmp / INDEX_FILE)
+    CoOccurrence.fit(seen, items["item"], n_neighbors).to_frame(items["item"]).write_parquet(
+        tmp / COOC_FILE
+    )
+    info = {
+        "format": "shoprec.retrieval",
+        "version": 1,
+        "items": items.height,
+        "users": seen["user"].n_unique(),
+        "events": seen.height,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    old = directory / f".{RETRIEVAL_DIR}.old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("retrieval files written to %s in %.1f s", final, time.perf_counter() - start)
     return directory
 
 
 def has_retrieval(directory: str | Path) -> bool:
-    """Whether :func:`build_retrieval` has run on the folder."""
-    directory = Path(directory)
-    return (directory / META_FILE).exists() and (directory / COOC_FILE).exists()
+    """Whether :func:`build_retrieval` has run on the artifact folder."""
+    d = retrieval_dir(directory)
+    return all(
+        (d / name).exists()
+        for name in (INFO_FILE, META_FILE, USER_ENCODER_FILE, ITEM_ENCODER_FILE, COOC_FILE)
+    )
 
 
 @dataclass
 class Retrieval:
-    """The loaded candidate sources of an artifact (see the module docstring)."""
+    """The loaded candidate sources of an artifact (see the module docstring).
+
+    Attributes:
+        two_tower: the retrieval model.
+        features: its encoders.
+        item_vectors: ``(N, D)`` unit vectors, item-table order.
+        similarity_vectors: ``(N, D)`` centred unit vectors for item-to-item cosines.
+        centre: ``(D,)`` the mean item vector they are centred on.
+        index: nearest-item search over ``item_vectors``.
+        cooccurrence: item-to-item neighbours.
+        popularity: ``(N,)`` behavior-weighted event counts.
+    """
 
     two_tower: TwoTower
-    user_columns: list[str]
-    item_columns: list[str]
-    item_vectors: np.ndarray  # (N, D) unit vectors, item-table order
-    similarity_vectors: np.ndarray  # (N, D) centred unit vectors for item-to-item cosines
+    features: RetrievalFeatures
+    item_vectors: np.ndarray
+    similarity_vectors: np.ndarray
+    centre: np.ndarray
     index: ItemIndex
     cooccurrence: CoOccurrence
-    popularity: np.ndarray  # (N,)
+    popularity: np.ndarray
 
     @classmethod
-    def load(cls, directory: str | Path, builder: FeatureBuilder, seen: pl.DataFrame) -> Retrieval:
-        """Load the files :func:`build_retrieval` wrote (co-occurrences are recounted if
-        their file is missing)."""
+    def load(
+        cls,
+        directory: str | Path,
+        items: pl.DataFrame | None = None,
+        seen: pl.DataFrame | None = None,
+    ) -> Retrieval:
+        """Load what :func:`build_retrieval` wrote into an artifact folder.
+
+        Args:
+            directory: the artifact folder.
+            items: its item table (read from ``items.parquet`` when None).
+            seen: its training events (read from ``seen.parquet`` when None).
+        """
         directory = Path(directory)
-        model, user_cols, item_cols = TwoTower.load(directory)
-        items = builder.item_table["item"]
-        vectors = embed_items(model, builder, items, item_cols)
-        cooc_path = directory / COOC_FILE
-        cooc = (
-            CoOccurrence.from_frame(pl.read_parquet(cooc_path), items)
-            if cooc_path.exists()
-            else CoOccurrence.fit(seen, items)
+        d = retrieval_dir(directory)
+        items = pl.read_parquet(directory / ITEMS_FILE) if items is None else items
+        seen = pl.read_parquet(directory / SEEN_FILE) if seen is None else seen
+        model = TwoTower.load(d)
+        features = RetrievalFeatures.load(d)
+        vectors = embed_items(model, features, items)
+        centre = (
+            vectors.mean(axis=0, keepdims=True)
+            if len(vectors)
+            else np.zeros((1, model.config.dim), np.float32)
         )
+        ids = items["item"]
         return cls(
             two_tower=model,
-            user_columns=user_cols,
-            item_columns=item_cols,
+            features=features,
             item_vectors=vectors,
-            similarity_vectors=centred(vectors),
-            index=ItemIndex.load(directory / INDEX_FILE, vectors),
-            cooccurrence=cooc,
-            popularity=popularity(seen, items),
+            similarity_vectors=centred(vectors, centre),
+            centre=centre,
+            index=ItemIndex.load(d / INDEX_FILE, vectors),
+            cooccurrence=CoOccurrence.from_frame(pl.read_parquet(d / COOC_FILE), ids),
+            popularity=popularity(seen, ids),
         )
+
+    @classmethod
+    def of_artifact(
+        cls, art: Artifact, *, build: bool = True, two_tower: TwoTowerConfig | None = None
+    ) -> Retrieval:
+        """The retrieval of a loaded artifact, running :func:`build_retrieval` (with
+        ``two_tower``) first if it has no retrieval files and ``build`` is true."""
+        if not has_retrieval(art.directory):
+            if not build:
+                raise ShoprecError(f"{art.directory} has no retrieval files; run build_retrieval")
+            log.info("no retrieval files in %s yet: building them", art.directory)
+            build_retrieval(art.directory, two_tower)
+        return cls.load(art.directory, art.items, art.seen)
+
+    def user_vectors(self, users: list[str]) -> np.ndarray:
+        """``(U, D)`` user-tower vectors (an unknown user gets the OOV user's)."""
+        return embed_users(self.two_tower, self.features, users)
+
+    def add_items(self, items: pl.DataFrame, *, publish: bool = True) -> ItemIndex:
+        """Append new rows (item table columns) to every source: vectors from their
+        attributes, a new index with them, no co-occurrences and no popularity yet.
+
+        Each attribute is replaced by a new array in one assignment, so a request that runs
+        meanwhile reads the old rows or the new ones, never a half-written array; the index
+        is swapped last, so a new position is proposed only once every array has its row.
+        With ``publish=False`` the extended index is returned and not swapped in: the
+        caller assigns it to :attr:`index` once its own tables have the new rows.
+        """
+        vectors = embed_items(self.two_tower, self.features, items)
+        index = self.index.extended(vectors)
+        self.item_vectors = np.concatenate([self.item_vectors, vectors])
+        self.similarity_vectors = np.concatenate(
+            [self.similarity_vectors, centred(vectors, self.centre)]
+        )
+        self.cooccurrence = self.cooccurrence.extended(items.height)
+        self.popularity = np.concatenate([self.popularity, np.zeros(items.height)])
+        if publish:  # last: the new rows become candidates once all else has them
+            self.index = index
+        return index

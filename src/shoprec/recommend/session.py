@@ -1,9 +1,11 @@
 """What shoppers did since the model was trained: the real-time signal of recommendations.
 
-The ranking model knows a user by id and attributes, not by what they did a minute ago. A
-:class:`SessionLog` keeps each shopper's most recent events in memory so that the next
-recommendation uses them: their items seed co-occurrence candidates, move the two-tower query
-towards them, boost similar items in the re-ranking and (for buys) filter them out.
+A :class:`SessionLog` keeps each shopper's most recent events in memory so that the next
+recommendation uses them: they go to the scorer (``score(..., events=...)``: recipes with
+history features add them to what they know of the shopper), their items seed co-occurrence
+candidates, move the two-tower query towards them, boost similar items in the re-ranking and
+(for excluded behaviors such as buys) filter them out. :class:`LiveEvents` is one shopper's
+share of it, as a request reads it.
 
 It is thread-safe; the HTTP service fills it from its SQLite event store at start-up and shares
 one log between the recommenders it swaps in on reload.
@@ -20,8 +22,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+if TYPE_CHECKING:
+    from shoprec.recommend.types import RecommenderConfig
 
 
 @dataclass(frozen=True)
@@ -73,3 +82,47 @@ class SessionLog:
     def __len__(self) -> int:
         with self._lock:
             return sum(len(q) for q in self._events.values())
+
+
+@dataclass
+class LiveEvents:
+    """One shopper's live events as a request uses them.
+
+    Attributes:
+        events: the latest ``recent_events`` events on known items, oldest first.
+        positions: ``(R,)`` their item positions.
+        weights: ``(R,)`` recency weights (the newest 1, each older one ``decay`` times less).
+        held_positions: ``(H,)`` positions of every held event on a known item (filters).
+        held_behaviors: their behaviors.
+        frame: the same events (``user, item, behavior``) for the scorer's ``events``
+            argument, or None when there is none.
+    """
+
+    events: list[Event]
+    positions: np.ndarray
+    weights: np.ndarray
+    held_positions: np.ndarray
+    held_behaviors: list[str]
+    frame: pl.DataFrame | None
+
+    @classmethod
+    def of(
+        cls, log: SessionLog, user: str, known: Mapping[str, int], config: RecommenderConfig
+    ) -> LiveEvents:
+        """The live events of ``user`` in ``log`` whose item is in ``known`` (id -> position),
+        the latest ``config.recent_events`` weighted by ``config.session_decay``."""
+        recent, decay = config.recent_events, config.session_decay
+        held = [e for e in log.recent(user) if e.item in known]
+        events = held[-recent:] if recent else []
+        positions = np.array([known[e.item] for e in events], dtype=np.int64)
+        weights = decay ** np.arange(len(events))[::-1].astype(float)
+        items = [e.item for e in held]
+        behaviors = [e.behavior for e in held]
+        frame = None
+        if held:
+            frame = pl.DataFrame(
+                {"user": [user] * len(held), "item": items, "behavior": behaviors},
+                schema={"user": pl.String, "item": pl.String, "behavior": pl.String},
+            )
+        held_pos = np.array([known[i] for i in items], dtype=np.int64)
+        return cls(events, positions, weights, held_pos, behaviors, frame)

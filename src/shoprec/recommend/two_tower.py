@@ -3,18 +3,22 @@
 Yi, Yang, Hong, Cheng, Heldt, Kumthekar, Zhao, Wei, Chi. "Sampling-Bias-Corrected Neural
 Modeling for Large Corpus Item Recommendations". RecSys 2019.
 
-Each tower embeds its side's features (the ids and attributes the ranking model's
-:class:`~shoprec.pipeline.FeatureBuilder` encodes), runs an MLP and L2-normalises::
+The towers know nothing of the ranking recipe: their inputs come from the artifact's
+``items.parquet`` and ``seen.parquet`` alone, encoded by :class:`RetrievalFeatures` (its own
+small encoder, saved as JSON beside the model), so any recipe's artifact gets the same
+candidate sources::
 
-    u = normalize(MLP_u(embed(user, domain, user attributes)))     # (B, D)
-    v = normalize(MLP_v(embed(item, category, brand, log price)))  # (B, D)
-    logits = u @ v.T / temperature - log q(item)                   # (B, B) in-batch softmax
+    u = normalize(MLP_u(embed(user id)))                             # (B, D)
+    v = normalize(MLP_v(embed(item id, category, brand), log price)) # (B, D)
+    logits = u @ v.T / temperature - log q(item)                     # (B, B) in-batch softmax
 
-trained with the in-batch softmax over the interactions (every other item of the batch is a
-negative), with the log-frequency correction ``log q`` for popular items being more often a
-negative, and with duplicate items of a batch masked out. Ids are dropped (replaced by the
-OOV id) with probability ``id_dropout`` so that attributes alone give a useful vector: that is
-what an unknown user or a new item gets.
+trained with the in-batch softmax over the training events (every other item of the batch
+is a negative), with the log-frequency correction ``log q`` for popular items being more
+often a negative, and with duplicate items of a batch masked out. Ids are dropped (replaced
+by the OOV id) with probability ``id_dropout`` so that the OOV user vector is a useful
+"anyone" and attributes alone give a useful item vector: that is what an unknown shopper
+(before their live events move the query) and a new item get. Item ids are learned only for
+items with training events; a new item is its attributes.
 
 Because the vectors are normalised, ``u . v`` is a cosine: an inner-product index (faiss
 ``IndexFlatIP``) finds the nearest items, and ``v_i . v_j`` is the item-to-item similarity
@@ -44,7 +48,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from shoprec.data.encode import OOV
+from shoprec.data.encode import OOV, Encoder
 from shoprec.models.features import (
     CategoricalFeature,
     FeatureSpec,
@@ -52,14 +56,18 @@ from shoprec.models.features import (
     feature_from_dict,
 )
 from shoprec.models.layers import MLP, Batch, InputLayer
-from shoprec.pipeline import FeatureBuilder
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "two_tower.safetensors"
 META_FILE = "two_tower.json"
+USER_ENCODER_FILE = "user_encoder.json"
+ITEM_ENCODER_FILE = "item_encoder.json"
 #: Behaviors whose (user, item) pairs are positives, by default.
-POSITIVE_BEHAVIORS = ("view", "click", "favorite", "cart", "buy")
+POSITIVE_BEHAVIORS = ("view", "click", "favorite", "cart", "buy", "rate")
+#: Item-side inputs, when the item table has them (``log_price`` is ``log1p(price)``).
+ITEM_CATEGORICAL = ("item", "category", "brand")
+ITEM_NUMERIC = ("log_price",)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,108 @@ class TwoTowerConfig:
     id_dropout: float = 0.1  # share of user/item ids replaced by OOV while training
     behaviors: tuple[str, ...] = POSITIVE_BEHAVIORS  # events whose pairs are positives
     seed: int = 0
+
+
+def item_frame(items: pl.DataFrame) -> pl.DataFrame:
+    """The item-side input columns of an item table (``item`` plus whichever of category,
+    brand and price it has; absent ones stay absent)."""
+    cols = [pl.col("item").cast(pl.String)]
+    for c in ("category", "brand"):
+        if c in items.columns:
+            cols.append(pl.col(c).cast(pl.String))
+    if "price" in items.columns:
+        price = pl.col("price").cast(pl.Float64)
+        cols.append(pl.when(price >= 0).then(price.log1p()).otherwise(None).alias("log_price"))
+    return items.select(cols)
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> Batch:
+    return {
+        k: torch.from_numpy(np.array(v, copy=True)).to(
+            torch.float32 if np.issubdtype(v.dtype, np.floating) else torch.int64
+        )
+        for k, v in arrays.items()
+    }
+
+
+class RetrievalFeatures:
+    """The towers' encoders: user ids, and item id / category / brand / log price.
+
+    Fitted on the items with training events (a new item's id maps to OOV, its attributes
+    to their learned ids) and on the users of the training events. Saved as two JSON files.
+
+    Args:
+        users: the user-side encoder (``user``).
+        items: the item-side encoder.
+    """
+
+    def __init__(self, users: Encoder, items: Encoder) -> None:
+        self.users = users
+        self.items = items
+
+    @classmethod
+    def fit(cls, items: pl.DataFrame, seen: pl.DataFrame) -> RetrievalFeatures:
+        """Learn vocabularies and price statistics from an artifact's tables.
+
+        Args:
+            items: the item table (``item`` and optionally category, brand, price).
+            seen: training events (``user, item, behavior``).
+        """
+        warm = item_frame(items.join(seen.select("item").unique(), on="item", how="semi"))
+        keep = [c for c in warm.columns if c == "item" or warm[c].null_count() < warm.height]
+        cats = [c for c in ITEM_CATEGORICAL if c in keep]
+        nums = [c for c in ITEM_NUMERIC if c in keep]
+        item_enc = Encoder(categorical=cats, numeric=nums).fit(warm.select(cats + nums))
+        users = seen.select(pl.col("user").cast(pl.String)).unique().sort("user")
+        return cls(Encoder(categorical=["user"]).fit(users), item_enc)
+
+    @property
+    def user_columns(self) -> list[str]:
+        return self.users.columns
+
+    @property
+    def item_columns(self) -> list[str]:
+        return self.items.columns
+
+    def encode_users(self, users: Sequence[str]) -> Batch:
+        """User-side input, ``(N,)`` per key; unknown users get the OOV id."""
+        return _tensors(
+            self.users.transform(pl.DataFrame({"user": list(users)}, {"user": pl.String}))
+        )
+
+    def encode_items(self, items: pl.DataFrame) -> Batch:
+        """Item-side input, ``(N,)`` per key, for rows of an item table (missing attributes
+        and unknown values get the OOV id or the training mean)."""
+        frame = item_frame(items)
+        missing = [c for c in self.item_columns if c not in frame.columns]
+        frame = frame.with_columns(
+            [pl.lit(None, pl.Float64 if c in ITEM_NUMERIC else pl.String).alias(c) for c in missing]
+        )
+        return _tensors(self.items.transform(frame, self.item_columns))
+
+    def specs(self, dim: int) -> tuple[list[FeatureSpec], list[FeatureSpec]]:
+        """Feature specs of the user side and of the item side."""
+
+        def side(enc: Encoder) -> list[FeatureSpec]:
+            out: list[FeatureSpec] = [
+                CategoricalFeature(c, enc.vocab_size(c), dim) for c in enc.categorical
+            ]
+            return out + [NumericFeature(c) for c in enc.numeric]
+
+        return side(self.users), side(self.items)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.users.to_json(directory / USER_ENCODER_FILE)
+        self.items.to_json(directory / ITEM_ENCODER_FILE)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RetrievalFeatures:
+        directory = Path(directory)
+        return cls(
+            Encoder.from_json(directory / USER_ENCODER_FILE),
+            Encoder.from_json(directory / ITEM_ENCODER_FILE),
+        )
 
 
 class TwoTower(nn.Module):
@@ -114,29 +224,30 @@ class TwoTower(nn.Module):
         """``(B, B)`` cosine logits of every user of the batch against every item."""
         return self.user_vectors(users) @ self.item_vectors(items).T / self.config.temperature
 
-    def save(self, directory: str | Path, user_columns: list[str], item_columns: list[str]) -> None:
+    def save(self, directory: str | Path) -> None:
         """Write ``two_tower.safetensors`` and ``two_tower.json`` into ``directory``."""
         directory = Path(directory)
         meta = {
             "format": "shoprec.two_tower",
-            "format_version": 1,
+            "format_version": 2,
             "config": dataclasses.asdict(self.config),
             "user_features": [f.to_dict() for f in self.user_features],
             "item_features": [f.to_dict() for f in self.item_features],
-            "user_columns": user_columns,
-            "item_columns": item_columns,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
 
     @classmethod
-    def load(cls, directory: str | Path) -> tuple[TwoTower, list[str], list[str]]:
-        """Read what :meth:`save` wrote: the model (eval mode) and its user / item columns."""
+    def load(cls, directory: str | Path) -> TwoTower:
+        """Read what :meth:`save` wrote: the model, in eval mode."""
         directory = Path(directory)
         meta = json.loads((directory / META_FILE).read_text())
-        if meta.get("format") != "shoprec.two_tower":
-            raise ValueError(f"{directory / META_FILE} is not a shoprec two-tower model")
+        if meta.get("format") != "shoprec.two_tower" or meta.get("format_version") != 2:
+            raise ValueError(
+                f"{directory / META_FILE} is not a shoprec two-tower model of this version; "
+                "build the retrieval files again (shoprec serve --rebuild)"
+            )
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
         model = cls(
             [feature_from_dict(f) for f in meta["user_features"]],
@@ -144,38 +255,7 @@ class TwoTower(nn.Module):
             TwoTowerConfig(**cfg),
         )
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
-        return model.eval(), meta["user_columns"], meta["item_columns"]
-
-
-def split_columns(builder: FeatureBuilder) -> tuple[list[str], list[str]]:
-    """The builder's feature columns of the user side and of the item side."""
-    item_side = set(builder.item_table.columns)
-    cols = builder.categorical + builder.numeric
-    return [c for c in cols if c not in item_side], [c for c in cols if c in item_side]
-
-
-def _specs(builder: FeatureBuilder, columns: list[str], dim: int) -> list[FeatureSpec]:
-    enc = builder.encoder
-    return [
-        CategoricalFeature(c, enc.vocab_size(c), dim) if c in builder.categorical
-        else NumericFeature(c)
-        for c in columns
-    ]  # fmt: skip
-
-
-def encode_users(builder: FeatureBuilder, users: Sequence[str], columns: list[str]) -> Batch:
-    """User-side model input for ``users`` (unknown ones get OOV ids and null attributes)."""
-    any_item = builder.item_table["item"][:1]
-    frame = builder.frame(list(users), any_item)
-    return {k: torch.tensor(v) for k, v in builder.encoder.transform(frame, columns).items()}
-
-
-def encode_items(
-    builder: FeatureBuilder, items: Sequence[str] | pl.Series, columns: list[str]
-) -> Batch:
-    """Item-side model input for ``items`` (unknown ones get OOV ids and null attributes)."""
-    frame = builder.frame([""], items)
-    return {k: torch.tensor(v) for k, v in builder.encoder.transform(frame, columns).items()}
+        return model.eval()
 
 
 def _drop_ids(batch: Batch, key: str, p: float, gen: torch.Generator) -> Batch:
@@ -187,44 +267,50 @@ def _drop_ids(batch: Batch, key: str, p: float, gen: torch.Generator) -> Batch:
 
 
 def train_two_tower(
-    builder: FeatureBuilder, seen: pl.DataFrame, config: TwoTowerConfig | None = None
-) -> tuple[TwoTower, list[str], list[str]]:
-    """Fit a :class:`TwoTower` on the interactions with the in-batch softmax.
+    features: RetrievalFeatures,
+    items: pl.DataFrame,
+    seen: pl.DataFrame,
+    config: TwoTowerConfig | None = None,
+) -> TwoTower:
+    """Fit a :class:`TwoTower` on the training events with the in-batch softmax.
 
     Args:
-        builder: the ranking artifact's feature builder (vocabularies and attribute tables).
+        features: the fitted encoders.
+        items: the item table (its rows give the item side's attributes).
         seen: training events with ``user``, ``item``, ``behavior``; rows of the configured
             behaviors are the positive pairs (a pair counted once per behavior, so deeper
-            engagement weighs more).
+            engagement weighs more); items outside ``items`` are ignored.
         config: sizes and training knobs.
 
     Returns:
-        The model in eval mode, the user-side and the item-side columns.
+        The model, in eval mode.
     """
     c = config or TwoTowerConfig()
     torch.manual_seed(c.seed)
     gen = torch.Generator().manual_seed(c.seed)
-    user_cols, item_cols = split_columns(builder)
-    model = TwoTower(
-        _specs(builder, user_cols, c.embedding_dim),
-        _specs(builder, item_cols, c.embedding_dim),
-        c,
+    user_specs, item_specs = features.specs(c.embedding_dim)
+    model = TwoTower(user_specs, item_specs, c)
+    rows = pl.DataFrame({"item": items["item"], "row": np.arange(items.height, dtype=np.int64)})
+    pairs = (
+        seen.filter(pl.col("behavior").is_in(list(c.behaviors)))
+        .select("user", "item")
+        .join(rows, on="item", how="inner")
     )
-    pairs = seen.filter(pl.col("behavior").is_in(list(c.behaviors))).select("user", "item")
-    if pairs.height == 0:
+    if pairs.height < 2:
         log.warning("no positive pairs to train the two-tower model on; it stays random")
-        return model.eval(), user_cols, item_cols
+        return model.eval()
     users = pairs["user"].unique(maintain_order=True)
-    items = pairs["item"].unique(maintain_order=True)
+    item_rows = pairs["row"].unique(maintain_order=True)
     u_idx = torch.tensor(
         pairs["user"].replace_strict(users, range(len(users)), return_dtype=pl.Int64).to_numpy()
     )
     i_idx = torch.tensor(
-        pairs["item"].replace_strict(items, range(len(items)), return_dtype=pl.Int64).to_numpy()
-    )
-    user_x = encode_users(builder, users, user_cols)
-    item_x = encode_items(builder, items, item_cols)
-    log_q = torch.log(torch.bincount(i_idx, minlength=len(items)).float() / len(i_idx))
+        pairs["row"].replace_strict(item_rows, range(len(item_rows)), return_dtype=pl.Int64)
+        .to_numpy()
+    )  # fmt: skip
+    user_x = features.encode_users(users.to_list())
+    item_x = features.encode_items(items[item_rows.to_numpy()])
+    log_q = torch.log(torch.bincount(i_idx, minlength=len(item_rows)).float() / len(i_idx))
     opt = torch.optim.Adam(model.parameters(), lr=c.lr)
     start = time.perf_counter()
     model.train()
@@ -248,38 +334,29 @@ def train_two_tower(
             total += loss.item() * len(b)
         log.info("two-tower epoch %d: in-batch softmax loss %.4f", epoch + 1, total / n)
     log.info("two-tower trained on %d pairs in %.1f s", n, time.perf_counter() - start)
-    return model.eval(), user_cols, item_cols
+    return model.eval()
 
 
 @torch.no_grad()
 def embed_items(
-    model: TwoTower,
-    builder: FeatureBuilder,
-    items: Sequence[str] | pl.Series,
-    columns: list[str],
-    batch_size: int = 65_536,
+    model: TwoTower, features: RetrievalFeatures, items: pl.DataFrame, batch_size: int = 65_536
 ) -> np.ndarray:
-    """``(N, dim)`` float32 unit vectors of ``items``."""
-    items = pl.Series(items, dtype=pl.String)
+    """``(N, dim)`` float32 unit vectors of the rows of an item table."""
     parts = [
-        model.item_vectors(encode_items(builder, items[lo : lo + batch_size], columns)).numpy()
-        for lo in range(0, max(len(items), 1), batch_size)
+        model.item_vectors(features.encode_items(items.slice(lo, batch_size))).numpy()
+        for lo in range(0, max(items.height, 1), batch_size)
     ]
-    return np.concatenate(parts).astype(np.float32)[: len(items)]
+    return np.concatenate(parts).astype(np.float32)[: items.height]
 
 
 @torch.no_grad()
 def embed_users(
-    model: TwoTower,
-    builder: FeatureBuilder,
-    users: Sequence[str],
-    columns: list[str],
-    batch_size: int = 65_536,
+    model: TwoTower, features: RetrievalFeatures, users: Sequence[str], batch_size: int = 65_536
 ) -> np.ndarray:
-    """``(N, dim)`` float32 unit vectors of ``users``."""
+    """``(N, dim)`` float32 unit vectors of ``users`` (unknown ones: the OOV user's)."""
     users = list(users)
     parts = [
-        model.user_vectors(encode_users(builder, users[lo : lo + batch_size], columns)).numpy()
+        model.user_vectors(features.encode_users(users[lo : lo + batch_size])).numpy()
         for lo in range(0, max(len(users), 1), batch_size)
     ]
     return np.concatenate(parts).astype(np.float32)[: len(users)]

@@ -1,5 +1,8 @@
 """The HTTP service: a thin FastAPI layer over :class:`~shoprec.recommend.Recommender`.
 
+It serves any recipe's artifact (``shoprec.artifact.Artifact``): the scorer ranks, live
+events reach it through ``scorer.score(..., events=...)``.
+
 ::
 
     GET  /recommend/{user}?k=10&exclude_category=..&fusion=..&explain=false
@@ -8,6 +11,8 @@
     GET  /history/{user}          GET /users          GET /items/new      GET /audience/{item}
     POST /events                  (API key) stored in SQLite (WAL) before it is acknowledged
     PUT  /admin/stock             (API key) live stock levels
+    POST /admin/catalog           (API key) add products at run time (recipes that can score
+                                  new products from their attributes; 422 otherwise)
     POST /admin/reload            (API key) swap in a new artifact without dropping requests
     GET  /health    GET /metrics (Prometheus text)    GET /docs (OpenAPI)    GET /ui/ (web page)
 
@@ -15,7 +20,8 @@ The artifact is loaded in the lifespan. Every request reads the current recommen
 uses that object to the end, so a reload (which builds the new one off the event loop, then
 swaps one reference) never drops or mixes a request. Live events go to the shared
 :class:`~shoprec.recommend.SessionLog`, which survives reloads and is refilled from the store
-at start-up. Write and admin endpoints need the ``X-API-Key`` header.
+at start-up; stock set and products added through the API are applied again after a reload.
+Write and admin endpoints need the ``X-API-Key`` header.
 
 Example:
     >>> app = create_app(ServeConfig("runs/sim_mmoe", api_key="secret"))  # doctest: +SKIP
@@ -35,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
@@ -43,8 +50,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 import shoprec
+from shoprec.artifact import Artifact
 from shoprec.data.errors import ShoprecError
-from shoprec.recommend import Recommender, RecommenderConfig, SessionLog, UnknownItemError
+from shoprec.recommend import (
+    CatalogError,
+    DuplicateItemError,
+    Recommender,
+    RecommenderConfig,
+    SessionLog,
+    UnknownItemError,
+)
 from shoprec.serve import schemas as s
 from shoprec.serve.metrics import Metrics, MetricsMiddleware
 from shoprec.serve.store import EventStore
@@ -63,14 +78,15 @@ class ServeConfig:
         artifact: the artifact folder (retrieval files are built on first load if missing).
         db: the SQLite event store; ``<artifact>/events.sqlite`` by default.
         api_key: the key for write and admin endpoints; a random one (logged) when None.
-        recommender: recommender knobs (fusion, candidate counts, diversity, ...).
+        recommender: recommender knobs (fusion, candidate counts, diversity, ...); None: the
+            artifact's ``serve:`` config section.
         session_events: live events kept per shopper.
     """
 
     artifact: str | Path
     db: str | Path | None = None
     api_key: str | None = None
-    recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
+    recommender: RecommenderConfig | None = None
     session_events: int = 50
 
 
@@ -88,7 +104,19 @@ class Service:
 
 
 def _load(path: Path, config: ServeConfig, sessions: SessionLog) -> Recommender:
-    return Recommender.from_artifact(path, config.recommender, sessions=sessions)
+    """Any recipe's artifact, through :class:`~shoprec.artifact.Artifact`."""
+    return Recommender.from_artifact(Artifact.load(path), config.recommender, sessions=sessions)
+
+
+def _carry_over(old: Recommender, new: Recommender) -> None:
+    """Stock set and products added through the API, applied to a freshly loaded model."""
+    added = old.catalog.added.filter(~pl.col("item").is_in(new.items))
+    if added.height:
+        try:
+            new.add_items(added)
+        except CatalogError as e:
+            log.warning("%d products added at run time are dropped: %s", added.height, e)
+    new.set_stock(old.stock_overrides)
 
 
 async def get_service(request: Request) -> Service:
@@ -134,8 +162,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         rec = await asyncio.to_thread(_load, artifact, config, sessions)
         app.state.service = Service(config, rec, store, sessions, metrics, api_key)
         log.info(
-            "serving %s (%s, %d items); %d stored events",
-            artifact, rec.model.model_name, rec.n_items, store.count(),
+            "serving %s (%s recipe, %s, %d items); %d stored events",
+            artifact, rec.scorer.recipe, rec.model_name, rec.n_items, store.count(),
         )  # fmt: skip
         try:
             yield
@@ -174,7 +202,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             known_user=rec.is_known_user(user),
             live_events=len(svc.sessions.recent(user)),
             fusion=rec.resolve_fusion(fusion).formula(),
-            model=rec.model.model_name,
+            model=rec.model_name,
+            recipe=rec.scorer.recipe,
             candidates=ranking.candidates,
             items=[s.RecommendationOut.model_validate(r) for r in ranking.items],
         )
@@ -301,15 +330,46 @@ def create_app(config: ServeConfig) -> FastAPI:
         return s.StockOut(updated=len(body.stock) - len(unknown), unknown=unknown)
 
     @app.post(
+        "/admin/catalog",
+        response_model=s.CatalogOut,
+        status_code=201,
+        dependencies=[Depends(require_key)],
+        tags=["admin"],
+        responses={
+            409: {"description": "a product is already in the catalog"},
+            422: {"description": "the recipe cannot score new products, or bad rows"},
+        },
+    )
+    async def add_catalog(svc: Svc, body: s.CatalogIn) -> s.CatalogOut:
+        """Add products at run time: they are scored from their attributes, join the
+        retrieval index and the new-item slots at once. Only recipes whose scorer can score
+        unseen products (content) accept them; others answer 422 naming the recipe."""
+        rows = [p.model_dump() for p in body.items]
+        frame = pl.DataFrame(rows)
+        frame = frame.select(
+            [c for c in frame.columns if c == "item" or frame[c].null_count() < frame.height]
+        )
+        async with svc.reload_lock:  # a reload carries over what the current model holds
+            rec = svc.recommender
+            try:
+                added = await asyncio.to_thread(rec.add_items, frame)
+            except DuplicateItemError as e:
+                raise HTTPException(409, str(e)) from e
+            except CatalogError as e:
+                raise HTTPException(422, str(e)) from e
+        svc.metrics.inc("shoprec_products_added_total", "Products added at run time.", len(added))
+        return s.CatalogOut(added=added, items=rec.n_items, new_items=len(rec.new_items()))
+
+    @app.post(
         "/admin/reload",
         response_model=s.ReloadOut,
         dependencies=[Depends(require_key)],
         tags=["admin"],
     )
     async def reload(svc: Svc, body: s.ReloadIn | None = None) -> s.ReloadOut:
-        """Load an artifact (the current one by default) and swap it in; requests keep being
-        answered by the old model until the new one is ready. Stock set through the API and
-        live events carry over."""
+        """Load an artifact of any recipe (the current one by default) and swap it in;
+        requests keep being answered by the old model until the new one is ready. Stock set
+        and products added through the API, and live events, carry over."""
         path = Path(body.artifact) if body and body.artifact else Path(svc.config.artifact)
         start = time.perf_counter()
         async with svc.reload_lock:
@@ -318,13 +378,16 @@ def create_app(config: ServeConfig) -> FastAPI:
             except (ShoprecError, OSError, ValueError) as e:
                 svc.metrics.inc("shoprec_reloads_total", "Model reloads.", outcome="error")
                 raise HTTPException(400, f"cannot load {path}: {e}") from e
-            rec.set_stock(svc.recommender.stock_overrides)
+            await asyncio.to_thread(_carry_over, svc.recommender, rec)
             svc.recommender = rec  # the swap: one reference, atomic for every reader
             svc.config.artifact = path
         svc.metrics.inc("shoprec_reloads_total", "Model reloads.", outcome="ok")
         log.info("reloaded %s in %.1f s", path, time.perf_counter() - start)
         return s.ReloadOut(
-            artifact=str(path), model=rec.model.model_name, seconds=time.perf_counter() - start
+            artifact=str(path),
+            recipe=rec.scorer.recipe,
+            model=rec.model_name,
+            seconds=time.perf_counter() - start,
         )
 
     @app.get("/health", response_model=s.HealthOut, tags=["ops"])
@@ -348,7 +411,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             "shoprec_model_info": (
                 "The artifact being served (value 1).",
                 1.0,
-                {"artifact": str(rec.artifact.directory), "model": rec.model.model_name},
+                {
+                    "artifact": str(rec.artifact.directory),
+                    "recipe": rec.scorer.recipe,
+                    "model": rec.model_name,
+                },
             ),
             "shoprec_items": ("Items the model can recommend.", float(rec.n_items), {}),
             "shoprec_live_events": ("Live events held in memory.", float(len(svc.sessions)), {}),

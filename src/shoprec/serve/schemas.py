@@ -61,7 +61,7 @@ class RecommendationOut(_Out):
     item: str
     rank: int
     score: float = Field(description="fused * exp(session_boost)")
-    fused: float = Field(description="the fusion of the task outputs, e.g. expected revenue")
+    fused: float = Field(description="the fusion of the task outputs (default: the target's)")
     session_boost: float
     predictions: dict[str, float]
     sources: list[str]
@@ -76,8 +76,9 @@ class RecommendResponse(BaseModel):
     known_user: bool = Field(description="false: a cold-start list for a shopper the model lacks")
     live_events: int = Field(description="the shopper's recent events the list used")
     fusion: str
-    model: str
-    candidates: int = Field(description="candidates the ranking model scored for this list")
+    model: str = Field(description="the scorer's model, or its recipe's name")
+    recipe: str = Field(description="the recipe that trained the artifact")
+    candidates: int = Field(description="candidates the scorer scored for this list")
     items: list[RecommendationOut]
 
 
@@ -132,7 +133,7 @@ class EventAck(BaseModel):
 class AudienceOut(_Out):
     user: str
     margin: float = Field(description="two-tower score minus the shopper's top-50 cut-off")
-    score: float = Field(description="the fused score of the pair")
+    score: float = Field(description="the fused score of the pair (the scorer's)")
     predictions: dict[str, float]
 
 
@@ -165,8 +166,10 @@ class HealthOut(BaseModel):
     status: str
     version: str
     artifact: str
+    recipe: str
     model: str
     tasks: list[str]
+    target: str
     fusion: str
     items: int
     new_items: int
@@ -186,6 +189,7 @@ class ReloadIn(BaseModel):
 
 class ReloadOut(BaseModel):
     artifact: str
+    recipe: str
     model: str
     seconds: float
 
@@ -199,3 +203,28 @@ class StockIn(BaseModel):
 class StockOut(BaseModel):
     updated: int
     unknown: list[str]
+
+
+class ProductIn(BaseModel):
+    """One product to add at run time (``POST /admin/catalog``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item: Id
+    title: str | None = Field(None, max_length=500)
+    category: str | None = Field(None, max_length=200)
+    brand: str | None = Field(None, max_length=200)
+    price: float | None = Field(None, ge=0)
+    stock: int | None = Field(None, ge=0)
+
+
+class CatalogIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ProductIn] = Field(min_length=1, max_length=10_000)
+
+
+class CatalogOut(BaseModel):
+    added: list[str]
+    items: int = Field(description="items in the catalog now")
+    new_items: int = Field(description="items without training events now")

@@ -5,7 +5,7 @@
 const state = { user: null, tasks: [], previous: new Set(), busy: false };
 const $ = (sel) => document.querySelector(sel);
 const BEHAVIORS = ["view", "cart", "buy"];
-const SOURCE_LABEL = { two_tower: "two-tower", popular: "popular", cooccurrence: "bought together", new: "new item" };
+const SOURCE_LABEL = { two_tower: "two-tower", popular: "popular", cooccurrence: "bought together", new: "new item", history: "again", catalog: "catalog" };
 
 // Build an element: el("div", {class: "x"}, "text", child, ...). Text is never parsed as HTML.
 function el(tag, attrs = {}, ...children) {
@@ -202,7 +202,8 @@ async function start() {
   $("#new-shopper").addEventListener("click", () => selectUser(`guest-${Math.random().toString(36).slice(2, 8)}`));
   const health = await api("/health");
   state.tasks = health.tasks;
-  $("#model-info").textContent = `${health.model} · tasks ${health.tasks.join(", ")} · ${health.items} items · score = ${health.fusion}`;
+  const model = health.model === health.recipe ? health.model : `${health.recipe} · ${health.model}`;
+  $("#model-info").textContent = `${model} · tasks ${health.tasks.join(", ")} · ${health.items} items · score = ${health.fusion}`;
   const { users } = await api("/users?limit=30");
   $("#user-select").replaceChildren(...users.map((u) => el("option", { value: u.user }, `${u.user} (${u.events} events)`)));
   const wanted = new URLSearchParams(location.search).get("user");
