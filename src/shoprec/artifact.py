@@ -135,6 +135,10 @@ def save(
             os.fsync(f.fileno())
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     if directory.exists():
+        # the service's event store lives beside the model: keep it (events are never lost);
+        # the retrieval files describe the old items and are rebuilt on the next serve
+        for p in directory.glob("*.sqlite*"):
+            shutil.copy2(p, tmp / p.name)
         directory.rename(old)
     tmp.rename(directory)
     if old.exists():

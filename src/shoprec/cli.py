@@ -24,6 +24,8 @@ data_app = typer.Typer(help="Load, inspect and simulate data.", no_args_is_help=
 app.add_typer(data_app, name="data")
 config_app = typer.Typer(help="Check experiment configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+catalog_app = typer.Typer(help="Change a trained artifact's catalog.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 
 out = Console()
 err = Console(stderr=True)
@@ -338,6 +340,51 @@ def config_check(
     for k, v in summary.items():
         table.add_row(k, str(v))
     out.print(table)
+
+
+@catalog_app.command("add")
+def catalog_add(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
+    products: Annotated[Path, typer.Argument(help="CSV / Parquet of new products.")],
+    columns: Annotated[
+        str | None, typer.Option(help="Column names: 'item=sku,title=name'.")
+    ] = None,
+) -> None:
+    """Add products to an artifact without retraining: the recipe's scorer encodes them from
+    their title and attributes (the content recipe can; others say so). The artifact is
+    rewritten; a running service takes them on POST /admin/reload (or POST /admin/catalog)."""
+    import polars as pl
+
+    from shoprec import artifact as artifacts
+    from shoprec.data.datasets.custom import FileSpec, load_catalog
+
+    try:
+        art = artifacts.Artifact.load(artifact)
+        if not hasattr(art.scorer, "add_items"):
+            raise ShoprecError(
+                f"the '{art.recipe}' recipe cannot score products added after training "
+                "(it knows items by their training events); train again, or use the "
+                "content recipe, which scores new products from their title and attributes"
+            )
+        new = load_catalog(FileSpec(products, columns=_parse_map(columns, "--columns"))).df
+        known = set(art.scorer.items)
+        dup = new.filter(pl.col("item").is_in(list(known)))["item"].to_list()
+        if dup:
+            raise ShoprecError(f"already in the catalog: {', '.join(dup[:10])}")
+        art.scorer.add_items(new)
+        items = pl.concat([art.items, artifacts.item_table(new)], how="diagonal_relaxed")
+        artifacts.save(
+            artifact,
+            config=art.config,
+            scorer=art.scorer,
+            items=items,
+            seen=art.seen,
+            metrics=art.metrics,
+        )
+    except (ShoprecError, ValueError, OSError) as e:
+        _fail(str(e))
+        return
+    out.print(f"added {new.height:,} products to {artifact} ({len(art.scorer.items):,} in all)")
 
 
 @app.command("transfer")
