@@ -1,8 +1,16 @@
 """Online Retail benchmark: buy (full ranking), return and quantity, ours vs baselines.
 
-Usage: ``python -m benchmarks.online_retail [--quick] [--config configs/online_retail_mmoe.yaml]``
+Usage: ``python -m benchmarks.online_retail [--quick] [--config FILE] [--out FILE]``
 
-Protocol (settings from the YAML config, see :mod:`shoprec.recipes.retail` for the samples):
+Ours comes from the front door: ``benchmarks/configs/online_retail.yaml`` is an experiment
+config of the ``windows`` recipe (:mod:`shoprec.recipes.retail`), and every "ours" row is one
+fit of that recipe (``WindowsRecipe.prepare`` once, then ``WindowsRecipe.train`` per model:
+the config's MMoE, PLE and three single-task nets, the model and tasks replaced) ranked with
+the fit's own scorer (``Scorer.rank_scores``, the scorer ``shoprec train`` saves and
+``shoprec serve`` serves). Return and quantity come from the fit's ``TrainingRun.test``. This
+script only adds the baselines and the tables.
+
+Protocol (settings from the config, see :mod:`shoprec.recipes.retail` for the samples):
 
 * Split by calendar time: test = events from 2011-11-09 to the end of the data (2011-12-09
   12:50), valid = 2011-10-09 .. 2011-11-09 (early stopping only), train = everything before.
@@ -26,7 +34,8 @@ Protocol (settings from the YAML config, see :mod:`shoprec.recipes.retail` for t
   Baselines use every label window before the test (train + valid); baseline means are
   arithmetic for errors in units and geometric (mean of log1p) for errors in log1p.
 
-Writes the ``online_retail`` section of benchmarks/RESULTS.md (not with ``--quick``).
+Writes the ``online_retail`` section of benchmarks/RESULTS.md (not with ``--quick``), or the
+section's markdown to ``--out``.
 """
 
 from __future__ import annotations
@@ -35,40 +44,38 @@ import argparse
 import logging
 import os
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-import yaml
 
 from benchmarks._results import stamp, write_section
-from shoprec.data.datasets import online_retail
+from shoprec import recipes
+from shoprec.config import ExperimentConfig, load_config
+from shoprec.data import datasets
+from shoprec.data.schema import Dataset
 from shoprec.data.split import check_no_leakage, time_split
 from shoprec.evaluate import metrics
 from shoprec.evaluate.metrics import CSR
-from shoprec.models import build_model
 from shoprec.recipes import retail
-from shoprec.train.loop import TrainConfig, fit, predict
 
 log = logging.getLogger("benchmarks.online_retail")
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "online_retail_mmoe.yaml"
-#: Sizes of the other two models of ours (MMoE's come from the YAML).
-SINGLE_TASK = {"hidden_dims": (64, 32)}
-PLE = {"n_levels": 1, "n_task_experts": 1, "n_shared_experts": 2, "expert_dims": (64,)}
+CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.yaml"
+#: Sizes of the other two models of ours (MMoE's come from the config).
+SINGLE_TASK = {"hidden_dims": [64, 32]}
+PLE = {"n_levels": 1, "n_task_experts": 1, "n_shared_experts": 2, "expert_dims": [64]}
 KS = (10, 20)
 RANK_COLS = ("HR@10", "Recall@10", "Recall@20", "NDCG@10", "MRR")
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    raw = yaml.safe_load(path.read_text())
-    for key in ("data", "model", "train"):
-        if not isinstance(raw.get(key), dict):
-            raise SystemExit(f"{path}: needs a '{key}:' mapping")
-    return raw
+#: ``TrainingRun.test`` keys -> the quantity table's columns.
+QTY_KEYS = {
+    "RMSE": "quantity/rmse",
+    "MAE": "quantity/mae",
+    "RMSE log1p": "quantity/rmse_log1p",
+    "MAE log1p": "quantity/mae_log1p",
+}
 
 
 def csr(pairs: pl.DataFrame, users: pl.Series, items: pl.Series) -> CSR:
@@ -91,75 +98,72 @@ def quantity_metrics(y: np.ndarray, p: np.ndarray, p_log: np.ndarray | None = No
     }
 
 
+def variants(cfg: ExperimentConfig) -> dict[str, list[tuple[str, ExperimentConfig]]]:
+    """Our rows: label -> the configs fitted for it (the config itself is the MMoE row)."""
+    single = {"model.name": "single_task", "model.config": SINGLE_TASK}
+    quantity = next(t for t in cfg.to_dict()["tasks"] if t["name"] == "quantity")
+    ple = {**PLE, "tower_dims": list(cfg.model.config.get("tower_dims", [32]))}
+    return {
+        "single-task": [
+            (task, cfg.with_values({**single, "tasks": [spec]}))
+            for task, spec in (("buy", "buy"), ("return", "return"), ("quantity", quantity))
+        ],
+        "MMoE": [("all", cfg)],
+        "PLE": [("all", cfg.with_values({"model.name": "ple", "model.config": ple}))],
+    }
+
+
+def load_split(cfg: ExperimentConfig) -> tuple[Dataset, Any]:
+    """The config's dataset and time split."""
+    if cfg.split.kind != "time" or cfg.data.dataset is None:
+        raise SystemExit("this benchmark needs a built-in dataset and a time split")
+    ds = datasets.load(cfg.data.dataset, **cfg.data.options)
+    assert isinstance(ds, Dataset)
+    split = time_split(ds.interactions, **cfg.split.model_dump(exclude={"kind"}))
+    check_no_leakage(split)
+    return ds, split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 windows, 1 epoch")
     parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--out", type=Path, help="write the section here, not in RESULTS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t_start, cpu_start = time.perf_counter(), time.process_time()
     load_before = os.getloadavg()[0]
-    raw = load_config(args.config)
-    data_cfg, train_raw = raw["data"], dict(raw["train"])
-    threads = int(train_raw.get("threads") or 2)
-    torch.set_num_threads(threads)
-    n_windows = 2 if args.quick else int(data_cfg["n_train_windows"])
+    cfg = load_config(args.config)
     if args.quick:
-        train_raw["epochs"] = 1
-    train_cfg = TrainConfig(**{**train_raw, "progress": False})
-    rcfg = retail.RetailConfig(
-        embedding_dim=int(raw["model"].get("embedding_dim", 16)), **data_cfg["samples"]
-    )
+        cfg = cfg.with_values({"recipe.n_train_windows": 2, "train.epochs": 1})
+    threads = int(cfg.train.get("threads") or 2)
+    torch.set_num_threads(threads)
     timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- data and split
     tick = time.perf_counter()
-    ds = online_retail.load()
-    assert ds.catalog is not None
-    catalog = ds.catalog.df.select("item", "price")
-    spec = dict(data_cfg["split"])
-    assert spec.pop("kind") == "time"
-    split = time_split(ds.interactions, **spec)
-    check_no_leakage(split)
-    assert split.valid is not None and split.valid_start is not None
-    assert split.test_start is not None
-    valid_start, test_start = split.valid_start, split.test_start
-    pre_valid = split.train.df
-    pre_test = pl.concat([pre_valid, split.valid.df])
-    everything = pl.concat([pre_test, split.test.df])
-    data_end = split.test.df["timestamp"].max() + timedelta(seconds=1)
-    days = timedelta(days=float(data_cfg["window_days"]))
-    windows = [
-        (valid_start - days * k, valid_start - days * (k - 1)) for k in range(1, 1 + n_windows)
-    ]
-    train_w = [
-        retail.window_samples(pre_valid, s, e, catalog, rcfg, seed=k)
-        for k, (s, e) in enumerate(windows, 1)
-    ]
-    valid_w = retail.window_samples(pre_test, valid_start, test_start, catalog, rcfg, seed=100)
-    test_rows, test_snap = retail.window_samples(
-        everything, test_start, data_end, catalog, rcfg, negatives=False
-    )
-    enc = retail.RetailEncoder(rcfg).fit(train_w)
-    train_data = enc.transform(train_w)
-    valid_data = enc.transform([valid_w])
-    test_data = enc.transform([(test_rows, test_snap)])
-    bought_train = torch.nonzero(train_data.columns["buy"] > 0).squeeze(1)
-    bought_valid = torch.nonzero(valid_data.columns["buy"] > 0).squeeze(1)
+    ds, split = load_split(cfg)
+    recipe = recipes.get(cfg.recipe.name)(cfg)
+    if not isinstance(recipe, retail.WindowsRecipe):
+        raise SystemExit(f"{args.config}: this benchmark runs the windows recipe")
+    data = recipe.prepare(ds, split)  # shared by every model of ours below
+    rcfg = recipe.retail_config()
+    test_rows = recipe.test_rows(data, split)
+    test_snap = data.snapshot
     timings["data"] = time.perf_counter() - tick
-    n_train_pos = len(bought_train)
+    n_train_pos = int((data.train_data.columns["buy"] > 0).sum())
     log.info(
         "train rows %d (%d bought) in %d windows from %s; valid rows %d; test bought pairs %d",
-        len(train_data),
+        len(data.train_data),
         n_train_pos,
-        n_windows,
-        windows[-1][0].date(),
-        len(valid_data),
+        len(data.windows),
+        data.windows[-1][0].date(),
+        len(data.valid_data),
         test_rows.height,
     )
 
     # Test ranking: known test buyers x every catalog item.
-    items = catalog["item"].sort()
+    items = data.catalog["item"]
     test_buyers = test_rows["user"].unique().sort()
     users = test_buyers.filter(test_buyers.is_in(test_snap.users["user"].implode()))
     if args.quick:
@@ -185,7 +189,7 @@ def main() -> None:
 
     y_ret = test_rows["return"].to_numpy().astype(np.float64)
     y_qty = test_rows["quantity"].to_numpy()
-    label_rows = pl.concat([w[0] for w in [*train_w, valid_w]])  # every window before test
+    label_rows = data.label_rows  # every window before test
 
     # ---------------------------------------------------------------- baselines
     results: dict[str, dict[str, Any]] = {}
@@ -239,82 +243,43 @@ def main() -> None:
     }
     timings["baselines"] = time.perf_counter() - tick
 
-    # ---------------------------------------------------------------- our models
-    def train(
-        name: str,
-        tasks: list[str],
-        cfg: dict[str, Any],
-        rows: torch.Tensor | None,
-        valid_rows: torch.Tensor | None,
-    ):
-        torch.manual_seed(train_cfg.seed)
-        model = build_model(name, enc.feature_specs(), retail.task_specs(rcfg, tasks), **cfg)
-        tr = train_data if rows is None else train_data.subset(rows)
-        va = valid_data if valid_rows is None else valid_data.subset(valid_rows)
-        t0 = time.perf_counter()
-        res = fit(model, tr, config=train_cfg, evaluator=lambda m: retail.task_scores(m, va))
-        log.info(
-            "%s %s: best epoch %d of %d, valid %s, %.0f s (%.0f samples/s)",
-            name,
-            tasks,
-            res.best_epoch,
-            len(res.history),
-            {k: round(v, 4) for k, v in res.best_scores.items()},
-            time.perf_counter() - t0,
-            res.samples_per_second,
-        )
-        return model, res
-
-    def rank_model(model) -> tuple[dict, float]:
-        t0 = time.perf_counter()
-        scores = enc.score_users(model, test_snap, users, items, country_events=everything)
-        dt = time.perf_counter() - t0
-        return ranking(scores["buy"]), dt
-
-    mmoe_cfg = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in raw["model"]["config"].items()
-    }
+    # ---------------------------------------------------------------- ours: the front door
     score_seconds: dict[str, float] = {}
     fit_info: dict[str, str] = {}
-    tick = time.perf_counter()
-    buy_model, r_buy = train("single_task", ["buy"], SINGLE_TASK, None, None)
-    ret_model, r_ret = train("single_task", ["return"], SINGLE_TASK, bought_train, bought_valid)
-    qty_model, r_qty = train("single_task", ["quantity"], SINGLE_TASK, bought_train, bought_valid)
-    rank_st, score_seconds["single-task"] = rank_model(buy_model)
-    results["ours: single-task (3 nets)"] = {
-        "rank": rank_st,
-        "return_auc": metrics.auc(y_ret, predict(ret_model, test_data)["return"].numpy()),
-        "qty": quantity_metrics(y_qty, predict(qty_model, test_data)["quantity"].numpy()),
-    }
-    fit_info["single-task"] = (
-        f"best epochs {r_buy.best_epoch}/{r_ret.best_epoch}/{r_qty.best_epoch} (buy/return/"
-        f"quantity)"
-    )
-    timings["single-task"] = time.perf_counter() - tick
-    for label, name, cfg in (
-        ("MMoE", "mmoe", mmoe_cfg),
-        ("PLE", "ple", {**PLE, "tower_dims": mmoe_cfg.get("tower_dims", (32,))}),
-    ):
+    user_ids = users.to_list()
+    for label, fits in variants(cfg).items():
         tick = time.perf_counter()
-        model, res = train(name, list(data_cfg["tasks"]), cfg, None, None)
-        rank_m, score_seconds[label] = rank_model(model)
-        preds = predict(model, test_data)
-        results[f"ours: {label} (3 tasks)"] = {
-            "rank": rank_m,
-            "return_auc": metrics.auc(y_ret, preds["return"].numpy()),
-            "qty": quantity_metrics(y_qty, preds["quantity"].numpy()),
-        }
-        fit_info[label] = f"best epoch {res.best_epoch} of {len(res.history)}"
+        row: dict[str, Any] = {}
+        epochs = []
+        for task, variant in fits:
+            run = recipes.get(variant.recipe.name)(variant).train(data, split)
+            assert run.scorer.items == items.to_list()
+            epochs.append(f"{run.best_epoch} of {len(run.history)}")
+            if task in ("all", "buy"):
+                t0 = time.perf_counter()
+                row["rank"] = ranking(run.scorer.rank_scores(user_ids))
+                score_seconds[label] = time.perf_counter() - t0
+            if task in ("all", "return") and "return/auc" in run.test:
+                row["return_auc"] = run.test["return/auc"]
+            if task in ("all", "quantity") and "quantity/rmse" in run.test:
+                row["qty"] = {col: run.test[key] for col, key in QTY_KEYS.items()}
+        name = "single-task (3 nets)" if label == "single-task" else f"{label} (3 tasks)"
+        results[f"ours: {name}"] = row
+        fit_info[label] = (
+            f"best epochs {'/'.join(e.split()[0] for e in epochs)} (buy/return/quantity)"
+            if len(epochs) > 1
+            else f"best epoch {epochs[0]}"
+        )
         timings[label] = time.perf_counter() - tick
     total = time.perf_counter() - t_start
     cpu = time.process_time() - cpu_start
 
     # ---------------------------------------------------------------- report
     facts = {
-        "windows": windows,
-        "n_train": len(train_data),
+        "windows": data.windows,
+        "n_train": len(data.train_data),
         "n_train_pos": n_train_pos,
-        "n_valid": len(valid_data),
+        "n_valid": len(data.valid_data),
         "n_users": n_u,
         "n_test_buyers": len(test_buyers),
         "n_items": len(items),
@@ -332,13 +297,16 @@ def main() -> None:
         "load": (load_before, os.getloadavg()[0]),
         "threads": threads,
         "quick": args.quick,
-        "test_start": test_start,
-        "valid_start": valid_start,
-        "data_end": data_end,
+        "test_start": data.cut,
+        "valid_start": data.valid_start,
+        "config": args.config,
     }
-    text = report(results, facts, rcfg, raw)
+    text = report(results, facts, rcfg, cfg)
     print(text)
-    if args.quick:
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+        log.info("wrote the section to %s", args.out)
+    elif args.quick:
         log.info("--quick: RESULTS.md not written")
     else:
         write_section("online_retail", text)
@@ -366,12 +334,17 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
-def report(results: dict[str, dict[str, Any]], f: dict[str, Any], rcfg, raw) -> str:
+def report(
+    results: dict[str, dict[str, Any]],
+    f: dict[str, Any],
+    rcfg: retail.RetailConfig,
+    cfg: ExperimentConfig,
+) -> str:
     """The markdown section: protocol, three tables, notes on where ours loses."""
     lines = [
         "## Online Retail: buy ranking, return, quantity (time split, last month is test)",
         "",
-        stamp(".venv/bin/python -m benchmarks.online_retail" + (" --quick" if f["quick"] else "")),
+        stamp(),
         f"- torch threads: {f['threads']}; whole run {f['total']:.0f} s wall, {f['cpu']:.0f} s "
         f"CPU (data {f['timings']['data']:.0f} s; single-task {f['timings']['single-task']:.0f}"
         f" s, MMoE {f['timings']['MMoE']:.0f} s, PLE {f['timings']['PLE']:.0f} s wall, each "
@@ -399,6 +372,14 @@ def report(results: dict[str, dict[str, Any]], f: dict[str, Any], rcfg, raw) -> 
         f"{rcfg.quantity_loss} (quantity); return and quantity masked to bought pairs "
         "(`Task.weight_key`). Early stopping on the valid mean of buy AUC, return AUC and "
         "quantity R² on log1p units; the test is read once.",
+        "",
+        "**Ours = the front door.** Every *ours* row is a fit of the `windows` recipe from "
+        f"`{_rel(f['config'])}` (`shoprec train` runs the same file): the windows are "
+        "prepared once (`WindowsRecipe.prepare`), each model is trained by "
+        "`WindowsRecipe.train` (MMoE as configured; PLE and the single-task nets with the "
+        "model and tasks replaced), buy is ranked by the fit's own scorer "
+        "(`Scorer.rank_scores`, what `shoprec serve` serves) and return / quantity are the "
+        "fit's `TrainingRun.test`.",
         "",
         f"**Buy, full ranking.** {f['n_users']:,} test buyers known before the test (of "
         f"{f['n_test_buyers']:,} test buyers) x all {f['n_items']:,} catalog items; "
@@ -455,11 +436,18 @@ def report(results: dict[str, dict[str, Any]], f: dict[str, Any], rcfg, raw) -> 
         f"{f['n_users'] * f['n_items'] / 1e6:.1f}M pairs: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in f["score_seconds"].items())
         + f". Sizes: single-task MLP {list(SINGLE_TASK['hidden_dims'])} per task; MMoE "
-        f"{raw['model']['config']}; PLE {PLE}; embeddings {rcfg.embedding_dim}."
+        f"{dict(cfg.model.config)}; PLE {PLE}; embeddings {rcfg.embedding_dim}."
     )
     if f["quick"]:
         lines.insert(0, "**--quick smoke run: not a result.**")
     return "\n".join(lines)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return str(path)
 
 
 def _verdict(results: dict[str, dict[str, Any]]) -> list[str]:

@@ -225,3 +225,83 @@ def test_baselines() -> None:
     assert g[0] == pytest.approx(12.0)
     rate = retail.item_return_rate(snap, pl.DataFrame({"item": ["b", "a"]}))
     assert rate[0] > rate[1]
+
+
+def test_snapshot_keeps_the_shop_wide_rates() -> None:
+    snap = retail.snapshot(EVENTS, CUT, CATALOG, CFG)
+    buys = EVENTS.filter((pl.col("timestamp") < CUT) & (pl.col("behavior") == "buy"))
+    assert snap.global_log_qty == pytest.approx(np.log1p(buys["quantity"].to_numpy()).mean())
+    assert snap.global_return_rate == pytest.approx(1 / 5)  # one return, five buy lines
+    # given rates replace the computed ones (a few users' events, live updates)
+    only_u1 = retail.snapshot(
+        EVENTS.filter(pl.col("user") == "u1"), CUT, CATALOG, CFG, global_rates=(0.5, 0.25)
+    )
+    assert (only_u1.global_log_qty, only_u1.global_return_rate) == (0.5, 0.25)
+    u1 = snap.users.filter(pl.col("user") == "u1")
+    assert only_u1.users.filter(pl.col("user") == "u1")["u_return_rate"].item() == pytest.approx(
+        (1 + CFG.return_prior * 0.25) / (3 + CFG.return_prior)
+    )
+    assert u1["u_return_rate"].item() == pytest.approx((1 + CFG.return_prior * 0.2) / (3 + 20))
+
+
+def test_live_events_update_only_their_users() -> None:
+    snap = retail.snapshot(EVENTS, CUT, CATALOG, CFG)
+    past = EVENTS.filter(pl.col("timestamp") < CUT).select(retail.PAST_COLUMNS)
+    live = pl.DataFrame(
+        {
+            "user": ["u1", "u9", "u1", "u2"],
+            "item": ["d", "a", "b", "a"],
+            "behavior": ["buy", "buy", "return", "view"],
+            "quantity": [3, None, 1, 1],
+            "domain": ["Germany", "Germany", None, None],
+        }
+    )
+    new = retail.with_live_events(snap, past, live, CFG)
+    pairs = {(r["user"], r["item"]): r for r in new.pairs.iter_rows(named=True)}
+    d = pairs["u1", "d"]
+    assert d["ui_log_orders"] == pytest.approx(np.log1p(1))
+    assert d["ui_log_qty"] == pytest.approx(np.log1p(3))
+    assert d["ui_recency"] == pytest.approx(1.0, abs=1e-6)
+    assert pairs["u1", "b"]["ui_returned"] == 1.0
+    users = {r["user"]: r for r in new.users.iter_rows(named=True)}
+    assert users["u1"]["history"] == ["b", "d"]  # max_history 2, the live buy last
+    assert users["u1"]["u_log_orders"] == pytest.approx(np.log1p(4))
+    assert users["u1"]["country"] == "UK"  # the snapshot's country wins over the event's
+    assert users["u9"]["country"] == "Germany" and users["u9"]["history"] == ["a"]
+    assert pairs["u9", "a"]["ui_log_qty"] == pytest.approx(np.log1p(1))  # null quantity: 1
+    # a view changes nothing; u2 keeps every feature; items and shop-wide rates stay
+    for table, key in ((new.users, ["user"]), (new.pairs, ["user", "item"])):
+        old = (snap.users if table is new.users else snap.pairs).filter(pl.col("user") == "u2")
+        assert table.filter(pl.col("user") == "u2").sort(key).equals(old.sort(key))
+    assert new.items.equals(snap.items) and new.cutoff == snap.cutoff
+    assert new.global_return_rate == snap.global_return_rate
+    views = live.filter(pl.col("behavior") == "view")
+    assert retail.with_live_events(snap, past, views, CFG) is snap
+
+
+def test_encoder_state_round_trip(encoded) -> None:
+    enc, windows, data = encoded
+    again = retail.RetailEncoder.from_dict(enc.to_dict())
+    assert again.cfg == enc.cfg
+    redo = again.transform(windows)
+    for k, v in data.columns.items():
+        assert torch.equal(redo.columns[k], v), k
+    with pytest.raises(ValueError, match="retail encoder"):
+        retail.RetailEncoder.from_dict({"format": "other"})
+
+
+def test_pair_batch_is_what_score_users_scores(encoded) -> None:
+    enc, windows, _ = encoded
+    _, snap = windows[0]
+    torch.manual_seed(0)
+    model = build_model("mmoe", enc.feature_specs(), retail.task_specs(CFG), n_experts=2)
+    users, items = ["u2", "u1", "u2"], ["c", "a", "h"]
+    batch = enc.pair_batch(snap, users, items)
+    assert batch["history"].shape == (9, CFG.max_history)
+    raw = enc.score_users(model, snap, users, items, correct_sampling=False, batch_rows=4)
+    np.testing.assert_allclose(
+        model.predict(batch)["buy"].numpy().reshape(3, 3), raw["buy"], rtol=1e-6
+    )
+    np.testing.assert_array_equal(raw["buy"][0], raw["buy"][2])  # a repeated user
+    empty = enc.score_users(model, snap, [], items)
+    assert empty["buy"].shape == (0, 3)
