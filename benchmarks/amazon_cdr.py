@@ -1,17 +1,23 @@
 """Amazon Sport <-> Cloth cross-domain benchmark: each domain as the target in turn.
 
-Rows per target: popularity, implicit ALS on the target only and on both domains merged
-(users shared, items of both domains as columns, only target items ranked), and ours
-(:mod:`shoprec.transfer.cross_domain`): target only, pretrain on the source then fine-tune,
-joint training ``J_S + lambda J_T``, and the multi-domain experts model. HR@10 / NDCG@10 with
-999 sampled negatives (the DisenCDR protocol) and with full ranking, on the whole test set
-and on the pairs without a cross-domain "twin". A second scenario hides all target history
-of a seeded 20% of users (they keep their source history): cold-start users, where EMCDR
-joins the rows.
+Ours comes from the front door. ``benchmarks/configs/amazon_cdr_neighbours.yaml`` (item
+neighbours; its ``search:`` grid is tried on validation) and
+``benchmarks/configs/amazon_cdr_model.yaml`` (the trained ``CrossDomainModel``: joint, and from
+the same file target only, fine-tune and multi-domain experts, the method replaced) are
+experiment configs of the ``cross_domain`` recipe (:mod:`shoprec.recipes.cross_domain`). Every
+"ours" row is one fit through :mod:`shoprec.experiment` (``fit_experiment`` per trial, the
+best saved by ``save_experiment``: the artifact ``shoprec train`` writes, with the generic
+test scores), ranked here by the artifact's scorer loaded back from disk
+(``Scorer.rank_scores``, what ``shoprec serve`` serves), each domain as the target in turn.
+This script adds the peers (popularity, implicit ALS on the target and on both domains, EMCDR
+over two of our target-only models), the DisenCDR protocol (999 sampled negatives), the
+"twin" slice, a cold-start scenario (a seeded 20% of users lose all target history and every
+model is refit without it) and the tables.
 
-Settings: ``configs/amazon_sport_cloth.yaml``. Run ``python -m benchmarks.amazon_cdr``
-(``--part main`` / ``--part cold`` run one scenario and save it; ``--report`` writes the
-RESULTS.md section from both saved parts).
+Run ``python -m benchmarks.amazon_cdr [--quick]`` (``--part main`` / ``--part cold`` run one
+scenario and save it; ``--report`` writes the section from both saved parts). The section
+goes into benchmarks/RESULTS.md only for the data this script owns (the default configs on
+``amazon_cross_domain``, not ``--quick``); ``--out FILE`` writes it elsewhere.
 """
 
 from __future__ import annotations
@@ -22,50 +28,80 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import copy
+import dataclasses
 import itertools
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-import yaml
 
 from benchmarks._als import fit_als
 from benchmarks._results import load_note, stamp, write_section
-from shoprec.data.datasets import amazon_cross_domain
+from shoprec.artifact import Artifact
+from shoprec.config import ExperimentConfig, load_config
+from shoprec.data.schema import Dataset, Interactions
 from shoprec.evaluate import metrics
-from shoprec.models import config_from_dict
-from shoprec.train.loop import TrainConfig, fit
+from shoprec.experiment import fit_experiment, load_dataset, make_split, save_experiment
+from shoprec.recipes.cross_domain import CrossDomainScorer
 from shoprec.transfer.cross_domain import (
-    CrossDomainConfig,
-    CrossDomainModel,
     DomainIndex,
     EMCDRConfig,
     fit_mapping,
-    freeze,
-    history_matrix,
-    joint_weighting,
     score_items,
-    user_rows,
-    user_vectors,
 )
-from shoprec.transfer.neighbours import ItemNeighbours, NeighbourConfig
 
 log = logging.getLogger("benchmarks.amazon_cdr")
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "amazon_sport_cloth.yaml"
+NEIGHBOURS = ROOT / "benchmarks" / "configs" / "amazon_cdr_neighbours.yaml"
+MODEL = ROOT / "benchmarks" / "configs" / "amazon_cdr_model.yaml"
 OUT = ROOT / "runs" / "benchmarks"
+OWNED = "amazon_cross_domain"  # the data whose results this script writes into RESULTS.md
 K = 10
 TARGET_GAIN = 0.10  # relative NDCG@10 over the better ALS (twin-free) / merged ALS (cold)
-Scorer = Callable[[np.ndarray], torch.Tensor]  # user ids -> (U, I_target) scores
+ScoreFn = Callable[[np.ndarray], torch.Tensor]  # user ids -> (U, I_target) scores
+
+#: Settings of the peers and of the protocol (ours are in the two configs).
+SETTINGS: dict[str, Any] = {
+    "threads": 1,  # torch intra-op threads (the machine is shared)
+    "seed": 0,
+    "valid_seed": 0,  # ALS: one train item per (user, domain) with >= 2 held out for selection
+    "cold_share": 0.2,  # cold-start scenario: share of users losing all target history
+    "cold_seed": 0,
+    "n_sampled_negatives": 999,  # DisenCDR protocol: 999 uniform non-interacted target items
+    "negatives_seed": 0,
+    "twin_jaccard": 0.8,  # a test pair has a "twin" if the user's source history holds an
+    # item whose train user-set has Jaccard >= this with the test item's
+    "als": {
+        "iterations": 15,
+        "grid": [
+            {"factors": 64, "regularization": 0.1, "alpha": 10},
+            {"factors": 128, "regularization": 1.0, "alpha": 10},
+            {"factors": 256, "regularization": 1.0, "alpha": 20},
+        ],
+    },
+    "emcdr": {"hidden": [256], "epochs": 200, "patience": 10},
+    "quick": {"users": 2500, "epochs": 2, "als_iterations": 3},
+}
+#: The multi-domain experts row: amazon_cdr_model.yaml with these recipe settings.
+EXPERTS = {"n_shared_experts": 2, "n_domain_experts": 1, "expert_dims": [128]}
+#: Our rows, in table order: label -> (config, recipe settings replaced).
+OURS_MAIN: list[tuple[str, str, dict[str, Any]]] = [
+    ("Ours, item neighbours, target only", "neighbours", {"recipe.source_history": False}),
+    ("Ours, item neighbours, both domains", "neighbours", {}),
+    ("Ours, target only", "model", {"recipe.method": "target_only"}),
+    ("Ours, pretrain on source + fine-tune", "model", {"recipe.method": "finetune"}),
+    ("Ours, joint (shared embeddings, domain towers)", "model", {}),
+    ("Ours, multi-domain experts (PLE/STAR-style)", "model", {"recipe.method": "experts",
+        **{f"recipe.model.{k}": v for k, v in EXPERTS.items()}}),
+]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- data
@@ -95,25 +131,50 @@ class Data:
     test: Pairs
 
 
-def load_data(settings: dict[str, Any], quick: dict[str, Any] | None) -> Data:
-    ds = amazon_cross_domain.load()
+def subsample(ds: Dataset, n_users: int, seed: int = 0) -> Dataset:
+    """The dataset restricted to a seeded sample of users (the quick run)."""
+    users = ds.interactions.df["user"].unique().sort().sample(n_users, seed=seed)
+
+    def keep(part: Interactions | None) -> Interactions | None:
+        return (
+            None
+            if part is None
+            else Interactions(part.df.filter(pl.col("user").is_in(users.implode())))
+        )
+
+    return dataclasses.replace(ds, interactions=keep(ds.interactions), test=keep(ds.test))
+
+
+def load_data(ds: Dataset, domains: list[str], valid_seed: int) -> Data:
+    """The benchmark's view of the dataset: ids over both domains' train pairs, the test
+    pairs with known users and items, and the peers' validation hold-out (one train item per
+    (user, domain) with at least two)."""
+    assert ds.test is not None, "the benchmark needs the release's test files"
     train = ds.interactions.df.select("user", "item", "domain")
     test = ds.test.df.select("user", "item", "domain")
-    if quick:
-        users = train["user"].unique().sort().sample(quick["users"], seed=0)
-        train = train.filter(pl.col("user").is_in(users.implode()))
-        test = test.filter(pl.col("user").is_in(users.implode()))
-    index = DomainIndex.fit(train, domains=settings["domains"])
+    index = DomainIndex.fit(train, domains=domains)
     full = Pairs(*index.encode(train))
     t = Pairs(*index.encode(test))
     t = t.where((t.u > 0) & (t.i > 0))
-    rng = np.random.default_rng(settings["data"]["valid_seed"])
+    rng = np.random.default_rng(valid_seed)
     perm = rng.permutation(len(full))
     key = full.u[perm] * 2 + full.d[perm]
     _, first, count = np.unique(key, return_index=True, return_counts=True)
     vmask = np.zeros(len(full), dtype=bool)
     vmask[perm[first[count >= 2]]] = True
     return Data(index, full, full.where(~vmask), full.where(vmask), t)
+
+
+def drop_target_history(ds: Dataset, data: Data, cold: dict[int, np.ndarray]) -> Dataset:
+    """``ds`` without the train events of each cold user in the domain they are cold in."""
+    names = np.asarray(data.index.users)
+    gone = pl.concat(
+        pl.DataFrame({"user": names[us - 1].tolist(), "domain": data.index.domains[k]},
+                     schema={"user": pl.String, "domain": pl.String})
+        for k, us in cold.items()
+    )  # fmt: skip
+    kept = ds.interactions.df.join(gone, on=["user", "domain"], how="anti")
+    return dataclasses.replace(ds, interactions=Interactions(kept))
 
 
 def cold_start(data: Data, share: float, seed: int) -> tuple[Data, dict[int, np.ndarray]]:
@@ -211,7 +272,7 @@ def make_target(data: Data, pairs: Pairs, held: Pairs, k: int, users: np.ndarray
     return Target(k, us, held.i[sel] - lo, domain_csr(pairs, k, data.index, us))
 
 
-def ranks(scorer: Scorer, t: Target, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray | None]:
+def ranks(scorer: ScoreFn, t: Target, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray | None]:
     """Full-ranking ranks (train items excluded) and sampled ranks (if negatives are set)."""
     full, sampled = [], []
     for lo in range(0, len(t.users), chunk):
@@ -241,7 +302,7 @@ def summary(full: np.ndarray, sampled: np.ndarray | None, mask: np.ndarray) -> d
 # --------------------------------------------------------------------------- baselines
 
 
-def popularity(data: Data, pairs: Pairs, k: int) -> Scorer:
+def popularity(data: Data, pairs: Pairs, k: int) -> ScoreFn:
     sel = pairs.d == k
     lo = data.index.starts[k] + 1
     counts = np.bincount(pairs.i[sel] - lo, minlength=data.index.domain_sizes[k])
@@ -258,7 +319,7 @@ def als(data: Data, pairs: Pairs, params: dict[str, Any], seed: int) -> tuple[An
     return fit_als(matrix, params, seed)
 
 
-def als_scorer(data: Data, model: Any, k: int) -> Scorer:
+def als_scorer(data: Data, model: Any, k: int) -> ScoreFn:
     lo = data.index.starts[k] + 1
     users = torch.from_numpy(np.asarray(model.user_factors, dtype=np.float32))
     items = torch.from_numpy(
@@ -286,152 +347,123 @@ def select_als(
     return {x: best[x] for x in ("factors", "regularization", "alpha", "iterations")}, tried
 
 
-def neighbours(data: Data, pairs: Pairs, params: dict[str, Any]) -> tuple[ItemNeighbours, float]:
-    """Fit our cross-domain item neighbours on ``pairs`` (every domain in it)."""
-    tick = time.perf_counter()
-    cfg = NeighbourConfig(**{x: params[x] for x in ("shrink", "alpha", "top_k")})
-    sizes = data.index.domain_sizes
-    item_domain = np.repeat([0, 0, 1], [1, *sizes])  # id 0 (padding), then each domain's ids
-    model = ItemNeighbours(cfg).fit(pairs.u, pairs.i, data.index.n_items + 1, item_domain)
-    return model, time.perf_counter() - tick
-
-
-def neighbour_scorer(data: Data, model: ItemNeighbours, pairs: Pairs, k: int) -> Scorer:
-    """Scores of domain ``k``'s items from each user's history in ``pairs``."""
-    n_rows, n_items = data.index.n_users + 1, data.index.n_items + 1
-    hist = ItemNeighbours.histories(pairs.u, pairs.i, n_rows, n_items)
-    lo = data.index.starts[k] + 1
-    hi = lo + data.index.domain_sizes[k]
-    return lambda u: model.score(hist[u], lo, hi)
-
-
-def neighbour_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = ("shrink", "alpha", "top_k")
-    return [dict(zip(keys, v, strict=True)) for v in itertools.product(*(grid[x] for x in keys))]
-
-
-def select_neighbours(
-    data: Data, merged: bool, grid: dict[str, list[Any]]
-) -> dict[int, list[dict[str, Any]]]:
-    """Validation NDCG@10 (full ranking) of every grid point, per target domain."""
-    vals = {k: make_target(data, data.fit, data.valid, k, None) for k in (0, 1)}
-    tried: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
-    for g in neighbour_grid(grid):
-        if merged:
-            model, _ = neighbours(data, data.fit, g)
-        for k in (0, 1):
-            pairs = data.fit if merged else data.fit.where(data.fit.d == k)
-            if not merged:
-                model, _ = neighbours(data, pairs, g)
-            full, _ = ranks(neighbour_scorer(data, model, pairs, k), vals[k])
-            tried[k].append({**g, "val_NDCG": metrics.ndcg_at_k(full, K)})
-            log.info(
-                "neighbours %s k=%d %s -> %.4f",
-                "merged" if merged else "target", k, g, tried[k][-1]["val_NDCG"],
-            )  # fmt: skip
-    return tried
-
-
-def _best(tried: list[dict[str, Any]]) -> dict[str, Any]:
-    best = max(tried, key=lambda r: r["val_NDCG"])
-    return {x: best[x] for x in ("shrink", "alpha", "top_k")}
-
-
 # --------------------------------------------------------------------------- ours
 
 
-class Ours:
-    """Builds and trains CrossDomainModels with the benchmark's settings."""
+def grid(space: dict[str, list[Any]] | None) -> list[dict[str, Any]]:
+    """Every combination of a search space (one empty combination without one)."""
+    if not space:
+        return [{}]
+    return [dict(zip(space, v, strict=True)) for v in itertools.product(*space.values())]
 
-    def __init__(self, data: Data, settings: dict[str, Any], train_cfg: TrainConfig) -> None:
-        self.data = data
-        self.s = settings
-        self.train_cfg = train_cfg
-        self.max_len = int(settings["data"]["max_history"])
 
-    def history(self, pairs: Pairs, domains: tuple[int, ...]) -> np.ndarray:
-        p = pairs.where(np.isin(pairs.d, domains))
-        return history_matrix(p.u, p.i, self.data.index.n_users, self.max_len, seed=0)
+def direction(
+    cfg: ExperimentConfig, data: Data, k: int, values: dict[str, Any]
+) -> ExperimentConfig:
+    """``cfg`` with ``values`` replaced and domain ``k`` as the target, the other the source."""
+    names = data.index.domains
+    return cfg.with_values({**values, "recipe.source": names[1 - k], "recipe.target": names[k]})
 
-    def build(self, experts: bool) -> CrossDomainModel:
-        m = dict(self.s["model"])
-        dim = int(m.pop("dim"))
-        if experts:
-            m.update(self.s["experts"])
-        cfg = config_from_dict(
-            CrossDomainConfig, {**m, "domain_sizes": list(self.data.index.domain_sizes)}
-        )
-        features, tasks = self.data.index.specs(dim)
-        torch.manual_seed(int(self.s["seed"]))
-        return CrossDomainModel(features, tasks, cfg)
 
-    def evaluator(
-        self,
-        model: CrossDomainModel,
-        data: Data,
-        domains: tuple[int, ...],
-        hist_domains: tuple[int, ...],
-    ) -> Callable[[Any], dict[str, float]]:
-        """Mean validation NDCG@10 (full ranking) over ``domains`` on a user sample."""
-        hist = self.history(data.fit, hist_domains)
-        n = int(self.s["data"]["valid_users"])
-        targets = []
-        for k in domains:
-            t = make_target(data, data.fit, data.valid, k, None)
-            keep = np.random.default_rng(k).permutation(len(t.users))[:n]
-            keep.sort()
-            targets.append(make_target(data, data.fit, data.valid, k, t.users[keep]))
+@dataclass
+class Fit:
+    """One row of ours: the served scorer and what its fit reported."""
 
-        def evaluate(_: Any) -> dict[str, float]:
-            out = {}
-            for t in targets:
-                full, _s = ranks(self.scorer(model, hist, t.k), t)
-                out[f"ndcg_{t.k}"] = metrics.ndcg_at_k(full, K)
-            out["ndcg"] = float(np.mean(list(out.values())))
-            return out
+    scorer: CrossDomainScorer
+    valid: float  # the monitored validation score of the chosen trial
+    best_epoch: int | None
+    info: dict[str, Any]
+    recipe: dict[str, Any]  # the chosen recipe settings
+    trials: list[dict[str, Any]]
+    front_door: dict[str, Any]  # the artifact's own test metrics (metrics.json)
+    seconds: float
 
-        return evaluate
 
-    def scorer(self, model: CrossDomainModel, hist: np.ndarray, k: int) -> Scorer:
-        return lambda u: score_items(model, user_vectors(model, u, hist[u], k), k)
+def fit_ours(
+    cfg: ExperimentConfig, ds: Dataset, out: Path, space: dict[str, list[Any]] | None = None
+) -> Fit:
+    """The front door: each setting of ``space`` fit on the training part and scored on
+    validation (``fit_experiment``), the best saved with its test scores (``save_experiment``),
+    and its scorer loaded back from the artifact."""
+    tick = time.perf_counter()
+    split = make_split(ds, cfg.split, "buy")
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, Any, ExperimentConfig] | None = None
+    for values in grid(space):
+        trial = cfg.with_values(values) if values else cfg
+        run, _, _ = fit_experiment(trial, dataset=ds, split=split)
+        trials.append({**values, "val_NDCG": run.valid_score})
+        o = trial.recipe.options
+        log.info("%s (%s -> %s) %s: validation %.4f", o.method, o.source, o.target, values,
+                 run.valid_score)  # fmt: skip
+        if best is None or run.valid_score > best[0]:
+            best = (run.valid_score, run, trial)
+    assert best is not None
+    _, run, chosen = best
+    path = save_experiment(chosen, run, ds, split, out)
+    scorer = Artifact.load(path).scorer
+    assert isinstance(scorer, CrossDomainScorer)
+    test = json.loads((path / "metrics.json").read_text()).get("test", {}).get("metrics", {})
+    return Fit(
+        scorer, run.valid_score, run.best_epoch, run.info, dict(chosen.recipe.model_extra or {}),
+        trials, test, time.perf_counter() - tick,
+    )  # fmt: skip
 
-    def train(
-        self,
-        model: CrossDomainModel,
-        data: Data,
-        domains: tuple[int, ...],
-        hist_domains: tuple[int, ...],
-        monitor_domains: tuple[int, ...],
-        weighting: Any = None,
-    ) -> dict[str, Any]:
-        """fit() on the user rows of ``domains`` with histories from ``hist_domains``."""
-        p = data.fit.where(np.isin(data.fit.d, domains))
-        rows = user_rows(p.u, p.i, p.d, self.history(data.fit, hist_domains))
-        ev = self.evaluator(model, data, monitor_domains, hist_domains)
-        tick = time.perf_counter()
-        result = fit(
-            model,
-            rows,
-            config=replace(self.train_cfg, monitor="ndcg"),
-            evaluator=ev,
-            weighting=weighting,
-        )
-        return {
-            "rows": len(rows),
-            "best_epoch": result.best_epoch,
-            "val_ndcg": round(result.best_score, 4),
-            "history": [round(h["ndcg"], 4) for h in result.history],
-            "train_s": result.train_seconds,
-            "wall_s": time.perf_counter() - tick,
-        }
+
+def ours_fn(scorer: CrossDomainScorer, data: Data, k: int) -> ScoreFn:
+    """The scorer's target-item scores in the benchmark's column order (an item the scorer
+    does not know scores 0, below every item it ranks)."""
+    names = np.asarray(data.index.users)
+    pos = {x: j for j, x in enumerate(scorer.items)}
+    cols = np.array([pos.get(x, -1) for x in data.index.items[k]])
+    have = cols >= 0
+
+    def score(u: np.ndarray) -> torch.Tensor:
+        s = scorer.rank_scores(names[u - 1].tolist())
+        out = np.zeros((len(u), len(cols)), dtype=np.float32)
+        out[:, have] = s[:, cols[have]]
+        return torch.from_numpy(out)
+
+    return score
+
+
+def _slug(label: str) -> str:
+    return label.removeprefix("Ours, ").split(" (")[0].replace(", ", "_").replace(" ", "_")
+
+
+def _note(f: Fit) -> str:
+    if f.recipe.get("method") == "neighbours":
+        head = f"{_nb_params(f.recipe['neighbours'])} (val NDCG@10 {f.valid:.4f})"
+    else:
+        head = f"epoch {f.best_epoch} picked on validation (NDCG@10 {f.valid:.4f})"
+        if f.recipe.get("method") == "finetune":
+            head += f"; frozen: {f.recipe.get('freeze') or 'nothing'}"
+        if f.recipe.get("method") in ("joint", "experts"):
+            head += f"; lambda {f.recipe.get('lambda', 1.0)}"
+    fd = f.front_door.get("ndcg@10")
+    return head if fd is None else f"{head}; `shoprec train` test NDCG@10 {fd:.4f}"
+
+
+def _facts(f: Fit) -> dict[str, Any]:
+    return {
+        "valid": round(f.valid, 4),
+        "best_epoch": f.best_epoch,
+        "recipe": f.recipe,
+        "trials": f.trials,
+        "front_door_test": f.front_door,
+        "fit_s": f.info.get("fit_s"),
+        "wall_s": round(f.seconds, 1),
+    }
 
 
 # --------------------------------------------------------------------------- scenarios
 
 
-def run_main(data: Data, settings: dict[str, Any], ours: Ours, als_iters: int) -> dict[str, Any]:
-    seed = int(settings["seed"])
-    ds = settings["data"]
+def run_main(
+    ds: Dataset, data: Data, cfgs: dict[str, ExperimentConfig], als_iters: int, out: Path
+) -> dict[str, Any]:
+    s = SETTINGS
+    seed = int(s["seed"])
     results: dict[str, Any] = {"targets": {}, "facts": {}}
     test_targets = {}
     for k in (0, 1):
@@ -441,13 +473,13 @@ def run_main(data: Data, settings: dict[str, Any], ours: Ours, als_iters: int) -
             strict=True)))  # fmt: skip
         seen = domain_csr(everything, k, data.index, t.users)
         t.negatives = sampled_negatives(
-            t.users, seen, t.items, data.index.domain_sizes[k], ds["n_sampled_negatives"],
-            ds["negatives_seed"] + k,
+            t.users, seen, t.items, data.index.domain_sizes[k], s["n_sampled_negatives"],
+            s["negatives_seed"] + k,
         )  # fmt: skip
         test_targets[k] = t
         ids = t.items + data.index.starts[k] + 1
-        tw = twins(data, k, t.users, ids, ds["twin_jaccard"], with_test=True)
-        strict = twins(data, k, t.users, ids, ds["twin_jaccard"], with_test=False)
+        tw = twins(data, k, t.users, ids, s["twin_jaccard"], with_test=True)
+        strict = twins(data, k, t.users, ids, s["twin_jaccard"], with_test=False)
         results["targets"][k] = {
             "n_test": len(t.users),
             "n_twins": int(tw.sum()),
@@ -456,11 +488,9 @@ def run_main(data: Data, settings: dict[str, Any], ours: Ours, als_iters: int) -
         }
         results["facts"][f"twins_{k}"] = tw
 
-    def add(
-        k: int, name: str, scorer: Scorer, note: str = "", train_s: float | None = None
-    ) -> None:
+    def add(k: int, name: str, fn: ScoreFn, note: str = "", train_s: float | None = None) -> None:
         t = test_targets[k]
-        full, sampled = ranks(scorer, t)
+        full, sampled = ranks(fn, t)
         tw = results["facts"][f"twins_{k}"]
         row = {
             "name": name,
@@ -478,11 +508,11 @@ def run_main(data: Data, settings: dict[str, Any], ours: Ours, als_iters: int) -
             {a: {m: round(v, 4) for m, v in row[a].items()} for a in ("all", "no_twin")},
         )
 
-    grid = settings["als"]["grid"]
+    grid_als = s["als"]["grid"]
     for k in (0, 1):
         add(k, "Popularity (target train count)", popularity(data, data.full, k))
         for merged in (False, True):
-            params, tried = select_als(data, merged, k, grid, als_iters, seed)
+            params, tried = select_als(data, merged, k, grid_als, als_iters, seed)
             pairs = data.full if merged else data.full.where(data.full.d == k)
             model, secs = als(data, pairs, params, seed)
             what = "both domains merged" if merged else "target only"
@@ -491,88 +521,43 @@ def run_main(data: Data, settings: dict[str, Any], ours: Ours, als_iters: int) -
             add(k, f"implicit ALS, {what}", als_scorer(data, model, k), note, secs)
             results["facts"][f"als_{k}_{int(merged)}"] = tried
 
-    # Ours, cross-domain item neighbours: target pairs only, then both domains.
-    for merged in (False, True):
-        tried = select_neighbours(data, merged, settings["neighbours"]["grid"])
+    # Ours: every row is a front-door fit of one of the two configs, each domain the target.
+    for label, which, values in OURS_MAIN:
+        base = cfgs[which]
+        space = base.search.space if base.search is not None else None
         for k in (0, 1):
-            params = _best(tried[k])
-            pairs = data.full if merged else data.full.where(data.full.d == k)
-            model, secs = neighbours(data, pairs, params)
-            what = "both domains" if merged else "target only"
-            best_val = max(r["val_NDCG"] for r in tried[k])
-            note = f"{_nb_params(params)} (val NDCG@10 {best_val:.4f})"
-            add(k, f"Ours, item neighbours, {what}", neighbour_scorer(data, model, pairs, k),
-                note, secs)  # fmt: skip
-            results["facts"][f"nb_{k}_{int(merged)}"] = tried[k]
-
-    # Ours, target only (also the source model that fine-tuning starts from).
-    single: dict[int, CrossDomainModel] = {}
-    for k in (0, 1):
-        m = ours.build(experts=False)
-        info = ours.train(m, data, (k,), (k,), (k,))
-        single[k] = m
-        results["facts"][f"target_only_{k}"] = info
-        hist = ours.history(data.full, (k,))
-        add(k, "Ours, target only", ours.scorer(m, hist, k), _note(info), info["train_s"])
-    both = ours.history(data.full, (0, 1))
-    # Pretrain on the source, then fine-tune on the target (histories of both domains).
-    for k in (0, 1):
-        m = copy.deepcopy(single[1 - k])
-        parts = tuple(settings["finetune"]["freeze"])
-        if parts:
-            freeze(m, parts=parts)
-        info = ours.train(m, data, (k,), (0, 1), (k,))
-        results["facts"][f"finetune_{k}"] = info
-        pre = results["facts"][f"target_only_{1 - k}"]["train_s"]
-        note = _note(info) + f"; frozen: {list(parts) or 'nothing'}"
-        add(k, "Ours, pretrain on source + fine-tune", ours.scorer(m, both, k), note,
-            info["train_s"] + pre)  # fmt: skip
-    # Joint J_S + lambda J_T, and the multi-domain experts model.
-    lam = float(settings["joint"]["lambda"])
-    for experts, name in ((False, "Ours, joint (shared embeddings, domain towers)"),
-                          (True, "Ours, multi-domain experts (PLE/STAR-style)")):  # fmt: skip
-        targets = [(None, (0, 1))] if lam == 1.0 else [(k, (k,)) for k in (0, 1)]
-        for k_only, monitor in targets:
-            m = ours.build(experts=experts)
-            names = data.index.domains
-            weighting = (
-                joint_weighting(names[1 - k_only], names[k_only], lam)
-                if k_only is not None
-                else None
-            )
-            info = ours.train(m, data, (0, 1), (0, 1), monitor, weighting)
-            results["facts"][f"{'experts' if experts else 'joint'}_{k_only}"] = info
-            for k in monitor:
-                add(
-                    k,
-                    name,
-                    ours.scorer(m, both, k),
-                    _note(info) + f"; lambda {lam}",
-                    info["train_s"],
-                )
+            cfg = direction(base, data, k, values)
+            name = f"{_slug(label)}_{data.index.domains[k]}"
+            f = fit_ours(cfg, ds, out / name, space)
+            add(k, label, ours_fn(f.scorer, data, k), _note(f), f.info.get("fit_s"))
+            results["facts"][name] = _facts(f)
     for k in (0, 1):
         results["facts"][f"twins_{k}"] = results["facts"][f"twins_{k}"].tolist()
     return results
 
 
 def run_cold(
+    ds: Dataset,
     data: Data,
-    settings: dict[str, Any],
-    ours: Ours,
+    cfgs: dict[str, ExperimentConfig],
     als_params: dict[int, dict[str, Any]],
-    nb_params: dict[int, dict[str, Any]],
+    nb_settings: dict[int, dict[str, Any] | None],
+    out: Path,
 ) -> dict[str, Any]:
-    seed = int(settings["seed"])
-    reduced, cold = cold_start(data, settings["data"]["cold_share"], settings["data"]["cold_seed"])
+    """Cold-start users: a seeded share of users lose all target train history (a disjoint
+    group per target domain) and every model is refit without it; their target test items
+    are ranked (full ranking)."""
+    s = SETTINGS
+    seed = int(s["seed"])
+    reduced, cold = cold_start(data, s["cold_share"], s["cold_seed"])
+    reduced_ds = drop_target_history(ds, data, cold)
     results: dict[str, Any] = {"targets": {}, "facts": {}}
     tests = {k: make_target(reduced, reduced.full, data.test, k, cold[k]) for k in (0, 1)}
     for k in (0, 1):
         results["targets"][k] = {"n_test": len(tests[k].users), "n_cold": len(cold[k]), "rows": []}
 
-    def add(
-        k: int, name: str, scorer: Scorer, note: str = "", train_s: float | None = None
-    ) -> None:
-        full, _ = ranks(scorer, tests[k])
+    def add(k: int, name: str, fn: ScoreFn, note: str = "", train_s: float | None = None) -> None:
+        full, _ = ranks(fn, tests[k])
         row = {
             "name": name,
             "all": summary(full, None, np.ones(len(full), dtype=bool)),
@@ -585,73 +570,78 @@ def run_cold(
     for k in (0, 1):
         add(k, "Popularity (target train count)", popularity(reduced, reduced.full, k))
         model, secs = als(reduced, reduced.full, als_params[k], seed)
-        p = als_params[k]
-        note = f"{_als_params(p)} (picked on validation of the main scenario)"
+        note = f"{_als_params(als_params[k])} (picked on validation of the main scenario)"
         add(k, "implicit ALS, both domains merged", als_scorer(reduced, model, k), note, secs)
+    nb = cfgs["neighbours"]
     for k in (0, 1):
-        nb, secs = neighbours(reduced, reduced.full, nb_params[k])
-        note = f"{_nb_params(nb_params[k])} (picked on validation of the main scenario)"
-        scorer = neighbour_scorer(reduced, nb, reduced.full, k)
-        add(k, "Ours, item neighbours, both domains", scorer, note, secs)
-    both = ours.history(reduced.full, (0, 1))
-    for experts, name in ((False, "Ours, joint (shared embeddings, domain towers)"),
-                          (True, "Ours, multi-domain experts (PLE/STAR-style)")):  # fmt: skip
-        m = ours.build(experts=experts)
-        info = ours.train(m, reduced, (0, 1), (0, 1), (0, 1))
-        results["facts"][name] = info
+        chosen = nb_settings[k]
+        space = None if chosen is not None else (nb.search.space if nb.search else None)
+        values = {} if chosen is None else {"recipe.neighbours": chosen}
+        f = fit_ours(direction(nb, data, k, values), reduced_ds, out / f"neighbours_{k}", space)
+        note = _note(f) + (" (picked on validation of the main scenario)" if chosen else "")
+        add(k, "Ours, item neighbours, both domains", ours_fn(f.scorer, reduced, k), note,
+            f.info.get("fit_s"))  # fmt: skip
+        results["facts"][f"neighbours_{k}"] = _facts(f)
+    for label, which, values in OURS_MAIN[4:]:  # joint, experts
         for k in (0, 1):
-            add(k, name, ours.scorer(m, both, k), _note(info), info["train_s"])
-    # EMCDR: a model per domain, an MLP from source to target user vectors fit on the users
-    # active in both, applied to the cold users' source vectors.
-    single, hists = {}, {}
+            name = f"{_slug(label)}_{data.index.domains[k]}"
+            f = fit_ours(direction(cfgs[which], data, k, values), reduced_ds, out / name)
+            add(k, label, ours_fn(f.scorer, reduced, k), _note(f), f.info.get("fit_s"))
+            results["facts"][name] = _facts(f)
+    # EMCDR (Man et al., IJCAI 2017) over two of our target-only models: an MLP from a user's
+    # vector in the source model to their vector in the target model, fit on the users active
+    # in both, applied to the cold users' source vectors.
+    single = {}
     for k in (0, 1):
-        m = ours.build(experts=False)
-        info = ours.train(m, reduced, (k,), (k,), (k,))
-        single[k], hists[k] = m, ours.history(reduced.full, (k,))
-        results["facts"][f"single_{k}"] = info
-    e = settings["emcdr"]
+        cfg = direction(cfgs["model"], data, k, {"recipe.method": "target_only"})
+        single[k] = fit_ours(cfg, reduced_ds, out / f"target_only_{data.index.domains[k]}")
+    e = s["emcdr"]
+    names = np.asarray(data.index.users)
     for k in (0, 1):
         src = 1 - k
         warm = np.intersect1d(
             reduced.full.u[reduced.full.d == k], reduced.full.u[reduced.full.d == src]
         )
-        sv = user_vectors(single[src], warm, hists[src][warm], src)
-        tv = user_vectors(single[k], warm, hists[k][warm], k)
-        cfg = EMCDRConfig(
-            hidden=tuple(e["hidden"]),
-            epochs=int(e["epochs"]),
-            patience=int(e["patience"]),
+        with torch.no_grad():
+            sv = single[src].scorer.user_vectors(names[warm - 1].tolist())
+            tv = single[k].scorer.user_vectors(names[warm - 1].tolist())
+        cfg_e = EMCDRConfig(
+            hidden=tuple(e["hidden"]), epochs=int(e["epochs"]), patience=int(e["patience"]),
             seed=seed,
-        )
+        )  # fmt: skip
         tick = time.perf_counter()
-        mapping, facts = fit_mapping(sv, tv, cfg)
-        secs = time.perf_counter() - tick
+        mapping, facts = fit_mapping(sv, tv, cfg_e)
+        secs = time.perf_counter() - tick + float(single[k].info.get("fit_s") or 0)
+        secs += float(single[src].info.get("fit_s") or 0)
         results["facts"][f"emcdr_{k}"] = {**facts, "users": len(warm)}
+        target_model = single[k].scorer
+        assert target_model.model is not None
+        pos = {x: j for j, x in enumerate(target_model.items)}
+        cols = np.array([pos.get(x, -1) for x in data.index.items[k]])
 
-        def scorer(
-            u: np.ndarray, k: int = k, src: int = src, mapping: Any = mapping
-        ) -> torch.Tensor:
+        def fn(u: np.ndarray, src: int = src, mapping: Any = mapping, cols: np.ndarray = cols,
+               target_model: CrossDomainScorer = target_model) -> torch.Tensor:  # fmt: skip
             with torch.no_grad():
-                v = mapping(user_vectors(single[src], u, hists[src][u], src))
-            return score_items(single[k], v, k)
+                v = mapping(single[src].scorer.user_vectors(names[u - 1].tolist()))
+                t = len(target_model.index.domains) - 1
+                s = score_items(target_model.model, v, t)  # type: ignore[arg-type]
+            out = torch.full((len(u), len(cols)), float("-inf"))
+            out[:, torch.as_tensor(cols >= 0)] = s[:, torch.as_tensor(cols[cols >= 0])]
+            return out
 
         note = (
             f"mapping fit on {len(warm):,} users active in both (val MSE {facts['valid_mse']:.4f})"
         )
-        add(k, "Ours, EMCDR (target-only models + MLP mapping)", scorer, note, secs)
+        add(k, "EMCDR (Man et al. 2017) on two of our target-only models", fn, note, secs)
     return results
 
 
 def _nb_params(p: dict[str, Any]) -> str:
-    return f"shrink {p['shrink']}, alpha {p['alpha']}, top {p['top_k']} neighbours"
+    return f"shrink {p.get('shrink')}, alpha {p.get('alpha')}, top {p.get('top_k')} neighbours"
 
 
 def _als_params(p: dict[str, Any]) -> str:
     return f"{p['factors']} factors, reg {p['regularization']}, alpha {p['alpha']}"
-
-
-def _note(info: dict[str, Any]) -> str:
-    return f"epoch {info['best_epoch']} picked on validation (NDCG@10 {info['val_ndcg']:.4f})"
 
 
 # --------------------------------------------------------------------------- report
@@ -722,8 +712,8 @@ def _verdicts(main: dict[str, Any], cold: dict[str, Any] | None, domains: list[s
     return out
 
 
-def _markdown(main: dict[str, Any], cold: dict[str, Any] | None, settings: dict[str, Any]) -> str:
-    domains = settings["domains"]
+def _markdown(main: dict[str, Any], cold: dict[str, Any] | None, meta: dict[str, Any]) -> str:
+    domains = meta["domains"]
     parts = []
     for k in (0, 1):
         t = main["targets"][str(k)]
@@ -745,7 +735,7 @@ def _markdown(main: dict[str, Any], cold: dict[str, Any] | None, settings: dict[
             )
         cold_md = "\n\n### Cold-start users\n\n" + "\n\n".join(cparts)
     verdicts = "\n".join(_verdicts(main, cold, domains))
-    frozen = settings["finetune"]["freeze"] or "nothing"
+    frozen = meta["freeze"] or "nothing"
     merge = []
     for k in (0, 1):
         rows = {r["name"]: r for r in main["targets"][str(k)]["rows"]}
@@ -794,31 +784,44 @@ def _markdown(main: dict[str, Any], cold: dict[str, Any] | None, settings: dict[
                     neural_ahead.append(cell)
     behind_text = "; ".join(behind) or "none"
     neural_text = ", ".join(neural_ahead) or "none"
-    lam, ex = settings["joint"]["lambda"], settings["experts"]
-    nb_grid = settings["neighbours"]["grid"]
+    lam, ex = meta["lambda"], EXPERTS
+    nb_grid = meta["nb_grid"]
+    short = ("valid", "best_epoch", "fit_s")  # trials and settings stay in the JSON
     facts = json.dumps(
-        {k: v for k, v in main["facts"].items() if not k.startswith(("als_", "twins_"))},
+        {
+            k: {x: v[x] for x in short if x in v}
+            for k, v in main["facts"].items()
+            if not k.startswith(("als_", "twins_")) and isinstance(v, dict)
+        },
         default=str,
     )
     run_stamp = main.get("stamp") or stamp("python -m benchmarks.amazon_cdr")
-    return f"""## Amazon Sport <-> Cloth cross-domain transfer (amazon_cdr)
+    title = " <-> ".join(d.capitalize() for d in domains)
+    return f"""## Amazon {title} cross-domain transfer (amazon_cdr)
 
-{run_stamp}- torch threads: {settings["threads"]};
-  {load_note(settings["threads"], main.get("load_end", float("nan")))}. Whole run:
+{run_stamp}- torch threads: {meta["threads"]};
+  {load_note(meta["threads"], main.get("load_end", float("nan")))}. Whole run:
   {main.get("total_s", 0):.0f} s (main) + {(cold or {}).get("total_s", 0):.0f} s (cold start).
-- settings: `configs/amazon_sport_cloth.yaml`
+- ours: `{meta["configs"][0]}` and `{meta["configs"][1]}` (experiment configs of the
+  `cross_domain` recipe, each row one front-door fit); peers and protocol: `SETTINGS` in
+  `benchmarks/amazon_cdr.py`
 
-Data: the DisenCDR release (9,928 users shared by both domains; Sport 30,796 items / 92,612
-train pairs, Cloth 39,008 items / 87,829 train pairs; no timestamps). Test: `test.txt` of
+Data: {meta["data_note"]}; no timestamps. Test: `test.txt` of
 each domain, one held-out item per user (items unseen in that domain's train are already
-removed by the release). Validation for every choice (epochs, ALS settings): one random
-train item per (user, domain) with at least two, held out of training; the test files are
-read once, at the end. Metrics: HR@10 and NDCG@10 with one relevant item, (a) among the
+removed by the release). Validation: ours, one random target train item of each user with at
+least two, held out of training (the recipe's hold-out, `split: {{kind: given,
+valid_hold_out: false}}`); the ALS peers, one random train item per (user, domain) with at
+least two. The test files are read once per fit, at the end; every row of ours is also scored
+by `shoprec train`'s own full-ranking protocol (in its notes: in the main tables the same
+number as "full NDCG@10", the check that what is measured is what is served; in the
+cold-start tables it is over every test user of the refit, warm ones included).
+
+Metrics: HR@10 and NDCG@10 with one relevant item, (a) among the
 test item and 999 items drawn uniformly from the target items the user never touched (the
 DisenCDR protocol; the same negatives for every row), (b) among **all** target items less
 the user's target train items (ties count against the target). "No-twin": test pairs for
 which the user's source history holds no near-identical product (a source item whose train
-user-set has Jaccard >= {settings["data"]["twin_jaccard"]} with the test item's; user-sets from
+user-set has Jaccard >= {meta["twin_jaccard"]} with the test item's; user-sets from
 the train and test pairs of both domains, since from train pairs alone an item bought by two
 users loses half its set; the slice only, no model sees test pairs).
 
@@ -832,28 +835,34 @@ How each row works:
 - **Popularity**: target items by train count.
 - **implicit ALS**: on the target's user x item matrix, or on both domains' (users shared,
   items of both domains as columns, only target items ranked); factors, regularization and
-  alpha picked from {settings["als"]["grid"]} on validation, then refit on all train pairs.
-- **Ours, item neighbours** (`shoprec.transfer.neighbours.ItemNeighbours`): item-to-item
+  alpha picked from {meta["als_grid"]} on validation, then refit on all train pairs.
+- **Ours, item neighbours** (recipe `cross_domain`, `method: neighbours`;
+  `shoprec.transfer.neighbours.ItemNeighbours`): item-to-item
   similarities over the items of both domains from the users they share (asymmetric cosine
   `c_ij / (d_i^alpha d_j^(1-alpha) + shrink)`, each item keeping its top-k neighbours in each
   domain), a user's score for a target item = the sum of its similarities to every item of
   their history, whatever the domain, plus a popularity tie-break below any real neighbour.
-  Nothing is trained: two sparse products. *Target only*: target pairs alone; *both domains*:
-  the source history votes too, which is also how a cold-start user is served. Shrink, alpha
-  and k picked from {nb_grid} on validation.
-- **Ours** (`shoprec.transfer.cross_domain.CrossDomainModel`, one `fit` loop): a user's
+  Nothing is trained: two sparse products. *Target only* (`source_history: false`): target
+  pairs alone; *both domains*: the source history votes too, which is also how a cold-start
+  user is served. Shrink, alpha and k picked from {nb_grid} on validation (the config's
+  `search:` grid); the scorer gives each user a distribution over the target items (the
+  scores normalised per user), which ranks as the raw scores do.
+- **Ours** (recipe `cross_domain`, `method: target_only | finetune | joint | experts`;
+  `shoprec.transfer.cross_domain.CrossDomainModel`, one `fit` loop): a user's
   vector in a domain = per-domain head over [mean embedding of the user's history items]
   (user-id embeddings off: they memorised on validation), dot item embedding + item bias;
   one training row per (user, domain) with a softmax over all the domain's items for each of
   the user's items and half the history hidden (denoising). *Target only*: target rows and
-  target histories. *Pretrain + fine-tune*: the source's target-only model, then fit on the
-  target rows with histories of both domains (frozen: {frozen}).
-  *Joint*: rows of both domains, `J = J_S + {lam} J_T` (at 1.0 one model serves both
-  directions). *Multi-domain experts*: the same with {ex["n_shared_experts"]} shared and
-  {ex["n_domain_experts"]} per-domain experts mixed by a per-domain gate.
-  *EMCDR*: the two target-only models, and an MLP mapping source to target user vectors fit
-  on warm users, applied to cold users' source vectors.
-- Cold start: a seeded {settings["data"]["cold_share"]:.0%} of users lose all target train
+  target histories. *Pretrain + fine-tune*: a target-only model of the source (stopped on a
+  source hold-out), then fit on the target rows with histories of both domains (frozen:
+  {frozen}). *Joint*: rows of both domains, `J = J_S + {lam} J_T`, one model per target
+  (selected on that target's validation). *Multi-domain experts*: the same with
+  {ex["n_shared_experts"]} shared and {ex["n_domain_experts"]} per-domain experts mixed by a
+  per-domain gate. Scores: the softmax over the target's items.
+- **EMCDR** (Man et al., IJCAI 2017): two of our target-only fits (one per domain), and an MLP
+  mapping source to target user vectors fit on warm users, applied to cold users' source
+  vectors.
+- Cold start: a seeded {meta["cold_share"]:.0%} of users lose all target train
   history (a disjoint group per target), every model is retrained without it, and those
   users' target test items are ranked (full ranking). ALS on the target only cannot score
   users it has no row for (it would fall back to popularity), so it is not listed.
@@ -894,48 +903,90 @@ Training facts: `{facts}`
 # --------------------------------------------------------------------------- entry
 
 
-def run(part: str, quick: bool, config_path: Path = CONFIG) -> dict[str, Any]:
-    settings = yaml.safe_load(config_path.read_text())
-    torch.set_num_threads(int(settings["threads"]))
-    q = settings["quick"] if quick else None
-    train_cfg = config_from_dict(TrainConfig, settings["train"])
-    als_iters = int(settings["als"]["iterations"])
-    if q:
-        train_cfg = replace(train_cfg, epochs=q["epochs"])
-        als_iters = q["als_iterations"]
-        settings["data"]["valid_users"] = 500
+def _configs(neighbours: Path, model: Path, quick: bool) -> dict[str, ExperimentConfig]:
+    cfgs = {"neighbours": load_config(neighbours), "model": load_config(model)}
+    for c in cfgs.values():
+        if c.recipe.name != "cross_domain":
+            raise SystemExit(f"{c.source}: needs recipe: {{name: cross_domain}}")
+    if quick:
+        cfgs["model"] = cfgs["model"].with_values({"train.epochs": SETTINGS["quick"]["epochs"]})
+    return cfgs
+
+
+def _meta(cfgs: dict[str, ExperimentConfig], data: Data) -> dict[str, Any]:
+    nb, model = cfgs["neighbours"], cfgs["model"]
+    sizes = {d: int((data.full.d == k).sum()) for k, d in enumerate(data.index.domains)}
+    note = f"`{nb.data.dataset or 'release'}`, {data.index.n_users:,} users; " + "; ".join(
+        f"{d} {data.index.domain_sizes[k]:,} items / {sizes[d]:,} train pairs"
+        for k, d in enumerate(data.index.domains)
+    )
+    extra = model.recipe.model_extra or {}
+    return {
+        "domains": list(data.index.domains),
+        "threads": SETTINGS["threads"],
+        "twin_jaccard": SETTINGS["twin_jaccard"],
+        "cold_share": SETTINGS["cold_share"],
+        "als_grid": SETTINGS["als"]["grid"],
+        "nb_grid": {k.split(".")[-1]: v for k, v in (nb.search.space if nb.search else {}).items()},
+        "freeze": list(extra.get("freeze", [])),
+        "lambda": extra.get("lambda", 1.0),
+        "configs": [
+            str(c.source.relative_to(ROOT))
+            if c.source and c.source.is_relative_to(ROOT)
+            else str(c.source)
+            for c in (nb, model)
+        ],
+        "data_note": note,
+        "owned": nb.data.dataset == OWNED and model.data.dataset == OWNED,
+    }
+
+
+def run(
+    part: str, quick: bool, neighbours: Path = NEIGHBOURS, model: Path = MODEL
+) -> dict[str, Any]:
+    s = SETTINGS
+    torch.set_num_threads(int(s["threads"]))
+    q = s["quick"] if quick else None
+    cfgs = _configs(neighbours, model, quick)
+    als_iters = int(q["als_iterations"] if q else s["als"]["iterations"])
     started = time.perf_counter()
-    data = load_data(settings, q)
-    ours = Ours(data, settings, train_cfg)
-    OUT.mkdir(parents=True, exist_ok=True)
+    nb = cfgs["neighbours"]
+    ds = load_dataset(nb.data)
+    assert isinstance(ds, Dataset)
+    if q:
+        ds = subsample(ds, int(q["users"]))
+    opts = nb.recipe.options
+    if len(opts.sources) != 1:
+        raise SystemExit("this benchmark swaps one source and one target domain")
+    data = load_data(ds, [opts.target, opts.sources[0]], int(s["valid_seed"]))
     suffix = "_quick" if quick else ""
+    runs = OUT / f"amazon_cdr{suffix}" / part
+    OUT.mkdir(parents=True, exist_ok=True)
     if part == "main":
-        res = run_main(data, settings, ours, als_iters)
+        res = run_main(ds, data, cfgs, als_iters, runs)
     else:
-        params = {}
         main_path = OUT / f"amazon_cdr_main{suffix}.json"
+        main = json.loads(main_path.read_text()) if main_path.exists() else None
+        als_params, nb_settings = {}, {}
         for k in (0, 1):
-            if main_path.exists():
-                tried = json.loads(main_path.read_text())["facts"][f"als_{k}_1"]
+            if main is not None:
+                tried = main["facts"][f"als_{k}_1"]
                 best = max(tried, key=lambda r: r["val_NDCG"])
-                params[k] = {
+                als_params[k] = {
                     x: best[x] for x in ("factors", "regularization", "alpha", "iterations")
                 }
+                name = f"item_neighbours_both_domains_{data.index.domains[k]}"
+                nb_settings[k] = main["facts"][name]["recipe"]["neighbours"]
             else:
-                params[k] = select_als(
-                    data, True, k, settings["als"]["grid"], als_iters, int(settings["seed"])
+                als_params[k] = select_als(
+                    data, True, k, s["als"]["grid"], als_iters, int(s["seed"])
                 )[0]
-        nb_params = {}
-        for k in (0, 1):
-            if main_path.exists():
-                nb_params[k] = _best(json.loads(main_path.read_text())["facts"][f"nb_{k}_1"])
-            else:
-                grid = settings["neighbours"]["grid"]
-                nb_params[k] = _best(select_neighbours(data, True, grid)[k])
-        res = run_cold(data, settings, ours, params, nb_params)
+                nb_settings[k] = None
+        res = run_cold(ds, data, cfgs, als_params, nb_settings, runs)
     res["total_s"] = time.perf_counter() - started
-    res["stamp"] = stamp("python -m benchmarks.amazon_cdr")  # the code and date of the run
+    res["stamp"] = stamp()  # the command, code and date of the run
     res["load_end"] = os.getloadavg()[0]
+    res["meta"] = _meta(cfgs, data)
     path = OUT / f"amazon_cdr_{part}{suffix}.json"
     path.write_text(json.dumps(res, default=_json_default, indent=1))
     log.info("wrote %s", path)
@@ -950,18 +1001,23 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-def report(quick: bool, config_path: Path = CONFIG) -> None:
-    settings = yaml.safe_load(config_path.read_text())
+def report(quick: bool, out: Path | None = None) -> str:
+    """The section's markdown from the saved parts: into ``out`` when given, else into
+    RESULTS.md for the data this script owns (full runs only), else only printed."""
     suffix = "_quick" if quick else ""
     main = json.loads((OUT / f"amazon_cdr_main{suffix}.json").read_text())
     cold_path = OUT / f"amazon_cdr_cold{suffix}.json"
     cold = json.loads(cold_path.read_text()) if cold_path.exists() else None
-    md = _markdown(main, cold, settings)
-    if quick:
-        print(md)
-    else:
+    md = _markdown(main, cold, main["meta"])
+    if out is not None:
+        out.write_text(md)
+        log.info("wrote %s", out)
+    elif main["meta"]["owned"] and not quick:
         write_section("amazon_cdr", md)
-        print(md)
+    else:
+        log.info("not written to RESULTS.md (quick run or other data); use --out FILE")
+    print(md)
+    return md
 
 
 def main() -> None:
@@ -969,17 +1025,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run on a user sample")
     parser.add_argument("--part", choices=["main", "cold", "all"], default="all")
     parser.add_argument(
-        "--report", action="store_true", help="only write RESULTS.md from saved parts"
+        "--report", action="store_true", help="only write the section from saved parts"
     )
-    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--neighbours", type=Path, default=NEIGHBOURS, help="our item neighbours")
+    parser.add_argument("--model", type=Path, default=MODEL, help="our trained models")
+    parser.add_argument("--out", type=Path, help="write the section here, not in RESULTS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("shoprec.data").setLevel(logging.WARNING)
     if not args.report:
         for part in ("main", "cold") if args.part == "all" else (args.part,):
-            run(part, args.quick, args.config)
+            run(part, args.quick, args.neighbours, args.model)
     if args.report or args.part == "all":
-        report(args.quick, args.config)
+        report(args.quick, args.out)
 
 
 if __name__ == "__main__":

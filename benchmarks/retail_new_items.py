@@ -22,8 +22,13 @@ Protocol (every row, one split, one run):
 * Rows: random; nearest-products popularity (a new product scores the mean log sales of its
   10 most similar old products by description vector: popularity by content, since the data
   has no category); description kNN (mean description vector of the buyer's history,
-  cosine); ours (:mod:`shoprec.transfer.content`: description vector, description words and
-  price; settings in ``configs/retail_content.yaml``).
+  cosine); ours: the ``content`` recipe (:mod:`shoprec.recipes.content`: description
+  vector, description words and price) through the front door, from
+  ``benchmarks/configs/retail_new_items.yaml``. It is handed the validation stage as a
+  :class:`shoprec.data.split.Split` (train = purchases before the validation cutoff, valid =
+  the month after it; ``valid_pool: cold`` ranks the month's new products), picks its
+  epoch there, refits on every purchase before the test cutoff, and its scorer's
+  ``rank_scores`` (what is served) ranks the new products here.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -42,23 +47,17 @@ import torch
 import yaml
 
 from benchmarks._results import stamp, write_section
-from benchmarks.new_items import title_words, word_ids
-from shoprec.data.batches import TensorData
 from shoprec.data.datasets import online_retail
-from shoprec.models import config_from_dict
-from shoprec.train.loop import TrainConfig, fit
-from shoprec.transfer.content import (
-    ContentConfig,
-    ContentModel,
-    ItemContent,
-    last_items,
-    recent_items,
-)
 from shoprec.transfer.text import encode_titles
+
+if TYPE_CHECKING:
+    from shoprec.config import ExperimentConfig
+    from shoprec.data.schema import Dataset
 
 log = logging.getLogger("benchmarks.retail_new_items")
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "retail_content.yaml"
+#: "ours": the content recipe's experiment config (the front door's schema).
+CONFIG = Path(__file__).resolve().parent / "configs" / "retail_new_items.yaml"
 WINDOW = timedelta(days=30)
 K = 10
 SEED = 0
@@ -77,17 +76,16 @@ class Stage:
     warm: np.ndarray  # (I,) bool
 
 
-def load() -> tuple[pl.DataFrame, list[str], np.ndarray, int]:
-    """Purchases with user/item indices, titles, prices, number of users."""
+def load() -> tuple[pl.DataFrame, list[str], int, Dataset]:
+    """Purchases with user/item indices, titles, number of users, the dataset."""
     ds = online_retail.load()
     cat = ds.catalog.df
     titles = cat["title"].fill_null("").to_list()
-    price = cat["price"].to_numpy().astype(np.float64)
     items = pl.DataFrame({"item": cat["item"], "i": np.arange(len(cat))})
     buys = ds.interactions.df.filter(pl.col("behavior") == "buy").join(items, on="item")
     users = buys["user"].unique().sort()
     buys = buys.join(pl.DataFrame({"user": users, "u": np.arange(len(users))}), on="user")
-    return buys.sort(["u", "timestamp"]), titles, price, len(users)
+    return buys.sort(["u", "timestamp"]), titles, len(users), ds
 
 
 def make_stage(buys: pl.DataFrame, cutoff: Any, end: Any, n_items: int) -> Stage:
@@ -159,63 +157,42 @@ def neighbour_popularity(stage: Stage, text: np.ndarray, k: int = 10) -> np.ndar
     return np.broadcast_to(pop, (len(stage.users), len(pop))).copy()
 
 
-def train_ours(
-    stage: Stage,
-    n_users: int,
-    content: ItemContent,
-    model_cfg: dict[str, Any],
-    train_cfg: TrainConfig,
-    valid: Stage | None,
-) -> tuple[ContentModel, Any]:
-    n_items = len(content)
-    cfg = config_from_dict(
-        ContentConfig,
-        {
-            **model_cfg,
-            "n_users": n_users,
-            "n_items": n_items,
-            "n_words": int(content.words.max()) + 1 if content.words is not None else 0,
-            "use_price": True,
-        },
+def ours_config(path: Path = CONFIG, quick: bool = False) -> ExperimentConfig:
+    """The experiment config of ours (``--quick``: two epochs)."""
+    from shoprec.config import ExperimentConfig
+
+    raw = yaml.safe_load(path.read_text())
+    if quick:
+        raw.setdefault("train", {})["epochs"] = 2
+    return ExperimentConfig.from_dict(raw, base=path.parent.resolve(), source=path)
+
+
+def front_door_split(buys: pl.DataFrame, cutoff: Any, end: Any) -> Any:
+    """The validation stage as the recipe's split: train before ``cutoff - WINDOW``, valid
+    the month up to ``cutoff``, test from ``cutoff`` to ``end`` (never read by the recipe)."""
+    from shoprec.data.schema import Interactions
+    from shoprec.data.split import Split
+
+    cols = ["user", "item", "timestamp", "behavior", "quantity", "price", "domain"]
+    events = buys.select([c for c in cols if c in buys.columns])
+    ts = pl.col("timestamp")
+    start = cutoff - WINDOW
+    return Split(
+        train=Interactions(events.filter(ts < start)),
+        valid=Interactions(events.filter((ts >= start) & (ts < cutoff))),
+        test=Interactions(events.filter((ts >= cutoff) & (ts < end))),
+        kind="time",
     )
-    torch.manual_seed(train_cfg.seed)
-    model = ContentModel(cfg, content, warm=stage.warm)
-    cols = {"user": stage.train_user, "item": stage.train_item}
-    if cfg.history_len:
-        cols["history"] = recent_items(stage.train_user, stage.train_item, cfg.history_len, n_items)
-    data = TensorData({k: torch.from_numpy(np.array(v, dtype=np.int64)) for k, v in cols.items()})
-    evaluator = None
-    if valid is not None:
-
-        def evaluator(m: torch.nn.Module) -> dict[str, float]:
-            return evaluate(ours_scores(m, valid), valid)  # type: ignore[arg-type]
-
-    result = fit(model, data, config=replace(train_cfg, monitor="ndcg@10"), evaluator=evaluator)
-    return model, result
-
-
-def ours_scores(model: ContentModel, stage: Stage) -> np.ndarray:
-    cfg = model.config
-    u = torch.from_numpy(stage.users)
-    hist = None
-    if cfg.history_len:
-        table = last_items(
-            stage.train_user, stage.train_item, cfg.n_users, cfg.history_len, cfg.n_items
-        )
-        hist = torch.from_numpy(table)[u]
-    items = torch.from_numpy(
-        np.broadcast_to(stage.new_items, (len(u), len(stage.new_items))).copy()
-    )
-    return model.score(u, items, hist).double().numpy()
 
 
 def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
     torch.set_num_threads(1)
-    settings = yaml.safe_load(config_path.read_text())
     started = time.perf_counter()
-    buys, titles, price, n_users = load()
+    from shoprec.recipes import get as get_recipe
+
+    config = ours_config(config_path, quick)
+    buys, titles, n_users, ds = load()
     text = encode_titles(titles)
-    content = ItemContent(text=text, words=word_ids(title_words(titles)), price=price)
     end = buys["timestamp"].max() + timedelta(seconds=1)
     cutoff = end - WINDOW
     test = make_stage(buys, cutoff, end, len(titles))
@@ -234,24 +211,20 @@ def run(quick: bool = False, config_path: Path = CONFIG) -> dict[str, Any]:
         "metrics": evaluate(neighbour_popularity(test, text), test)
     }
     rows["description kNN (MiniLM)"] = {"metrics": evaluate(knn_scores(test, n_users, text), test)}
-    train_cfg = config_from_dict(TrainConfig, {**settings["train"], "progress": False})
-    if quick:
-        train_cfg = replace(train_cfg, epochs=2)
-    _, result = train_ours(valid, n_users, content, settings["model"], train_cfg, valid)
-    log.info("ours valid %s at epoch %d", result.best_scores, result.best_epoch)
     tick = time.perf_counter()
-    model, _ = train_ours(
-        test,
-        n_users,
-        content,
-        settings["model"],
-        replace(train_cfg, epochs=result.best_epoch),
-        None,
+    recipe = get_recipe(config.recipe.name)(config)
+    fitted = recipe.fit(ds, front_door_split(buys, cutoff, end))
+    log.info("ours: valid %s at epoch %s; %s", fitted.valid, fitted.best_epoch, fitted.info)
+    user_ids = buys.unique("u").sort("u")["user"].to_list()
+    item_ids = ds.catalog.df["item"]
+    scores = fitted.scorer.rank_scores(
+        [user_ids[u] for u in test.users.tolist()],
+        fitted.scorer.positions_of(item_ids.gather(pl.Series(test.new_items))),
     )
     rows[OURS] = {
-        "metrics": evaluate(ours_scores(model, test), test),
-        "chosen": {"epochs": result.best_epoch},
-        "valid": result.best_scores,
+        "metrics": evaluate(scores, test),
+        "chosen": {"epochs": fitted.best_epoch},
+        "valid": fitted.valid,
         "fit_s": time.perf_counter() - tick,
     }
     for name, row in rows.items():
@@ -307,14 +280,21 @@ def _markdown(out: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 epochs, print only")
-    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--config", type=Path, default=CONFIG, help="ours: experiment YAML")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the section here instead of RESULTS.md"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = run(quick=args.quick, config_path=args.config)
-    if args.quick:
-        print(_markdown(out))
+    text = _markdown(out)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+        log.info("wrote %s", args.out)
+    elif args.quick:
+        print(text)
     else:
-        log.info("wrote %s", write_section("retail_new_items", _markdown(out)))
+        log.info("wrote %s", write_section("retail_new_items", text))
 
 
 if __name__ == "__main__":

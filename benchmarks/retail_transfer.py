@@ -1,14 +1,20 @@
 """Online Retail: the UK as the source market for the other countries (Country = domain).
 
 Customers each buy in one country, so what transfers is the products: the same product has
-one embedding in every market (:func:`shoprec.transfer.cross_domain.tie_items`), each market
-its own tower and item biases. Time split: the last 30 days are the test, the 30 days before
-them the validation (epochs, ALS settings); a customer is scored if they bought before the
-test window and in it; the relevant items are their test-window buys (repeat buys count).
-Germany and France have under 40 such customers each, so every NDCG@10 comes with a 95%
-bootstrap interval over customers.
+one embedding in every market (``shared_items``), each market its own tower and item biases.
+Time split: the last 30 days are the test, the 30 days before them the validation (epochs,
+ALS settings); a customer is scored if they bought before the test window and in it; the
+relevant items are their test-window buys (repeat buys count). Germany and France have under
+40 such customers each, so every NDCG@10 comes with a 95% bootstrap interval over customers.
 
-Run ``python -m benchmarks.retail_transfer`` (settings: ``configs/retail_transfer.yaml``).
+Ours comes from the front door: ``benchmarks/configs/retail_transfer.yaml`` is an experiment
+config of the ``cross_domain`` recipe; each "ours" row is one fit of it per target market
+(``shoprec.experiment.fit_experiment`` + ``save_experiment``, the artifact ``shoprec train``
+writes), ranked by the artifact's scorer loaded back from disk. This script pools the small
+countries into "Other", adds the peers (popularity, implicit ALS) and the table.
+
+Run ``python -m benchmarks.retail_transfer [--out FILE]``; the section goes into
+benchmarks/RESULTS.md unless ``--out`` names another file.
 """
 
 from __future__ import annotations
@@ -18,52 +24,59 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import dataclasses
 import logging
 import time
-from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-import yaml
 
 from benchmarks._als import fit_als
 from benchmarks._results import stamp, write_section
-from shoprec.data.datasets import online_retail
+from shoprec.artifact import Artifact
+from shoprec.config import ExperimentConfig, load_config
+from shoprec.data.schema import Dataset, Interactions
 from shoprec.evaluate import metrics
-from shoprec.models import config_from_dict
-from shoprec.train.loop import TrainConfig, fit
-from shoprec.transfer.cross_domain import (
-    CrossDomainConfig,
-    CrossDomainModel,
-    DomainIndex,
-    history_matrix,
-    score_items,
-    tie_items,
-    user_rows,
-    user_vectors,
-)
+from shoprec.experiment import fit_experiment, load_dataset, make_split, save_experiment
+from shoprec.recipes.cross_domain import CrossDomainScorer
+from shoprec.transfer.cross_domain import DomainIndex
 
 log = logging.getLogger("benchmarks.retail_transfer")
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "retail_transfer.yaml"
+CONFIG = Path(__file__).resolve().parent / "configs" / "retail_transfer.yaml"
+OUT = Path(__file__).resolve().parent.parent / "runs" / "benchmarks" / "retail_transfer"
 K = 10
+SOURCE = "United Kingdom"
+TARGETS = ("Germany", "France")
+OTHER = "Other"  # every other country, pooled
+#: Settings of the peers (ours are in the config).
+SETTINGS: dict[str, Any] = {
+    "threads": 1,
+    "als": {
+        "iterations": 15,
+        "grid": [
+            {"factors": 64, "regularization": 0.1, "alpha": 10},
+            {"factors": 128, "regularization": 1.0, "alpha": 20},
+        ],
+    },
+}
+#: Our rows: label -> recipe settings replaced (the target and sources are set per market).
+OURS = (
+    ("Ours, target market only", {"recipe.method": "target_only", "recipe.shared_items": False}),
+    ("Ours, joint, all markets, shared products", {}),
+)
 
 
-def load(settings: dict[str, Any]) -> tuple[pl.DataFrame, Any, Any]:
-    """Buys as (user, item, domain, timestamp); domain = the country, or "Other"."""
-    ds = online_retail.load()
-    df = ds.interactions.df.filter(pl.col("behavior") == "buy")
-    keep = [settings["source"], *settings["targets"]]
-    df = df.with_columns(
-        pl.when(pl.col("domain").is_in(keep)).then(pl.col("domain")).otherwise(pl.lit("Other"))
-    ).select("user", "item", "domain", "timestamp")
-    end = df["timestamp"].max() + timedelta(seconds=1)
-    test_start = end - timedelta(days=settings["test_days"])
-    valid_start = test_start - timedelta(days=settings["test_days"])
-    return df, valid_start, test_start
+def pooled(cfg: ExperimentConfig) -> Dataset:
+    """The config's dataset (buys) with every country but the source and targets as "Other"."""
+    ds = load_dataset(cfg.data)
+    assert isinstance(ds, Dataset)
+    keep = [SOURCE, *TARGETS]
+    domain = pl.when(pl.col("domain").is_in(keep)).then(pl.col("domain")).otherwise(pl.lit(OTHER))
+    df = ds.interactions.df.filter(pl.col("behavior") == "buy").with_columns(domain)
+    return dataclasses.replace(ds, interactions=Interactions(df))
 
 
 def held_out(
@@ -114,20 +127,43 @@ def als_factors(index: DomainIndex, u: np.ndarray, i: np.ndarray, p: dict[str, A
     return users, items
 
 
-def run(config_path: Path = CONFIG) -> dict[str, Any]:
-    settings = yaml.safe_load(config_path.read_text())
-    torch.set_num_threads(int(settings["threads"]))
+def ours(
+    cfg: ExperimentConfig,
+    ds: Dataset,
+    split: Any,
+    domains: list[str],
+    k: int,
+    values: dict[str, Any],
+) -> tuple[CrossDomainScorer, str, float]:
+    """One front-door fit with market ``k`` as the target: the artifact's scorer, a note."""
+    joint = values.get("recipe.method", cfg.recipe.options.method) != "target_only"
+    sources = [d for j, d in enumerate(domains) if j != k] if joint else [SOURCE]
+    trial = cfg.with_values({**values, "recipe.source": sources, "recipe.target": domains[k]})
+    run, _, _ = fit_experiment(trial, dataset=ds, split=split)
+    kind = "joint" if joint else "target_only"
+    path = save_experiment(trial, run, ds, split, OUT / f"{kind}_{domains[k].replace(' ', '_')}")
+    scorer = Artifact.load(path).scorer
+    assert isinstance(scorer, CrossDomainScorer)
+    note = f"epoch {run.best_epoch} on validation ({run.valid_score:.4f})"
+    return scorer, note, float(run.info.get("fit_s", 0.0))
+
+
+def run(config_path: Path = CONFIG, out: Path | None = None) -> dict[str, Any]:
+    torch.set_num_threads(int(SETTINGS["threads"]))
     started = time.perf_counter()
-    df, valid_start, test_start = load(settings)
+    cfg = load_config(config_path)
+    ds = pooled(cfg)
+    split = make_split(ds, cfg.split, "buy")
+    valid_start, test_start = split.valid_start, split.test_start
+    df = ds.interactions.df.select("user", "item", "domain", "timestamp")
     pre_valid = df.filter(pl.col("timestamp") < valid_start)
     pre_test = df.filter(pl.col("timestamp") < test_start)
     valid = df.filter((pl.col("timestamp") >= valid_start) & (pl.col("timestamp") < test_start))
     test = df.filter(pl.col("timestamp") >= test_start)
-    domains = [settings["source"], *settings["targets"], "Other"]
+    domains = [SOURCE, *TARGETS, OTHER]
     index = DomainIndex.fit(pre_test.unique(["user", "item", "domain"]), domains=domains)
     fit_u, fit_i, fit_d = index.encode(pre_valid.unique(["user", "item", "domain"]))
     all_u, all_i, all_d = index.encode(pre_test.unique(["user", "item", "domain"]))
-    max_len = int(settings["max_history"])
     targets = list(range(1, len(domains)))
     val_sets = {k: held_out(index, pre_valid, valid, k) for k in targets}
     test_sets = {k: held_out(index, pre_test, test, k) for k in targets}
@@ -160,12 +196,13 @@ def run(config_path: Path = CONFIG) -> dict[str, Any]:
         record("Popularity, all markets", k, glob.expand(len(test_sets[k][0]), -1))
 
     # ALS on the target market only, and on every market (products shared).
+    als_cfg = SETTINGS["als"]
     for merged in (False, True):
         name = "implicit ALS, " + ("all markets" if merged else "target market only")
         for k in targets:
             best, best_score = None, -1.0
-            for g in settings["als"]["grid"]:
-                p = {**g, "iterations": settings["als"]["iterations"]}
+            for g in als_cfg["grid"]:
+                p = {**g, "iterations": als_cfg["iterations"]}
                 sel = np.ones(len(fit_u), bool) if merged else fit_d == k
                 users, items = als_factors(index, fit_u[sel], fit_i[sel], p)
                 lo_id = index.starts[k] + 1
@@ -182,53 +219,31 @@ def run(config_path: Path = CONFIG) -> dict[str, Any]:
             note = f"{best['factors']} factors, reg {best['regularization']}, alpha {best['alpha']}"
             record(name, k, s, f"{note} (val NDCG@10 {best_score:.4f})")
 
-    # Ours: target market only, and joint over every market with shared product embeddings.
-    train_cfg = config_from_dict(TrainConfig, settings["train"])
-    m = dict(settings["model"])
-    dim = int(m.pop("dim"))
-    for joint in (False, True):
-        name = "Ours, " + ("joint, all markets, shared products" if joint else "target market only")
-        for k in targets if not joint else [None]:
-            doms = tuple(range(len(domains))) if joint else (k,)
-            fsel = np.isin(fit_d, doms)
-            asel = np.isin(all_d, doms)
-            h_fit = history_matrix(fit_u[fsel], fit_i[fsel], index.n_users, max_len)
-            h_all = history_matrix(all_u[asel], all_i[asel], index.n_users, max_len)
-            features, tasks = index.specs(dim)
-            cfg = config_from_dict(
-                CrossDomainConfig, {**m, "domain_sizes": list(index.domain_sizes)}
-            )
-            torch.manual_seed(0)
-            model = CrossDomainModel(features, tasks, cfg)
-            if joint:
-                tie_items(model, index.shared_item_rows())
-            monitor = targets if joint else [k]
-
-            def evaluate(_: Any, model: CrossDomainModel = model, h: np.ndarray = h_fit,
-                         monitor: list[int] = monitor) -> dict[str, float]:  # fmt: skip
-                out = []
-                for t in monitor:
-                    vu, vrel = val_sets[t]
-                    if len(vu) == 0:
-                        continue
-                    s = score_items(model, user_vectors(model, vu, h[vu], t), t)
-                    out.append(float(np.nanmean(ndcg_per_user(s, vrel))))
-                return {"ndcg": float(np.mean(out)) if out else 0.0}
-
-            rows = user_rows(fit_u[fsel], fit_i[fsel], fit_d[fsel], h_fit, max_pos=128)
-            res = fit(model, rows, config=replace(train_cfg, monitor="ndcg"), evaluator=evaluate)
-            for t in monitor:
-                tu, _ = test_sets[t]
-                s = score_items(model, user_vectors(model, tu, h_all[tu], t), t)
-                record(name, t, s, f"epoch {res.best_epoch} on validation ({res.best_score:.4f})")
+    # Ours: the config through the front door, once per target market.
+    names = np.asarray(index.users)
+    for label, values in OURS:
+        for k in targets:
+            scorer, note, secs = ours(cfg, ds, split, domains, k, values)
+            pos = {x: j for j, x in enumerate(scorer.items)}
+            cols = np.array([pos.get(x, -1) for x in index.items[k]])
+            tu, _ = test_sets[k]
+            got = scorer.rank_scores(names[tu - 1].tolist())
+            s = np.zeros((len(tu), len(cols)), dtype=np.float32)
+            s[:, cols >= 0] = got[:, cols[cols >= 0]]
+            record(label, k, torch.from_numpy(s), f"{note}; fit {secs:.0f} s")
     results["total_s"] = time.perf_counter() - started
     results["domains"] = domains
     results["windows"] = {"valid_start": str(valid_start), "test_start": str(test_start)}
-    write_section("retail_transfer", markdown(results, settings))
+    md = markdown(results, config_path)
+    if out is not None:
+        out.write_text(md)
+        log.info("wrote %s", out)
+    else:
+        write_section("retail_transfer", md)
     return results
 
 
-def markdown(r: dict[str, Any], settings: dict[str, Any]) -> str:
+def markdown(r: dict[str, Any], config_path: Path) -> str:
     targets = r["domains"][1:]
     head = "| model | " + " | ".join(f"{t} NDCG@10 [95% CI]" for t in targets) + " |"
     lines = [head, "|---|" + "---|" * len(targets)]
@@ -256,13 +271,14 @@ def markdown(r: dict[str, Any], settings: dict[str, Any]) -> str:
     )
     return f"""## Online Retail: the UK as source market for the other countries (retail_transfer)
 
-{stamp("python -m benchmarks.retail_transfer")}- settings: `configs/retail_transfer.yaml`;
-  whole run {r["total_s"]:.0f} s on a shared machine.
+{stamp()}- ours: `{_shown(config_path)}` (an experiment config of the `cross_domain` recipe,
+  one front-door fit per market and row); peers: `SETTINGS` in
+  `benchmarks/retail_transfer.py`; whole run {r["total_s"]:.0f} s on a shared machine.
 
 Buys only (UCI Online Retail, `shoprec.data.datasets.online_retail`); domain = country
-(United Kingdom = source; {", ".join(settings["targets"])}; every other country pooled as
-"Other"). Time split: test from {r["windows"]["test_start"]} (last {settings["test_days"]}
-days), validation the {settings["test_days"]} days before. Scored: customers of a market who
+(United Kingdom = source; {", ".join(TARGETS)}; every other country pooled as
+"Other"). Time split: test from {r["windows"]["test_start"]} (the last 30 days), validation
+from {r["windows"]["valid_start"]}. Scored: customers of a market who
 bought before the window and in it; relevant = their window buys (repeats included); each
 market's products ranked in full. Test customers per market: {counts}. **Germany and France
 have under 40 test customers each**: the intervals are wide and most differences below are
@@ -278,13 +294,22 @@ Notes per row:
 """
 
 
+def _shown(path: Path) -> str:
+    root = Path(__file__).resolve().parent.parent
+    p = path.resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--out", type=Path, help="write the section here, not in RESULTS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("shoprec.data").setLevel(logging.WARNING)
-    run(args.config)
+    if args.out is None and args.config.resolve() != CONFIG.resolve():
+        raise SystemExit("another config: name where the section goes with --out FILE")
+    run(args.config, args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from shoprec.transfer.content import (
     ContentConfig,
     ContentModel,
     ItemContent,
+    content_state,
+    extend_items,
     last_items,
     load_content_model,
     recent_items,
@@ -285,25 +287,33 @@ def test_pairwise_term_adds_bpr_on_the_logits():
     torch.testing.assert_close(extra["distill"], base["distill"])
 
 
-def test_new_items_ensemble_averages_standardised_scores():
-    """The benchmark's seed ensemble: per-user z-scores of each member, then their mean."""
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent  # benchmarks/ is a package at the repo root
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.new_items import ensemble_scorer
-
-    a = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]])
-    b = np.array([[30.0, 10.0, 20.0], [5.0, 6.0, 7.0]])  # another scale and order
-    users, items = np.arange(2), np.zeros((2, 3), np.int64)
-    both = ensemble_scorer([lambda u, i: a, lambda u, i: 1000.0 * b])(users, items)
-
-    def z(x: np.ndarray) -> np.ndarray:
-        return (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
-
-    np.testing.assert_allclose(both, (z(a) + z(b)) / 2, atol=1e-12)
-    # one member, or a member with itself rescaled: the member's ranking is kept
-    alone = ensemble_scorer([lambda u, i: a, lambda u, i: 5.0 * a + 1.0])(users, items)
-    np.testing.assert_array_equal(np.argsort(alone, 1), np.argsort(z(a), 1))
+def test_extend_items_and_shared_content(tmp_path):
+    """Items appended after training are cold and scored by content alone (an exact copy of
+    a cold item's content scores like it), old scores do not move, and a model saved
+    without its item content loads with the content handed back."""
+    rng = np.random.default_rng(3)
+    text = rng.normal(size=(30, 8)).astype(np.float32)
+    words = rng.integers(0, 12, size=(30, 4))
+    price = rng.uniform(1, 50, size=30)
+    cfg = ContentConfig(
+        n_users=5, n_items=30, text_dim=8, dim=4, hidden=8, n_negatives=5, history_len=2,
+        history_text=True, n_words=12, use_price=True, content_match=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = ContentModel(cfg, ItemContent(text, words=words, price=price), warm=np.arange(30) < 25)
+    users, history = torch.tensor([1, 2]), torch.tensor([[3, 27], [30, 30]])
+    items = torch.tensor([[0, 26, 29], [5, 27, 1]])
+    before = model.score(users, items, history)
+    new = ItemContent(text[[27, 3]], words=words[[27, 3]], price=np.array([price[27], np.nan]))
+    grown = extend_items(model, new)
+    assert grown.config.n_items == 32 and not grown.warm[30:].any()
+    torch.testing.assert_close(grown.score(users, items, torch.where(history == 30, 32, history)),
+                               before)  # fmt: skip
+    vec = grown.all_item_vectors()
+    torch.testing.assert_close(vec[30], vec[27])  # the same content as cold item 27
+    assert not torch.allclose(vec[31], vec[3])  # item 3 is warm: its ID part is not copied
+    save_content_model(grown, tmp_path / "m", with_content=False)
+    with pytest.raises(ValueError, match="content"):
+        load_content_model(tmp_path / "m")
+    loaded = load_content_model(tmp_path / "m", content=content_state(grown))
+    torch.testing.assert_close(loaded.all_item_vectors(), vec)

@@ -19,6 +19,7 @@ from shoprec.recipes.multibehavior import (
     candidate_mask,
     feature_specs,
     full_ranking_metrics,
+    history_baseline,
     history_baseline_scores,
     history_table,
     hold_out_one,
@@ -188,6 +189,18 @@ def test_history_baseline_orders_carted_viewed_then_rest(small: BehaviorLog) -> 
     assert pop.shape == (2, 4) and pop[0].tolist() == [1.0, 1.0, 1.0, 0.0]
 
 
+def test_history_baseline_is_built_once_and_scores_any_chunk(small: BehaviorLog) -> None:
+    cfg = MultiBehaviorConfig()
+    users = np.array([2, 0, 1])
+    for tiebreak in ("rate", "popularity"):
+        score = history_baseline(small, cfg, tiebreak)
+        whole = score(users)
+        assert torch.equal(whole, history_baseline_scores(small, users, cfg, tiebreak))
+        assert torch.equal(score(users[1:]), whole[1:])  # a chunk is its rows of the whole
+    with pytest.raises(ValueError):
+        history_baseline(small, cfg, "nope")
+
+
 def test_config_checks() -> None:
     with pytest.raises(ValueError):
         MultiBehaviorConfig(target="click")
@@ -211,7 +224,12 @@ def test_model_learns_the_planted_signal() -> None:
     torch.manual_seed(0)
     model = build_model("mmoe", feature_specs(fit_log, cfg), task_specs(cfg), n_experts=2)
     evaluator = make_evaluator(fit_log, users, items, cfg, ks=(4,))
-    before = evaluator(model)["buy/NDCG@4"]
+    assert set(evaluator(model)) == {"buy/hr@4", "buy/ndcg@4"}  # lower case, as everywhere
+    assert set(make_evaluator(fit_log, users, items, cfg, ks=(4,), name="p")(model)) == {
+        "p/hr@4",
+        "p/ndcg@4",
+    }
+    before = evaluator(model)["buy/ndcg@4"]
     fit(
         model,
         training_data(fit_log, cfg),
@@ -219,7 +237,7 @@ def test_model_learns_the_planted_signal() -> None:
     )
     after = evaluator(model)
     # the held-out buy is mostly the one carted item left unbought: it must come first
-    assert after["buy/NDCG@4"] > max(before + 0.1, 0.9)
+    assert after["buy/ndcg@4"] > max(before + 0.1, 0.9)
     base = full_ranking_metrics(
         lambda u: history_baseline_scores(fit_log, u, cfg),
         fit_log,

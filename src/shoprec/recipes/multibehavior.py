@@ -33,6 +33,16 @@ there may be no time at all (e.g. the Tmall view/cart/buy release). The recipe, 
    follows, ordered by the retrieval score (popularity of the target behavior by default,
    e.g. ALS scores; mapped below ``-1``). The user's own target-behavior items are excluded.
 
+Behind the front door (``recipe: {name: multibehavior}``, :class:`MultiBehaviorRecipe`) the
+behaviors are the config's tasks (or ``recipe.behaviors``), any number of them and with or
+without timestamps (view / cart / buy, click / buy, ...); the target is the last task. ``fit``
+runs steps 1-4 with the registry model of ``model:`` and the one loop, selecting the epoch by
+full-ranking ``<target>/ndcg@k`` on the split's valid part (or a :func:`hold_out_one` draw),
+and refits on train + valid. Its :class:`MultiBehaviorScorer` keeps the log, the model and the
+settings (Parquet, JSON, safetensors) and scores users x items as step 5 ranks them, with
+positive scores (probabilities for the candidates, a popularity fallback below them) and the
+live events of the serving store added to each user's behaviors.
+
 Two traps this recipe's defaults avoid (both measured on Tmall, see benchmarks/RESULTS.md):
 
 * When the held-out purchases are mostly items the user already viewed, every candidate,
@@ -58,23 +68,34 @@ Example:
     >>> full_ranking_metrics(lambda u: model_scores(model, fit_log, u, cfg), fit_log, users,
     ...                      items, target="buy")  # doctest: +SKIP
     {'HR@10': ..., 'NDCG@10': ..., ...}
+
+    The same through the front door (``shoprec train configs/tmall_mmoe.yaml``)::
+
+        run = MultiBehaviorRecipe(load_config("configs/tmall_mmoe.yaml")).fit(ds, split)
+        run.scorer.score(["42"], events=live)  # {"view": (1, I), "cart": ..., "buy": ...}
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from shoprec.config import ConfigError
 from shoprec.data.batches import TensorData
-from shoprec.data.encode import IdMap
+from shoprec.data.encode import OOV, IdMap
 from shoprec.data.schema import Interactions
 from shoprec.evaluate.metrics import CSR, ranking_metrics
+from shoprec.models import build_model
 from shoprec.models.features import (
     CategoricalFeature,
     FeatureSpec,
@@ -82,7 +103,21 @@ from shoprec.models.features import (
     SequenceFeature,
     Task,
 )
-from shoprec.train.loop import predict
+from shoprec.recipes.base import (
+    EVENT_COLUMNS,
+    Recipe,
+    RecipeOptions,
+    Scorer,
+    TrainingRun,
+    events_of,
+    positions_or_all,
+)
+from shoprec.train.loop import fit, predict
+from shoprec.train.weighting import make_weighting
+
+if TYPE_CHECKING:
+    from shoprec.data.schema import Dataset
+    from shoprec.data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +126,15 @@ __all__ = [
     "FLAGS_KNOWN",
     "BehaviorLog",
     "MultiBehaviorConfig",
+    "MultiBehaviorOptions",
+    "MultiBehaviorRecipe",
+    "MultiBehaviorScorer",
     "PairData",
     "Retrieval",
     "candidate_mask",
     "feature_specs",
     "full_ranking_metrics",
+    "history_baseline",
     "history_baseline_scores",
     "hold_out_one",
     "make_evaluator",
@@ -403,14 +442,42 @@ def pair_features(
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
     stats = stats or _Stats.of(blog, config.behaviors)
-    n = len(users)
-    shown = np.ones(n, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    shown = np.ones(len(users), dtype=bool) if known is None else np.asarray(known, dtype=bool)
     own = {b: blog.contains(b, users, items) for b in config.behaviors}
-    out: dict[str, np.ndarray] = {"user": users + _FIRST, "item": items + _FIRST}
+    counts = {b: stats.user[b][users] for b in config.behaviors}
+    return _assemble(stats, users + _FIRST, items, config, own, own, counts, shown)
+
+
+def _assemble(
+    stats: _Stats,
+    user_ids: np.ndarray,
+    items: np.ndarray,
+    config: MultiBehaviorConfig,
+    own_log: Mapping[str, np.ndarray],
+    own: Mapping[str, np.ndarray],
+    user_counts: Mapping[str, np.ndarray],
+    shown: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The features of :func:`pair_features` from per-pair facts (shared with the scorer,
+    whose users may carry live events the log does not hold).
+
+    Args:
+        stats: counts of the log.
+        user_ids: model ids of the users ``(N,)`` (OOV for users the log does not know).
+        items: dense item indices ``(N,)``.
+        config: the recipe settings.
+        own_log: behavior -> bool ``(N,)``: is the pair in the log (subtracted from the
+            item counts, which the log made).
+        own: behavior -> bool ``(N,)``: is the pair in the user's known behaviors (the log
+            plus live events).
+        user_counts: behavior -> ``(N,)`` the user's number of items of that behavior.
+        shown: bool ``(N,)``: rows whose ``in_<b>`` flags are shown.
+    """
+    out: dict[str, np.ndarray] = {"user": user_ids, "item": items + _FIRST}
     for b in config.auxiliary:
         out[f"in_{b}"] = (own[b] & shown).astype(np.float32)
     out[FLAGS_KNOWN] = shown.astype(np.float32)
-    others = {b: stats.item[b][items] - own[b] for b in config.behaviors}  # leave-user-out
+    others = {b: stats.item[b][items] - own_log[b] for b in config.behaviors}  # leave-user-out
     for b in config.behaviors:
         out[f"item_{b}"] = (np.log1p(others[b]) / stats.item_scale[b]).astype(np.float32)
     t = config.target
@@ -421,7 +488,8 @@ def pair_features(
         rate = (others[t] + a * prior) / (others[b] + a)
         out[f"item_rate_{b}"] = (np.log(rate / max(prior, 1e-9)) / 2.0).astype(np.float32)
     for b in config.behaviors:
-        out[f"user_{b}"] = (np.log1p(stats.user[b][users]) / stats.user_scale[b]).astype(np.float32)
+        scaled = np.log1p(user_counts[b]) / stats.user_scale[b]
+        out[f"user_{b}"] = scaled.astype(np.float32)
     return out
 
 
@@ -571,14 +639,19 @@ def popularity_scores(blog: BehaviorLog, behavior: str) -> Retrieval:
     return scores
 
 
-def _rows_mask(csr: CSR, users: np.ndarray, n_items: int) -> Tensor:
-    """Bool ``(C, n_items)``: row ``r`` marks the CSR items of user ``users[r]``."""
+def _rows_items(csr: CSR, users: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``(rows, items)`` int64: the CSR items of user ``users[r]`` as pairs ``(r, item)``."""
     starts, stops = csr.indptr[users], csr.indptr[users + 1]
     lens = stops - starts
     rows = np.repeat(np.arange(len(users)), lens)
     idx = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+    return torch.from_numpy(rows), torch.from_numpy(csr.indices[idx])
+
+
+def _rows_mask(csr: CSR, users: np.ndarray, n_items: int) -> Tensor:
+    """Bool ``(C, n_items)``: row ``r`` marks the CSR items of user ``users[r]``."""
     mask = torch.zeros(len(users), n_items, dtype=torch.bool)
-    mask[torch.from_numpy(rows), torch.from_numpy(csr.indices[idx])] = True
+    mask[_rows_items(csr, users)] = True
     return mask
 
 
@@ -667,29 +740,30 @@ def model_scores(
     return scores
 
 
-def history_baseline_scores(
-    blog: BehaviorLog,
-    users: np.ndarray,
-    config: MultiBehaviorConfig,
-    tiebreak: str = "rate",
-) -> Tensor:
-    """A no-learning baseline: the user's own auxiliary-behavior items first.
+def history_baseline(
+    blog: BehaviorLog, config: MultiBehaviorConfig, tiebreak: str = "rate"
+) -> Retrieval:
+    """A no-learning baseline as a score function: the user's own auxiliary-behavior items
+    first, everything else by the tie-break.
 
     Score = sum over auxiliary behaviors ``b`` (funnel position ``k``) of ``2**k * [did b]``
     (so carted-and-viewed > carted > viewed > untouched), plus a tie-break in ``[0, 1)``:
     ``"rate"`` — the item's smoothed target-per-first-behavior rate (e.g. buys per view),
-    ``"popularity"`` — its target-behavior count. Only counting, no fitting.
+    ``"popularity"`` — its target-behavior count. Only counting, no fitting. The counts and
+    per-behavior CSRs are built once here, so scoring a chunk of users is one dense fill.
 
     Args:
         blog: the log.
-        users: dense user indices ``(C,)``.
         config: the recipe settings (behaviors, target, ``rate_prior``).
         tiebreak: ``"rate"`` or ``"popularity"``.
 
     Returns:
-        float32 ``(C, n_items)``.
+        dense user indices ``(C,)`` -> float32 ``(C, n_items)``.
+
+    Example:
+        >>> score = history_baseline(blog, MultiBehaviorConfig())  # doctest: +SKIP
+        >>> full_ranking_metrics(score, blog, users, items, target="buy")  # doctest: +SKIP
     """
-    users = np.asarray(users, dtype=np.int64)
     t = blog.item_counts(config.target).astype(np.float64)
     if tiebreak == "rate" and config.auxiliary:
         first = blog.item_counts(config.auxiliary[0]).astype(np.float64)
@@ -701,10 +775,32 @@ def history_baseline_scores(
     else:
         raise ValueError(f"tiebreak must be 'rate' or 'popularity', got {tiebreak!r}")
     tb = tb / (tb.max() * 1.001) if tb.max() > 0 else tb
-    scores = torch.from_numpy(tb.astype(np.float32)).unsqueeze(0).repeat(len(users), 1)
-    for k, b in enumerate(config.auxiliary):
-        scores += (2.0**k) * _rows_mask(blog.csr(b), users, blog.n_items).float()
+    base = torch.from_numpy(tb.astype(np.float32))
+    csrs = [(2.0**k, blog.csr(b)) for k, b in enumerate(config.auxiliary)]
+
+    def scores(users: np.ndarray) -> Tensor:
+        users = np.asarray(users, dtype=np.int64)
+        out = base.unsqueeze(0).repeat(len(users), 1)  # (C, I)
+        for weight, csr in csrs:  # only the user's own items change: a sparse add
+            rows, items = _rows_items(csr, users)  # unique pairs
+            out[rows, items] += weight
+        return out
+
     return scores
+
+
+def history_baseline_scores(
+    blog: BehaviorLog,
+    users: np.ndarray,
+    config: MultiBehaviorConfig,
+    tiebreak: str = "rate",
+) -> Tensor:
+    """:func:`history_baseline` for one chunk of users, float32 ``(C, n_items)``.
+
+    It builds the counts and CSRs on every call: to score many chunks, build the score
+    function once with :func:`history_baseline` instead.
+    """
+    return history_baseline(blog, config, tiebreak)(users)
 
 
 def full_ranking_metrics(
@@ -767,9 +863,11 @@ def make_evaluator(
     *,
     ks: Sequence[int] = (10,),
     max_users: int | None = None,
+    name: str | None = None,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """A validation hook for :func:`~shoprec.train.loop.fit`: full-ranking metrics of the
-    target behavior, keys ``<target>/HR@k`` and ``<target>/NDCG@k``.
+    target behavior, keys ``<name>/hr@k`` and ``<name>/ndcg@k`` (lower case, as every metric
+    key of shoprec).
 
     Args:
         blog: the log the model trains on (the held-out pairs removed).
@@ -779,10 +877,11 @@ def make_evaluator(
         retrieval: the candidate and tail score.
         ks: cut-offs.
         max_users: score a seeded sample of this many users (all when None).
+        name: the key prefix: the target task's name (default: the target behavior).
 
     Example:
         >>> ev = make_evaluator(fit_log, users, items, cfg, max_users=3000)  # doctest: +SKIP
-        >>> fit(model, data, config=TrainConfig(monitor="buy/NDCG@10"), evaluator=ev)
+        >>> fit(model, data, config=TrainConfig(monitor="buy/ndcg@10"), evaluator=ev)
         ... # doctest: +SKIP
     """
     users = np.asarray(users, dtype=np.int64)
@@ -793,6 +892,7 @@ def make_evaluator(
     histories = _histories(blog, config)
     stats = _Stats.of(blog, config.behaviors)
     csrs = {b: blog.csr(b) for b in config.behaviors}
+    prefix = name or config.target
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         m = full_ranking_metrics(
@@ -806,7 +906,573 @@ def make_evaluator(
             ks=ks,
         )
         return {
-            f"{config.target}/{k}": v for k, v in m.items() if k.split("@")[0] in {"HR", "NDCG"}
+            f"{prefix}/{k.lower()}": v for k, v in m.items() if k.split("@")[0] in {"HR", "NDCG"}
         }
 
     return evaluate
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe behind the front door: options, fit, and the scorer an artifact keeps
+# --------------------------------------------------------------------------------------------
+
+
+class MultiBehaviorOptions(RecipeOptions):
+    """``recipe:`` options of ``multibehavior`` (:class:`MultiBehaviorConfig`'s fields, plus
+    how validation is run). The target is the config's target task; the embedding size is
+    ``model.embedding_dim``."""
+
+    behaviors: tuple[str, ...] | None = None  # read from the log, funnel order (None: tasks')
+    user_id: bool = False  # a user-id embedding (lets the model memorise pairs)
+    item_id: bool = False  # an item-id embedding (needed by any history)
+    histories: tuple[str, ...] = ()  # behaviors given as id sequences, e.g. [view, buy]
+    max_history: int = Field(16, ge=1)  # items kept per history (a seeded subset when longer)
+    attention: tuple[str, ...] = ()  # histories pooled by DIN attention; others: mean
+    n_negatives: int = Field(2, ge=0)  # uniform untouched items per target-behavior pair
+    touched_keep: float = Field(1.0, gt=0.0, le=1.0)  # share of touched non-target pairs kept
+    hide_fraction: float = Field(0.5, ge=0.0, lt=1.0)  # rows whose in_<b> flags are hidden
+    rate_prior: float = Field(10.0, gt=0.0)  # pseudo-count of the item_rate_<b> features
+    n_retrieved: int = Field(0, ge=0)  # popular candidates per user besides the own items
+    seed: int = 0  # of negatives, hidden rows and history subsets
+    retrain_on_full: bool = True  # refit on train + valid for the selected number of epochs
+    validation_users: int | None = Field(None, gt=0)  # a seeded sample scored per epoch
+    hold_out_seed: int = 0  # the hold-out draw when the split has no target-behavior valid
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MultiBehaviorOptions:
+        if self.histories and not self.item_id:
+            raise ValueError("histories share the item-id embedding table: set item_id: true")
+        if not set(self.attention) <= set(self.histories):
+            raise ValueError(f"attention {list(self.attention)} must name histories")
+        named = set(self.histories) | set(self.attention)
+        if self.behaviors is not None and not named <= set(self.behaviors):
+            raise ValueError(f"histories name behaviors outside {list(self.behaviors)}")
+        return self
+
+
+def _users_mask(csr: CSR, dense: np.ndarray, n_items: int) -> Tensor:
+    """Bool ``(C, n_items)``: row ``r`` marks the CSR items of dense user ``dense[r]``; rows
+    of unknown users (``-1``) stay empty."""
+    known = dense >= 0
+    if known.all():
+        return _rows_mask(csr, dense, n_items)
+    mask = torch.zeros(len(dense), n_items, dtype=torch.bool)
+    if known.any():
+        rows = np.flatnonzero(known)
+        mask[torch.from_numpy(rows)] = _rows_mask(csr, dense[known], n_items)
+    return mask
+
+
+def _fallback(counts: np.ndarray) -> Tensor:
+    """Item counts as a fallback order in ``[0.5, 1]`` (scaled below the candidates later)."""
+    c = counts.astype(np.float64)
+    top = c.max() if len(c) else 0.0
+    norm = c / top if top > 0 else np.zeros_like(c)
+    return torch.from_numpy((0.5 + 0.5 * norm).astype(np.float32))
+
+
+class MultiBehaviorScorer(Scorer):
+    """Scores users x items from their own behaviors: the model's probabilities for the
+    candidates (the user's auxiliary-behavior items not yet of the target behavior, plus
+    ``n_retrieved`` popular ones), a popularity fallback below them for every other item.
+
+    Each task's candidates get the model's probability of that task: the target's from rows
+    with the user's own behavior flags shown, the auxiliary tasks' from rows with them hidden
+    (how those tasks learned: to predict a behavior from the rest of the log). Every other
+    item gets ``low * (0.5 + 0.5 * count / max count)`` of that task's behavior, with ``low``
+    half the user's lowest candidate probability and at most ``1e-6``, so the order within a
+    user is candidates, then popularity, and every score stays positive.
+
+    Users the log does not know score by popularity; live ``events`` join a user's behaviors
+    (a live cart makes the item a candidate with ``in_cart = 1``, a live purchase excludes it
+    from the candidates). Id-sequence histories are read from the log only.
+
+    Args:
+        model: the trained model (tasks named as the config's tasks).
+        blog: the log features are read from (train + valid).
+        config: the recipe settings.
+        behaviors: task name -> the behavior it predicts.
+        target: the target task's name.
+    """
+
+    recipe: ClassVar[str] = "multibehavior"
+    FORMAT: ClassVar[str] = "shoprec.multibehavior"
+    VERSION: ClassVar[int] = 1
+    #: Pair cells (users x items) held at once while scoring.
+    MAX_CELLS: ClassVar[int] = 1 << 23
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blog: BehaviorLog,
+        config: MultiBehaviorConfig,
+        behaviors: Mapping[str, str],
+        target: str,
+    ) -> None:
+        super().__init__(list(behaviors), target, blog.items.values)
+        if behaviors[target] != config.target:
+            raise ValueError(f"target task {target!r} does not predict {config.target!r}")
+        self.model = model.eval()
+        self.blog = blog
+        self.config = config
+        self.behaviors = dict(behaviors)
+        self._stats = _Stats.of(blog, config.behaviors)
+        self._csrs = {b: blog.csr(b) for b in config.behaviors}
+        self._histories = _histories(blog, config)
+        self._fallback = {b: _fallback(self._stats.item[b]) for b in set(self.behaviors.values())}
+        self._popularity = torch.from_numpy(self._stats.item[config.target].astype(np.float32))
+        self._explain_model: nn.Module | None = None
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(
+        self,
+        users: Sequence[str],
+        positions: np.ndarray | None = None,
+        events: pl.DataFrame | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every task's scores for ``users`` x the items at ``positions`` (see the class)."""
+        return self._score(users, positions, events, self.tasks)
+
+    def rank_scores(
+        self,
+        users: Sequence[str],
+        positions: np.ndarray | None = None,
+        events: pl.DataFrame | None = None,
+    ) -> np.ndarray:
+        """The target task's scores only (one forward pass over the candidates)."""
+        return self._score(users, positions, events, [self.target])[self.target]
+
+    def _score(
+        self,
+        users: Sequence[str],
+        positions: np.ndarray | None,
+        events: pl.DataFrame | None,
+        tasks: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        users = [str(u) for u in users]
+        pos = positions_or_all(positions, self.n_items)
+        live = self._live(users, events_of(events, users))
+        out = {t: np.empty((len(users), len(pos)), dtype=np.float32) for t in tasks}
+        step = max(1, self.MAX_CELLS // max(self.n_items, 1))
+        dense = self.blog.user_index(users) if users else np.zeros(0, dtype=np.int64)
+        for start in range(0, len(users), step):
+            stop = min(start + step, len(users))
+            part = self._chunk(dense[start:stop], live, start, stop, pos, tasks)
+            for t in tasks:
+                out[t][start:stop] = part[t]
+        return out
+
+    def _live(self, users: list[str], events: pl.DataFrame | None) -> dict[str, np.ndarray]:
+        """Live events as behavior -> int64 ``(N, 2)`` (request row, dense item)."""
+        if events is None:
+            return {}
+        rows = pl.DataFrame({"user": users, "row": np.arange(len(users))})
+        ids = [pl.col(c).cast(pl.String) for c in EVENT_COLUMNS]
+        ev = events.select(ids).join(rows, on="user")
+        ev = ev.filter(pl.col("behavior").is_in(list(self.config.behaviors)))
+        item = self.blog.item_index(ev["item"])
+        keep = item >= 0
+        if not keep.all():
+            log.debug("%d live events of items the scorer does not know", (~keep).sum())
+        row, beh = ev["row"].to_numpy()[keep], ev["behavior"].to_numpy()[keep]
+        return {
+            b: np.stack([row[beh == b], item[keep][beh == b]], axis=1).astype(np.int64)
+            for b in self.config.behaviors
+            if (beh == b).any()
+        }
+
+    def _chunk(
+        self,
+        dense: np.ndarray,
+        live: Mapping[str, np.ndarray],
+        start: int,
+        stop: int,
+        pos: np.ndarray,
+        tasks: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        cfg, n = self.config, self.n_items
+        logged = {b: _users_mask(self._csrs[b], dense, n) for b in cfg.behaviors}
+        known = dict(logged)
+        n_known = {
+            b: np.where(dense >= 0, self._stats.user[b][np.maximum(dense, 0)], 0)
+            for b in cfg.behaviors
+        }
+        for b, pairs in live.items():
+            sel = (pairs[:, 0] >= start) & (pairs[:, 0] < stop)
+            if sel.any():
+                new = np.unique(pairs[sel] - [start, 0], axis=0)
+                r, i = torch.from_numpy(new[:, 0]), torch.from_numpy(new[:, 1])
+                added = ~logged[b][r, i].numpy()
+                n_known[b] = n_known[b] + np.bincount(new[added, 0], minlength=len(dense))
+                known[b] = logged[b].clone()
+                known[b][r, i] = True
+        excluded = known[cfg.target]
+        cand = torch.zeros_like(excluded)
+        for b in cfg.auxiliary:
+            cand |= known[b]
+        k = min(cfg.n_retrieved, n)
+        if k > 0:
+            r = self._popularity.unsqueeze(0).expand(len(dense), -1)
+            top = r.masked_fill(excluded | cand, float("-inf")).topk(k, dim=1)
+            picked = torch.zeros_like(cand)
+            picked.scatter_(1, top.indices, torch.isfinite(top.values))
+            cand |= picked
+        cand = cand & ~excluded
+        if len(pos) != n or (pos != np.arange(n)).any():
+            cand = cand[:, torch.from_numpy(pos)]
+        rows_t, cols_t = cand.nonzero(as_tuple=True)
+        rows, items = rows_t.numpy(), pos[cols_t.numpy()]
+        items_t = torch.from_numpy(items)
+        own_log = {b: logged[b][rows_t, items_t].numpy() for b in cfg.behaviors}
+        own = {b: known[b][rows_t, items_t].numpy() for b in cfg.behaviors}
+        counts = {b: n_known[b][rows] for b in cfg.behaviors}
+        user_ids = np.where(dense >= 0, dense + _FIRST, OOV)[rows]
+        probs: dict[str, Tensor] = {}
+        targets = [t for t in tasks if t == self.target]
+        aux = [t for t in tasks if t != self.target]
+        for shown, wanted in ((True, targets), (False, aux)):
+            if not wanted or not len(rows):
+                continue
+            flags = np.full(len(rows), shown, dtype=bool)
+            arrays = _assemble(self._stats, user_ids, items, cfg, own_log, own, counts, flags)
+            preds = predict(self.model, PairData(_to_columns(arrays), dict(self._histories)), 8192)
+            for t in wanted:
+                probs[t] = preds[t].float()
+        out = {}
+        for t in tasks:
+            fb = self._fallback[self.behaviors[t]][torch.from_numpy(pos)]
+            low = torch.full((len(dense),), 2e-6)  # per user: half its lowest candidate
+            if t in probs:
+                p = probs[t].clamp(min=1e-30)
+                low = low.scatter_reduce(0, rows_t, p, reduce="amin")
+            s = (0.5 * low).unsqueeze(1) * fb.unsqueeze(0)  # (C, P)
+            if t in probs:
+                s[rows_t, cols_t] = p
+            out[t] = s.numpy()
+        return out
+
+    # ------------------------------------------------------------------ explanations
+
+    def _pair_batch(self, user: str, position: int) -> dict[str, Tensor] | None:
+        """The target pass's model inputs of one candidate pair (None when the item is not a
+        candidate of the user, i.e. scored by the fallback)."""
+        dense = self.blog.user_index([user])
+        pos = np.array([position], dtype=np.int64)
+        cfg = self.config
+        logged = {b: _users_mask(self._csrs[b], dense, self.n_items)[:, pos] for b in cfg.behaviors}
+        if logged[cfg.target].any() or not any(logged[b].any() for b in cfg.auxiliary):
+            return None
+        own = {b: m[0].numpy() for b, m in logged.items()}
+        counts = {
+            b: self._stats.user[b][dense] if dense[0] >= 0 else np.zeros(1, np.int64)
+            for b in cfg.behaviors
+        }
+        user_ids = np.where(dense >= 0, dense + _FIRST, OOV)
+        arrays = _assemble(self._stats, user_ids, pos, cfg, own, own, counts, np.ones(1, bool))
+        return PairData(_to_columns(arrays), dict(self._histories)).take(torch.arange(1))
+
+    def feature_attributions(
+        self, user: str, position: int, log_score: Any, steps: int = 64
+    ) -> tuple[dict[str, float], dict[str, Any], float, float] | None:
+        """Integrated gradients of one candidate pair's fused log score (None otherwise)."""
+        import copy
+
+        from shoprec.recommend.explain import integrated_gradients
+
+        batch = self._pair_batch(user, position)
+        if batch is None:
+            return None
+        if self._explain_model is None:  # IG swaps input layers while it runs: a private copy
+            self._explain_model = copy.deepcopy(self.model).eval()
+        ig = integrated_gradients(self._explain_model, batch, log_score, steps)  # type: ignore[arg-type]
+        raw = {k: float(v[0]) for k, v in batch.items() if k not in ("user", "item")}
+        return ig.attributions, raw, ig.value, ig.baseline_value
+
+    def gate_weights(self, user: str, position: int) -> dict[str, list[float]] | None:
+        """Expert gate weights per task of one candidate pair (mixture-of-experts models)."""
+        batch = self._pair_batch(user, position)
+        if batch is None or not hasattr(self.model, "gate_weights"):
+            return None
+        with torch.no_grad():
+            g = self.model.gate_weights(batch)
+        return {t: [round(float(x), 6) for x in v[0]] for t, v in g.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "model": getattr(self.model, "model_name", type(self.model).__name__),
+            "behaviors": list(self.config.behaviors),
+            "users": self.blog.n_users,
+            "items": self.blog.n_items,
+        }
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: Path) -> None:
+        """``multibehavior.json`` (settings), ``ids.json`` (user and item ids),
+        ``log.parquet`` (dense pairs per behavior) and ``model/`` (safetensors)."""
+        import json
+
+        from shoprec.models import save_model
+
+        directory = Path(directory)
+        meta = {
+            "format": self.FORMAT,
+            "version": self.VERSION,
+            "config": asdict(self.config),
+            "tasks": self.behaviors,
+            "target": self.target,
+        }
+        (directory / "multibehavior.json").write_text(json.dumps(meta, indent=2) + "\n")
+        ids = {"users": list(self.blog.users.values), "items": list(self.blog.items.values)}
+        (directory / "ids.json").write_text(json.dumps(ids) + "\n")
+        frames = []
+        for b in self.config.behaviors:
+            u, i = self.blog.pairs(b)
+            frames.append(pl.DataFrame({"behavior": b, "user": u, "item": i}))
+        pl.concat(frames).write_parquet(directory / "log.parquet")
+        save_model(self.model, directory / "model")  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, directory: Path) -> MultiBehaviorScorer:
+        """Read what :meth:`save` wrote."""
+        import json
+
+        from shoprec.models import config_from_dict, load_model
+
+        directory = Path(directory)
+        meta = json.loads((directory / "multibehavior.json").read_text())
+        if meta.get("format") != cls.FORMAT or meta.get("version") != cls.VERSION:
+            raise ValueError(f"{directory} holds no {cls.FORMAT} v{cls.VERSION} scorer")
+        config = config_from_dict(MultiBehaviorConfig, meta["config"])
+        ids = json.loads((directory / "ids.json").read_text())
+        users, items = IdMap("user", tuple(ids["users"])), IdMap("item", tuple(ids["items"]))
+        pairs = pl.read_parquet(directory / "log.parquet")
+        keys = {}
+        for b in config.behaviors:
+            part = pairs.filter(pl.col("behavior") == b)
+            k = part["user"].to_numpy().astype(np.int64) * len(items) + part["item"].to_numpy()
+            keys[b] = np.unique(k)
+        blog = BehaviorLog(users, items, keys)
+        model = load_model(directory / "model")
+        return cls(model, blog, config, meta["tasks"], meta["target"])
+
+
+class MultiBehaviorRecipe(Recipe):
+    """Rank items for a target behavior from the user's own behaviors (see the module doc).
+
+    Config::
+
+        data: {dataset: tmall}
+        split: {kind: given}
+        recipe: {name: multibehavior, hide_fraction: 0.5, n_negatives: 2}
+        tasks: [view, cart, buy]          # one binary task per behavior; the last ranks
+        model: {name: mmoe, config: {n_experts: 4}}
+        train: {epochs: 4, lr: 0.002, patience: 1}
+        evaluate: {protocol: full, ks: [10, 20]}
+
+    ``fit`` builds the :class:`BehaviorLog` of the train part, takes the validation targets
+    from ``split.valid`` (its target-behavior pairs not already in train) or, without them,
+    holds one target item out per user (:func:`hold_out_one`), trains the configured model
+    with the one loop, selecting the epoch by full-ranking ``<target>/ndcg@k`` of those
+    targets, and (``retrain_on_full``) refits on train + valid for that many epochs.
+    """
+
+    name: ClassVar[str] = "multibehavior"
+    Options: ClassVar[type[RecipeOptions]] = MultiBehaviorOptions
+    default_tasks: ClassVar[tuple[str, ...]] = ("view", "cart", "buy")
+    scorer_class: ClassVar[type[Scorer]] = MultiBehaviorScorer
+
+    @property
+    def task_behaviors(self) -> dict[str, str]:
+        """Task name -> the behavior it predicts (binary tasks only)."""
+        out = {}
+        for t in self.config.tasks:
+            if t.kind != "binary":
+                raise ConfigError(
+                    f"the multibehavior recipe learns binary behaviors; task '{t.name}' is "
+                    f"{t.kind} (use recipe: windows for quantities)"
+                )
+            out[t.name] = t.behavior or t.name
+        return out or {b: b for b in self.default_tasks}
+
+    def recipe_config(self) -> MultiBehaviorConfig:
+        """The :class:`MultiBehaviorConfig` of this experiment (raises :class:`ConfigError`
+        on settings that cannot work together)."""
+        o = self.options
+        tasks = self.task_behaviors
+        target = tasks[self.target]
+        behaviors = tuple(o.behaviors) if o.behaviors else tuple(dict.fromkeys(tasks.values()))
+        missing = sorted(set(tasks.values()) - set(behaviors))
+        if missing:
+            raise ConfigError(
+                f"tasks predict behaviors {missing} that recipe.behaviors {list(behaviors)} "
+                "leaves out"
+            )
+        if len(behaviors) < 2:
+            raise ConfigError(
+                f"the multibehavior recipe ranks the items of the user's other behaviors; with "
+                f"behaviors {list(behaviors)} there are none: add e.g. view or cart to tasks "
+                "(or recipe.behaviors), or use recipe: pairs"
+            )
+        if len(tasks) > 1 and o.hide_fraction <= 0.0:
+            raise ConfigError(
+                "the auxiliary tasks learn only on rows whose own-behavior flags are hidden: "
+                "set recipe.hide_fraction > 0 (e.g. 0.5) or train the target task alone"
+            )
+        try:
+            return MultiBehaviorConfig(
+                behaviors=behaviors,
+                target=target,
+                user_id=o.user_id,
+                item_id=o.item_id,
+                histories=tuple(o.histories),
+                max_history=o.max_history,
+                attention=tuple(o.attention),
+                embedding_dim=self.config.model.embedding_dim,
+                n_negatives=o.n_negatives,
+                touched_keep=o.touched_keep,
+                hide_fraction=o.hide_fraction,
+                rate_prior=o.rate_prior,
+                n_retrieved=o.n_retrieved,
+                seed=o.seed,
+            )
+        except ValueError as e:
+            raise ConfigError(f"recipe: {e}") from None
+
+    def task_specs(self, config: MultiBehaviorConfig) -> list[Task]:
+        """One binary task per configured task; the auxiliary ones learn on hidden rows."""
+        out = []
+        for name, b in self.task_behaviors.items():
+            label = None if b == name else b
+            weight_key = None if name == self.target else AUX_WEIGHT
+            out.append(Task(name, label=label, weight_key=weight_key))
+        return out
+
+    def logs(
+        self, dataset: Dataset, split: Split, config: MultiBehaviorConfig
+    ) -> tuple[BehaviorLog, BehaviorLog, np.ndarray, np.ndarray]:
+        """``(fit log, full log, validation users, validation items)``, dense indices.
+
+        The fit log is the train part (less the held-out pairs when they are drawn from it);
+        the full log adds the valid part. Ids cover train, valid and the catalog, sorted.
+        """
+        names = list(config.behaviors)
+        train = split.train.df.filter(pl.col("behavior").is_in(names))
+        present = set(train["behavior"].unique().to_list())
+        absent = [b for b in names if b not in present]
+        if absent:
+            raise ConfigError(
+                f"behaviors {absent} have no events in the training part (it has "
+                f"{sorted(present) or 'none of ' + str(names)}); set tasks: (and "
+                "recipe.behaviors) to behaviors the data has"
+            )
+        valid = split.valid.df.filter(pl.col("behavior").is_in(names)) if split.valid else None
+        frames = [train] if valid is None else [train, valid]
+        user_values = pl.concat([f["user"] for f in frames])
+        item_values = pl.concat([f["item"] for f in frames])
+        if dataset.catalog is not None:
+            item_values = pl.concat([item_values, dataset.catalog.df["item"]])
+        users = IdMap("user", tuple(user_values.unique().sort().to_list()))
+        items = IdMap("item", tuple(item_values.unique().sort().to_list()))
+        fit_log = BehaviorLog.from_interactions(Interactions(train), names, users, items)
+        target_valid = None if valid is None else valid.filter(pl.col("behavior") == config.target)
+        if target_valid is not None and target_valid.height:
+            full_log = BehaviorLog.from_interactions(
+                Interactions(pl.concat([train, valid], how="vertical_relaxed")),
+                names,
+                users,
+                items,
+            )
+            vu = fit_log.user_index(target_valid["user"])
+            vi = fit_log.item_index(target_valid["item"])
+            keys = np.unique(vu * fit_log.n_items + vi)  # one row per (user, item)
+            keys = keys[~np.isin(keys, fit_log.keys[config.target])]  # new target pairs only
+            return fit_log, full_log, keys // fit_log.n_items, keys % fit_log.n_items
+        if valid is not None and valid.height:
+            log.warning(
+                "the valid part has no '%s' events: holding one out per user from train",
+                config.target,
+            )
+        held, vu, vi = hold_out_one(fit_log, config.target, seed=self.options.hold_out_seed)
+        return held, fit_log, vu, vi
+
+    def _weighting(self, tasks: Sequence[str]) -> Any:
+        w = self.config.weighting
+        options = dict(w.options)
+        weights = {t.name: t.weight for t in self.config.tasks if t.weight != 1.0}
+        if weights and w.name in ("fixed", "pcgrad") and "weights" not in options:
+            options["weights"] = weights
+        return make_weighting(w.name, list(tasks), **options)
+
+    def _model(self, blog: BehaviorLog, config: MultiBehaviorConfig) -> nn.Module:
+        m = self.config.model
+        return build_model(m.name, feature_specs(blog, config), self.task_specs(config), **m.config)
+
+    def fit(self, dataset: Dataset, split: Split) -> TrainingRun:
+        """Train on the split's train part, select on its valid part (see the class)."""
+        tick = time.perf_counter()
+        config = self.recipe_config()
+        fit_log, full_log, vu, vi = self.logs(dataset, split, config)
+        ks = tuple(self.config.evaluate.ks)
+        k0 = 10 if 10 in ks else ks[0]
+        given_monitor = self.config.train.get("monitor")
+        monitor = str(given_monitor).lower() if given_monitor else f"{self.target}/ndcg@{k0}"
+        train_cfg = self.config.train.train_config(monitor=monitor)
+        log.info(
+            "multibehavior: %d users x %d items, behaviors %s, %d validation pairs",
+            full_log.n_users,
+            full_log.n_items,
+            list(config.behaviors),
+            len(vu),
+        )
+        data = training_data(fit_log, config)
+        torch.manual_seed(train_cfg.seed)
+        model = self._model(fit_log, config)
+        evaluator = None
+        if len(vu):
+            evaluator = make_evaluator(
+                fit_log,
+                vu,
+                vi,
+                config,
+                ks=ks,
+                max_users=self.options.validation_users,
+                name=self.target,
+            )
+        else:
+            log.warning("no validation targets: every epoch runs and the last one is kept")
+        weighting = self._weighting([t.name for t in model.tasks])
+        result = fit(model, data, config=train_cfg, weighting=weighting, evaluator=evaluator)
+        info: dict[str, Any] = {
+            "users": full_log.n_users,
+            "items": full_log.n_items,
+            "behaviors": list(config.behaviors),
+            "pairs": {b: len(full_log.keys[b]) for b in config.behaviors},
+            "validation_pairs": len(vu),
+            "train_rows": len(data),
+            "train_seconds": result.train_seconds,
+            "samples_per_second": result.samples_per_second,
+        }
+        epochs = result.best_epoch or train_cfg.epochs
+        if self.options.retrain_on_full and full_log is not fit_log and epochs > 0:
+            data = training_data(full_log, config)
+            torch.manual_seed(train_cfg.seed)
+            model = self._model(full_log, config)
+            refit_cfg = replace(train_cfg, epochs=epochs, checkpoint_dir=None)
+            weighting = self._weighting([t.name for t in model.tasks])
+            refit = fit(model, data, config=refit_cfg, weighting=weighting)
+            info["train_seconds"] += refit.train_seconds
+            info["retrain_rows"] = len(data)
+            info["retrain_epochs"] = epochs
+        info["wall_seconds"] = time.perf_counter() - tick
+        scorer = MultiBehaviorScorer(model, full_log, config, self.task_behaviors, self.target)
+        return TrainingRun(
+            scorer=scorer,
+            valid=dict(result.best_scores),
+            monitor=monitor if monitor in result.best_scores else "",
+            history=result.history,
+            best_epoch=result.best_epoch or None,
+            info=info,
+        )

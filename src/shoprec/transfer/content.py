@@ -537,12 +537,28 @@ def price_stats(price: np.ndarray | None) -> tuple[float, float]:
     return float(logp.mean()), float(logp.std()) if known.sum() > 1 else 1.0
 
 
-def save_content_model(model: ContentModel, directory: str | Path) -> Path:
+#: Buffers that hold the catalog's item content (not learned): members of a seed ensemble over
+#: one catalog share them, so :func:`save_content_model` can leave them out.
+CONTENT_BUFFERS = ("text", "title_words", "category", "brand", "price", "warm", "warm_index")
+
+
+def content_state(model: ContentModel) -> dict[str, Tensor]:
+    """The item-content buffers of ``model`` (see :data:`CONTENT_BUFFERS`), on CPU."""
+    state = model.state_dict()
+    return {k: state[k].detach().contiguous().cpu() for k in CONTENT_BUFFERS}
+
+
+def save_content_model(
+    model: ContentModel, directory: str | Path, *, with_content: bool = True
+) -> Path:
     """Write ``config.json`` and ``weights.safetensors`` (weights, item content, warm mask).
 
     Args:
         model: a trained :class:`ContentModel`.
         directory: the artifact folder (created if needed).
+        with_content: also write the item-content buffers (:data:`CONTENT_BUFFERS`); without
+            them, :func:`load_content_model` needs them as ``content`` (e.g. one copy kept
+            for several models over the same catalog).
 
     Returns:
         The folder.
@@ -555,18 +571,25 @@ def save_content_model(model: ContentModel, directory: str | Path) -> Path:
         "shoprec_version": shoprec.__version__,
         "model": model.model_name,
         "config": dataclasses.asdict(model.config),
+        "with_content": with_content,
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if not with_content:
+        state = {k: v for k, v in state.items() if k not in CONTENT_BUFFERS}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"model": model.model_name})
     return directory
 
 
-def load_content_model(directory: str | Path) -> ContentModel:
+def load_content_model(
+    directory: str | Path, content: dict[str, Tensor] | None = None
+) -> ContentModel:
     """Rebuild a model saved by :func:`save_content_model`; same outputs as the original.
 
     Args:
         directory: the artifact folder.
+        content: the item-content buffers (:func:`content_state`), required when the model
+            was saved without them; they replace the saved ones when given.
 
     Returns:
         The model, in eval mode.
@@ -577,7 +600,63 @@ def load_content_model(directory: str | Path) -> ContentModel:
         raise ValueError(f"{directory / CONFIG_FILE} is not a shoprec content model (v1)")
     cfg = ContentConfig(**meta["config"])
     state = load_file(str(directory / WEIGHTS_FILE))
+    if content is not None:
+        state.update(content)
+    missing = [k for k in CONTENT_BUFFERS if k not in state]
+    if missing:
+        raise ValueError(f"{directory} was saved without its item content: pass `content`")
+    return _from_state(cfg, state)
+
+
+def _from_state(cfg: ContentConfig, state: dict[str, Tensor]) -> ContentModel:
+    """A model of ``cfg`` holding exactly ``state`` (weights and content buffers)."""
     content = ItemContent(text=state["text"].numpy(), words=state["title_words"].numpy())
     model = ContentModel(cfg, content, warm=state["warm"].numpy())
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def extend_items(model: ContentModel, content: ItemContent) -> ContentModel:
+    """A copy of ``model`` with items appended to its catalog, scored from content alone.
+
+    The new items take indices ``n_items .. n_items + N - 1``; they are cold (no ID
+    embedding, never drawn as negatives), and their prices are z-scored with the training
+    catalog's moments, so the existing items' scores do not change. A new item in a user's
+    history adds its title (``history_text``) but no learned input embedding.
+
+    Args:
+        model: a trained model.
+        content: the ``N`` new items' content, with the same fields the model uses
+            (``words`` as wide as the model's, or narrower).
+
+    Returns:
+        A new model in eval mode (``model`` is left as it was).
+    """
+    cfg = model.config
+    n, k = cfg.n_items, len(content)
+    if content.text.shape[1] != cfg.text_dim:
+        raise ValueError(f"title vectors are {content.text.shape[1]} wide, not {cfg.text_dim}")
+    state = {key: v.detach().clone() for key, v in model.state_dict().items()}
+    width = state["title_words"].shape[1]
+    words = np.zeros((k, width), np.int64)
+    if cfg.n_words:
+        if content.words is None:
+            raise ValueError("the model reads title words: pass ItemContent.words")
+        given = np.asarray(content.words, np.int64)[:, :width]
+        if given.min(initial=0) < 0 or given.max(initial=0) >= cfg.n_words:
+            raise ValueError(f"word ids must be in [0, {cfg.n_words})")
+        words[:, : given.shape[1]] = given
+    moments = (float(state["price_moments"][0]), float(state["price_moments"][1]))
+    price = content.price if cfg.use_price else None
+    dim = cfg.dim
+    state["item.weight"] = torch.cat([state["item.weight"], torch.zeros(k, dim)])
+    state["item_bias.weight"] = torch.cat([state["item_bias.weight"], torch.zeros(k, 1)])
+    hist = state["history_item.weight"]  # (n + 1, dim), the last row is the padding
+    state["history_item.weight"] = torch.cat([hist[:n], torch.zeros(k + 1, dim)])
+    state["text"] = torch.cat([state["text"], torch.as_tensor(content.text, dtype=torch.float32)])
+    state["title_words"] = torch.cat([state["title_words"], torch.as_tensor(words)])
+    state["category"] = torch.cat([state["category"], _ids(content.category, k, cfg.n_categories)])
+    state["brand"] = torch.cat([state["brand"], _ids(content.brand, k, cfg.n_brands)])
+    state["price"] = torch.cat([state["price"], _price_features(price, k, moments)])
+    state["warm"] = torch.cat([state["warm"], torch.zeros(k, dtype=torch.bool)])
+    return _from_state(dataclasses.replace(cfg, n_items=n + k), state)
