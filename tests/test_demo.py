@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from shoprec.demo import BEHAVIORS, DemoConfig, run_demo
 from shoprec.artifact import Artifact
+from shoprec.demo import BEHAVIORS, DemoConfig, run_demo
 
 
 def test_demo_end_to_end_small(tmp_path: Path) -> None:

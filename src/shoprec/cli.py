@@ -281,13 +281,14 @@ def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
         if pw:
             _print_metrics(f"{title}: pointwise test scores", pw)
         return
-    names = [k for k in m if k != "users"]
+    # the main ones on screen (all of them are in --json and metrics.json)
+    names = [k for k in m if k.startswith(("hr@", "ndcg@")) or k == "mrr"]
     counts = ev.get("counts", {})
     table = Table(
         title=f"{title}: {ev.get('protocol', '')} ranking of '{ev.get('target', '')}' "
         f"({counts.get('users', m.get('users', 0)):,} users)"
     )
-    table.add_column("part")
+    table.add_column("part", no_wrap=True)
     for n in names:
         table.add_column(n, justify="right")
     table.add_column("users", justify="right")
@@ -296,7 +297,10 @@ def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
     if ci:
         table.add_row(
             "  95% CI",
-            *[f"{_fmt(ci[n][0])}-{_fmt(ci[n][1])}" if n in ci else "" for n in names],
+            *[
+                f"{ci[n][0]:.3f}-{ci[n][1]:.3f}" if n in ci and None not in ci[n] else ""
+                for n in names
+            ],
             "",
             style="dim",
         )
