@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from shoprec.data.datasets.custom import FileSpec, load_config, load_files
-from shoprec.data.errors import DataError
+from shoprec.errors import DataError
 
 COLUMNS = {"user": "cust", "item": "sku", "timestamp": "ts", "behavior": "event", "quantity": "qty"}
 BEHAVIORS = {"pageview": "view", "addtocart": "cart", "transaction": "buy"}

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from shoprec.data.encode import OOV, PAD, Encoder, IdMap, NotFittedError
-from shoprec.data.errors import DataError
 from shoprec.data.schema import Interactions
+from shoprec.errors import DataError
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from shoprec.data.datasets import (
     movielens_100k,
     tmall,
 )
-from shoprec.data.errors import DataError, DatasetNotFoundError
 from shoprec.data.schema import Behavior, Dataset, TabularDataset
+from shoprec.errors import DataError, DatasetNotFoundError
 
 real = pytest.mark.real_data
 

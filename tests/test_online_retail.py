@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 
 from shoprec.data.datasets import online_retail
-from shoprec.data.errors import DatasetNotFoundError
 from shoprec.data.schema import Dataset
+from shoprec.errors import DatasetNotFoundError
 
 T0 = datetime(2011, 3, 1, 10, 0)
 

@@ -13,10 +13,10 @@ import torch
 
 from shoprec import artifact, recipes
 from shoprec.config import ConfigError, ExperimentConfig
-from shoprec.data.errors import DataError
 from shoprec.data.schema import Dataset, Interactions
 from shoprec.data.simulate import simulate_shop
 from shoprec.data.split import Split, cold_user_split, given_split
+from shoprec.errors import DataError
 from shoprec.evaluate import metrics
 from shoprec.recipes.cross_domain import CrossDomainScorer
 

@@ -18,8 +18,8 @@ import torch
 from shoprec import recipes
 from shoprec.config import ExperimentConfig, load_config
 from shoprec.data.datasets.census_income import split_column
-from shoprec.data.errors import DataError, ShoprecError
 from shoprec.data.schema import TabularDataset
+from shoprec.errors import DataError, ShoprecError
 from shoprec.recipes.tabular import TabularRecipe, TabularScorer, split_rows
 
 ROOT = Path(__file__).resolve().parent.parent

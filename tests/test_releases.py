@@ -13,8 +13,8 @@ from shoprec.data.datasets.releases import (
     load_domain_pairs,
     load_release,
 )
-from shoprec.data.errors import DataError
 from shoprec.data.schema import Behavior
+from shoprec.errors import DataError
 
 
 def _write(path: Path, text: str) -> Path:

@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from shoprec.data.errors import DataError
 from shoprec.data.schema import Dataset, Interactions
 from shoprec.data.split import (
     LeakageError,
@@ -21,6 +20,7 @@ from shoprec.data.split import (
     random_split,
     time_split,
 )
+from shoprec.errors import DataError
 
 T0 = datetime(2024, 1, 1)
 

@@ -34,7 +34,7 @@ import polars as pl
 import yaml
 
 import shoprec
-from shoprec.data.errors import ShoprecError
+from shoprec.errors import ShoprecError
 
 if TYPE_CHECKING:
     from shoprec.config import ExperimentConfig

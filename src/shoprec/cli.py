@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from shoprec.data.errors import ShoprecError
+from shoprec.errors import ShoprecError
 
 app = typer.Typer(
     help="shoprec: multi-task and transfer learning recommendations for online shops.",

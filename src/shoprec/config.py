@@ -46,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from shoprec.data.errors import DataError
+from shoprec.errors import DataError
 
 __all__ = [
     "ConfigError",

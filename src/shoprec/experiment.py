@@ -42,7 +42,6 @@ from shoprec.config import (
     TimeSplit,
     load_config,
 )
-from shoprec.data.errors import DataError
 from shoprec.data.schema import Dataset, Interactions, TabularDataset
 from shoprec.data.split import (
     Split,
@@ -54,6 +53,7 @@ from shoprec.data.split import (
     random_split,
     time_split,
 )
+from shoprec.errors import DataError
 from shoprec.evaluate.metrics import CSR
 
 if TYPE_CHECKING:

@@ -1,6 +1,5 @@
 """Data layer: canonical tables, loaders, splits, encoding and the simulated shop."""
 
-from shoprec.data.errors import DataError, DatasetNotFoundError, ShoprecError
 from shoprec.data.schema import (
     Behavior,
     Catalog,
@@ -10,6 +9,7 @@ from shoprec.data.schema import (
     TabularDataset,
     Users,
 )
+from shoprec.errors import DataError, DatasetNotFoundError, ShoprecError
 
 __all__ = [
     "Behavior",

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from shoprec.data.errors import DataError, ShoprecError
+from shoprec.errors import DataError, ShoprecError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shoprec.data.errors import DatasetNotFoundError
+from shoprec.errors import DatasetNotFoundError
 
 ENV_VAR = "SHOPREC_DATA"
 

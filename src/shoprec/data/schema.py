@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from shoprec.data.errors import DataError
+from shoprec.errors import DataError
 
 
 class Behavior(StrEnum):

@@ -36,8 +36,8 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from shoprec.data.errors import DataError, ShoprecError
 from shoprec.data.schema import Behavior, Dataset, Interactions
+from shoprec.errors import DataError, ShoprecError
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 
-from shoprec.data.errors import DataError
+from shoprec.errors import DataError
 from shoprec.evaluate import metrics
 from shoprec.models import config_from_dict
 from shoprec.recipes.base import (

@@ -78,7 +78,7 @@ from torch import Tensor, nn
 
 from shoprec.data.batches import TensorData, to_tensors
 from shoprec.data.encode import Encoder
-from shoprec.data.errors import DataError
+from shoprec.errors import DataError
 from shoprec.evaluate import metrics
 from shoprec.models import MultiTaskModel, build_model, load_model, save_model
 from shoprec.models.features import (

@@ -52,8 +52,8 @@ from pydantic import Field
 from shoprec.config import GivenSplit, RandomSplit, TimeSplit
 from shoprec.data.batches import TensorData
 from shoprec.data.encode import Encoder
-from shoprec.data.errors import ShoprecError
 from shoprec.data.schema import TabularDataset
+from shoprec.errors import ShoprecError
 from shoprec.models import (
     CategoricalFeature,
     FeatureSpec,

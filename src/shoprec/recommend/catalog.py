@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from shoprec.data.errors import ShoprecError
+from shoprec.errors import ShoprecError
 
 if TYPE_CHECKING:
     from shoprec.recipes.base import Scorer

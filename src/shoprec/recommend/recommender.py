@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from shoprec.artifact import Artifact
-from shoprec.data.errors import ShoprecError
+from shoprec.errors import ShoprecError
 from shoprec.recommend import rerank
 from shoprec.recommend.candidates import CandidateSources, query_vector, similar_items
 from shoprec.recommend.catalog import Catalog, UnknownItemError

@@ -41,7 +41,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from shoprec.artifact import ITEMS_FILE, RETRIEVAL_DIR, SEEN_FILE, read_manifest
-from shoprec.data.errors import ShoprecError
+from shoprec.errors import ShoprecError
 from shoprec.recommend.two_tower import (
     ITEM_ENCODER_FILE,
     META_FILE,

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shoprec.data.errors import ShoprecError
+from shoprec.errors import ShoprecError
 
 if TYPE_CHECKING:
     from shoprec.artifact import Artifact

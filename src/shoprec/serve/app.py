@@ -51,7 +51,7 @@ from starlette.concurrency import run_in_threadpool
 
 import shoprec
 from shoprec.artifact import Artifact
-from shoprec.data.errors import ShoprecError
+from shoprec.errors import ShoprecError
 from shoprec.recommend import (
     CatalogError,
     DuplicateItemError,

@@ -37,9 +37,9 @@ from pathlib import Path
 import polars as pl
 
 from shoprec.data.datasets.movielens_100k import read_atomic
-from shoprec.data.errors import DataError
 from shoprec.data.paths import dataset_dir
 from shoprec.data.schema import Behavior, Catalog, Dataset, DropReport, Interactions
+from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
 

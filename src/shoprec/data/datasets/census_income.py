@@ -35,9 +35,9 @@ import logging
 import numpy as np
 import polars as pl
 
-from shoprec.data.errors import DataError
 from shoprec.data.paths import dataset_dir
 from shoprec.data.schema import DropReport, TabularDataset
+from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ A YAML config has the same shape::
     catalog: {path: products.parquet, columns: {item: sku, title: name}}
     users: {path: users.csv}
 
-Every problem raises :class:`~shoprec.data.errors.DataError` naming the file, the column and
+Every problem raises :class:`~shoprec.errors.DataError` naming the file, the column and
 the first bad row; nothing is dropped silently.
 """
 
@@ -37,7 +37,6 @@ from typing import Any
 import polars as pl
 import yaml
 
-from shoprec.data.errors import DataError
 from shoprec.data.schema import (
     CATALOG_SCHEMA,
     INTERACTION_SCHEMA,
@@ -48,6 +47,7 @@ from shoprec.data.schema import (
     Interactions,
     Users,
 )
+from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from shoprec.data.errors import DataError
 from shoprec.data.paths import dataset_dir
 from shoprec.data.schema import DropReport, TabularDataset
+from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
 

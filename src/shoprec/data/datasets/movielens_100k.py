@@ -32,9 +32,9 @@ from pathlib import Path
 
 import polars as pl
 
-from shoprec.data.errors import DataError
 from shoprec.data.paths import dataset_dir
 from shoprec.data.schema import Behavior, Catalog, Dataset, DropReport, Interactions, Users
+from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
 

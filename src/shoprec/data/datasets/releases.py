@@ -18,7 +18,7 @@ Ids must be non-negative integers in the files; they become strings without lead
 (``"007"`` and ``"7"`` are one id). Items that occur only in held-out files are kept (and
 counted in ``meta["test_only_items"]``), never dropped. Blank lines, users without items and
 repeated ``(user, item)`` pairs within one file are dropped and counted in ``Dataset.dropped``;
-everything else that cannot be read raises :class:`~shoprec.data.errors.DataError` naming the
+everything else that cannot be read raises :class:`~shoprec.errors.DataError` naming the
 file, the line number and the line.
 
 :func:`load_release` takes the same arguments as a plain mapping (the ``data: {release: ...}``
@@ -41,8 +41,8 @@ from typing import Any
 
 import polars as pl
 
-from shoprec.data.errors import DataError
 from shoprec.data.schema import Behavior, Dataset, DropReport, Interactions
+from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Errors raised for bad input data: each names the file, the column and the first bad row."""
+"""Errors shoprec raises on purpose: each says what is wrong and where (file, column, row,
+config key); the CLI prints them as one paragraph, never a traceback."""
 
 from __future__ import annotations
 
