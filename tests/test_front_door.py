@@ -219,3 +219,40 @@ def test_load_dataset_from_own_files_drops_unmapped(tmp_path: Path) -> None:
     assert ds.interactions.df.height == 2
     assert ds.dropped.to_dict() == {"unmapped behavior 'search'": 1}
     assert np.array_equal(ds.interactions.df["behavior"].to_numpy(), ["view", "buy"])
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium missing")
+def test_cli_report_opens_in_chromium_with_its_plots(trained: Path, tmp_path: Path) -> None:
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(
+        app, ["evaluate", str(trained), "--bootstrap", "50", "--report", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(report.as_uri())
+            svgs = page.locator("main figure > svg")
+            assert svgs.count() >= 3  # slices, learning curves, calibration, coverage
+            for k in range(svgs.count()):
+                box = svgs.nth(k).bounding_box()
+                assert box is not None and box["width"] > 100 and box["height"] > 100
+            assert page.locator("tr.ours").count() >= 1  # ours beside popularity
+            folder = Path(os.environ.get("SHOPREC_SCREENSHOTS", tmp_path))
+            folder.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(folder / "cli_report.png"), full_page=True)
+        finally:
+            browser.close()

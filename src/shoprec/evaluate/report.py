@@ -375,6 +375,8 @@ def _best_epoch(history: Sequence[Mapping[str, float]], monitor: str) -> int | N
 
 
 def _plot_history(report: Report) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     history = list(report.history or [])
     epochs = np.array([float(h.get("epoch", i + 1)) for i, h in enumerate(history)])
     keys: list[str] = []
@@ -403,6 +405,7 @@ def _plot_history(report: Report) -> Figure:
             label = f"best epoch {epochs[best]:g}"
             ax.axvline(epochs[best], color="C3", ls="--", lw=1, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.set_ylabel("loss" if group is loss_keys else group[0].rsplit("/", 1)[-1])
         ax.set_title("training loss" if group is loss_keys else group[0])
         ax.legend(loc="best")
