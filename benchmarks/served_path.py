@@ -43,6 +43,7 @@ from shoprec.experiment import (
     evaluate_scorer,
     evaluate_served,
     exclusions,
+    known_before,
     load_dataset,
     make_split,
     ranking_spec,
@@ -56,11 +57,13 @@ DEFAULT = [HERE / "configs" / "online_retail.yaml", HERE / "configs" / "tmall.ya
 def baselines(art: Artifact, split: Any, users: list[str], ks: tuple[int, ...]) -> dict:
     """Popularity and repeat purchase on ``users``, full ranking, the artifact's exclusions."""
     target = art.target
-    spec = ranking_spec(split.test, split.train, art.scorer.items, target, exclusions(art.config))
+    spec = ranking_spec(
+        split.test, known_before(split), art.scorer.items, target, exclusions(art.config)
+    )
     index = {u: i for i, u in enumerate(spec.users)}
     rows = np.array([index[u] for u in users], dtype=np.int64)
     items = pl.DataFrame({"item": art.scorer.items, "col": np.arange(len(art.scorer.items))})
-    train = split.train.df.filter(pl.col("behavior") == target)
+    train = known_before(split).df.filter(pl.col("behavior") == target)
     pop = (
         items.join(train.group_by("item").len(), on="item", how="left")["len"]
         .fill_null(0)
@@ -117,7 +120,7 @@ def run_one(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     offline = evaluate_scorer(art.scorer, split, ev_cfg, exclude=exclusions(art.config))
     spec_users = ranking_spec(
-        split.test, split.train, art.scorer.items, art.target, exclusions(art.config)
+        split.test, known_before(split), art.scorer.items, art.target, exclusions(art.config)
     ).users
     rows = np.arange(len(spec_users))
     if len(rows) > args.max_users:

@@ -375,6 +375,15 @@ def _score_fn(scorer: Scorer, users: Sequence[str]) -> Any:
     return score
 
 
+def known_before(split: Split, part: str = "test") -> Interactions:
+    """What is known of the shoppers before ``part``: train, plus valid before the test part
+    (a recipe may refit on it, and a shop has seen those events when the test period starts).
+    Their items are excluded from the ranking and make users and items warm."""
+    if part == "test" and split.valid is not None and split.valid.df.height:
+        return Interactions(pl.concat([split.train.df, split.valid.df], how="diagonal_relaxed"))
+    return split.train
+
+
 def in_domain(events: Interactions, scorer: Scorer) -> Interactions:
     """The events of the scorer's evaluation domain (all of them when it has none)."""
     domain = getattr(scorer, "domain", None)
@@ -409,7 +418,7 @@ def evaluate_scorer(
         raise DataError(f"the split has no {part} part")
     events = in_domain(events, scorer)
     target = cfg.target or scorer.target
-    spec = ranking_spec(events, split.train, scorer.items, target, exclude)
+    spec = ranking_spec(events, known_before(split, part), scorer.items, target, exclude)
     users = spec.users
     keep = np.arange(len(users))
     if cfg.max_users is not None and len(users) > cfg.max_users:
@@ -425,7 +434,7 @@ def evaluate_scorer(
             )
         popularity = None
         if cfg.sampling == "popularity":
-            counts = split.train.df.group_by("item").len()
+            counts = known_before(split, part).df.group_by("item").len()
             popularity = (
                 pl.DataFrame({"item": scorer.items})
                 .join(counts, on="item", how="left")["len"]
@@ -628,7 +637,7 @@ def save_experiment(
         config=cfg,
         scorer=run.scorer,
         items=_item_table(ds, run.scorer.items),
-        seen=split.train.df
+        seen=known_before(split).df
         if split is not None
         else pl.DataFrame(
             {"user": [], "item": [], "behavior": []},
@@ -699,7 +708,7 @@ def evaluate_served(
     """
     target = cfg.target or art.target
     test = in_domain(split.test, art.scorer)
-    spec = ranking_spec(test, split.train, art.scorer.items, target, exclusions(art.config))
+    spec = ranking_spec(test, known_before(split), art.scorer.items, target, exclusions(art.config))
     rows = np.arange(len(spec.users))
     if users is not None:
         index = {u: i for i, u in enumerate(spec.users)}
@@ -756,10 +765,10 @@ def write_report(
     ds = load_dataset(cfg.data)
     split = make_split(ds, cfg.split, art.target)
     test = in_domain(split.test, art.scorer)
-    spec = ranking_spec(test, split.train, art.scorer.items, ev.target, exclusions(cfg))
+    spec = ranking_spec(test, known_before(split), art.scorer.items, ev.target, exclusions(cfg))
     pop = (
         pl.DataFrame({"item": art.scorer.items})
-        .join(split.train.df.group_by("item").len(), on="item", how="left")["len"]
+        .join(known_before(split).df.group_by("item").len(), on="item", how="left")["len"]
         .fill_null(0)
         .to_numpy()
         .astype(np.float64)
