@@ -21,6 +21,7 @@ from shoprec.artifact import Artifact
 from shoprec.models import build_model
 from shoprec.models.base import output_to_prediction
 from shoprec.models.features import CategoricalFeature, NumericFeature, Task
+from shoprec.models.two_tower import TwoTower
 from shoprec.recommend import (
     SOURCES,
     CatalogError,
@@ -30,7 +31,6 @@ from shoprec.recommend import (
     RecommenderConfig,
     Retrieval,
     SessionLog,
-    TwoTower,
     UnknownItemError,
     integrated_gradients,
 )
@@ -158,14 +158,25 @@ def test_stock_and_category_filters(make: Make) -> None:
     assert category not in {r.attributes["category"] for r in recs}
 
 
-def test_new_item_slot(make: Make) -> None:
+def test_new_item_slot_only_where_the_recipe_scores_new_items(make: Make, fake_path: Path) -> None:
+    # the pairs recipe scores a new item through its untrained unknown-item embedding: no slot
     rec = make(new_item_slots=1)
-    assert rec.new_items()
-    recs = rec.recommend(rec.top_users(1)[0][0], k=5)
+    assert rec.new_items() and not hasattr(rec.scorer, "add_items")
+    user = rec.top_users(1)[0][0]
+    assert all(r.slot == "ranked" for r in rec.recommend(user, k=5))
+    # a scorer that scores new products (it has add_items) gets the slot
+    fake = Artifact.load(fake_path).recommender(
+        RecommenderConfig(new_item_slots=1, filter_out_of_stock=False)
+    )
+    assert fake.new_items()
+    user = fake.top_users(1)[0][0]
+    recs = fake.recommend(user, k=5)
     assert any(r.is_new for r in recs)
     assert all(r.slot == "ranked" for r in recs if not r.is_new)
-    none = make(new_item_slots=0, n_new=0).recommend(rec.top_users(1)[0][0], k=5)
-    assert all(r.slot == "ranked" for r in none)
+    none = Artifact.load(fake_path).recommender(
+        RecommenderConfig(new_item_slots=0, n_new=0, filter_out_of_stock=False)
+    )
+    assert all(r.slot == "ranked" for r in none.recommend(user, k=5))
 
 
 def test_diversity_spreads_categories(make: Make) -> None:

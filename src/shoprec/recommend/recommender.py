@@ -31,6 +31,7 @@ import polars as pl
 
 from shoprec.artifact import Artifact
 from shoprec.errors import ShoprecError
+from shoprec.models.two_tower import TwoTowerConfig
 from shoprec.recommend import rerank
 from shoprec.recommend.candidates import CandidateSources, query_vector, similar_items
 from shoprec.recommend.catalog import Catalog, UnknownItemError
@@ -40,7 +41,6 @@ from shoprec.recommend.history import TrainingHistory, history_entries
 from shoprec.recommend.merchant import Merchant
 from shoprec.recommend.retrieve import Retrieval
 from shoprec.recommend.session import Event, LiveEvents, SessionLog
-from shoprec.recommend.two_tower import TwoTowerConfig
 from shoprec.recommend.types import (
     AudienceMember,
     HistoryEntry,
@@ -246,7 +246,10 @@ class Recommender:
         boost = c.session_boost * sim
         total = fused + boost
         order = rerank.mmr(total, cat.categories[cand], k, c.diversity)
-        order, slots = rerank.new_item_slots(order, cat.is_new[cand], total, k, c.new_item_slots)
+        # a slot for new items only where the recipe scores them from their content; others
+        # would fill it with an item scored by the untrained unknown-item embedding
+        n_slots = c.new_item_slots if hasattr(self.scorer, "add_items") else 0
+        order, slots = rerank.new_item_slots(order, cat.is_new[cand], total, k, n_slots)
         out = rerank.ranked_items(cat, cand, bits, order, preds, fused, boost, slots)
         if explain:
             ref = self.explainer.reference(user, f, live)

@@ -41,7 +41,8 @@ class RecommenderConfig:
     session_decay: float = 0.8  # weight of each older recent event relative to the next one
     recent_events: int = 20  # recent events used per shopper
     history_seeds: int = 20  # history items (deepest behavior first) seeding co-occurrence
-    new_item_slots: int = 1  # positions kept for the best new items (0: none)
+    new_item_slots: int = 1  # positions kept for the best new items (0: none); used only
+    # by recipes that score new items from their content (the scorer has add_items)
     explain_steps: int = 64  # Integrated-Gradients steps (scorers that offer attributions)
     reference_items: int = 2000  # items that stand for "a typical item" in explanations
 
