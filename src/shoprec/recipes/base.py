@@ -155,6 +155,27 @@ class TrainingRun:
     info: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_fit(
+        cls, scorer: Scorer, result: Any, monitor: str, n_train: int, **extra: Any
+    ) -> TrainingRun:
+        """A run from :func:`~shoprec.train.loop.fit`'s result: its best validation scores
+        (plus ``mean``, the loop's default monitor), history, epoch and speed."""
+        return cls(
+            scorer=scorer,
+            valid={**result.best_scores, "mean": result.best_score},
+            monitor=monitor if monitor in result.best_scores else "mean",
+            history=result.history,
+            best_epoch=result.best_epoch,
+            info={
+                "samples_per_second": result.samples_per_second,
+                "train_seconds": result.train_seconds,
+                "train_samples": n_train,
+                **extra.pop("info", {}),
+            },
+            **extra,
+        )
+
     @property
     def valid_score(self) -> float:
         """The monitored validation score (NaN when there is none)."""

@@ -232,17 +232,11 @@ class PairsRecipe(Recipe):
         weighting = make_weighting(w.name, model.task_names, **options)
         result = fit(model, data.train, data.valid, cfg, weighting=weighting)
         scorer = PairsScorer(model, data.builder, self.target)
-        return TrainingRun(
-            scorer=scorer,
-            valid={**result.best_scores, "mean": result.best_score},
-            monitor=cfg.monitor if cfg.monitor in result.best_scores else "mean",
-            history=result.history,
-            best_epoch=result.best_epoch,
-            info={
-                "samples_per_second": result.samples_per_second,
-                "train_seconds": result.train_seconds,
-                "train_samples": len(data.train),
-            },
+        return TrainingRun.from_fit(
+            scorer,
+            result,
+            cfg.monitor,
+            len(data.train),
             test={
                 **pointwise_metrics(model, data),
                 "slices": pointwise_slices(model, data),  # type: ignore[dict-item]

@@ -484,16 +484,12 @@ class TabularRecipe(Recipe):
         assert data.encoder is not None
         labels = {t.name: str(t.label) for t in data.tasks}
         scorer = TabularScorer(model, data.encoder, target, labels)
-        return TrainingRun(
-            scorer=scorer,
-            valid={**result.best_scores, "mean": result.best_score},
-            monitor=cfg.monitor if cfg.monitor in result.best_scores else "mean",
-            history=result.history,
-            best_epoch=result.best_epoch,
+        return TrainingRun.from_fit(
+            scorer,
+            result,
+            cfg.monitor,
+            len(data.train),
             info={
-                "samples_per_second": result.samples_per_second,
-                "train_seconds": result.train_seconds,
-                "train_samples": len(data.train),
                 **data.info,
                 "features": {"categorical": data.categorical, "numeric": data.numeric},
             },
