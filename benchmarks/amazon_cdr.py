@@ -622,7 +622,7 @@ def run_cold(
         def fn(u: np.ndarray, src: int = src, mapping: Any = mapping, cols: np.ndarray = cols,
                target_model: CrossDomainScorer = target_model) -> torch.Tensor:  # fmt: skip
             with torch.no_grad():
-                v = mapping(single[src].scorer.user_vectors(names[u - 1].tolist()))
+                v = mapping.map(single[src].scorer.user_vectors(names[u - 1].tolist()))
                 t = len(target_model.index.domains) - 1
                 s = score_items(target_model.model, v, t)  # type: ignore[arg-type]
             out = torch.full((len(u), len(cols)), float("-inf"))
@@ -848,7 +848,7 @@ How each row works:
   `search:` grid); the scorer gives each user a distribution over the target items (the
   scores normalised per user), which ranks as the raw scores do.
 - **Ours** (recipe `cross_domain`, `method: target_only | finetune | joint | experts`;
-  `shoprec.transfer.cross_domain.CrossDomainModel`, one `fit` loop): a user's
+  `shoprec.models.cross_domain.CrossDomainModel`, one `fit` loop): a user's
   vector in a domain = per-domain head over [mean embedding of the user's history items]
   (user-id embeddings off: they memorised on validation), dot item embedding + item bias;
   one training row per (user, domain) with a softmax over all the domain's items for each of

@@ -157,7 +157,8 @@ def artifact(name: str, rebuild: bool = False) -> Path:
     from shoprec.artifact import is_artifact
     from shoprec.config import ExperimentConfig
     from shoprec.experiment import train_experiment
-    from shoprec.recommend import TwoTowerConfig, build_retrieval, has_retrieval
+    from shoprec.models.two_tower import TwoTowerConfig
+    from shoprec.recommend import build_retrieval, has_retrieval
 
     out = RUNS / name
     if not rebuild and is_artifact(out) and has_retrieval(out):

@@ -29,8 +29,9 @@ from shoprec import artifact, recipes
 from shoprec.artifact import Artifact
 from shoprec.config import ExperimentConfig
 from shoprec.experiment import train_experiment
+from shoprec.models.two_tower import TwoTowerConfig
 from shoprec.recipes.base import Recipe, Scorer, TrainingRun, events_of, positions_or_all
-from shoprec.recommend import TwoTowerConfig, build_retrieval
+from shoprec.recommend import build_retrieval
 
 API_KEY = "test-key"
 TINY_CONFIG = {

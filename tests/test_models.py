@@ -1,14 +1,26 @@
-"""Contract suite run over every registered model, plus a few checks of the building blocks."""
+"""Contract suite run over every model (the registered multi-task models, and the content,
+cross-domain, two-tower and EMCDR models), plus a few checks of the building blocks.
+
+Every model meets the same four checks (output shapes, a batch of one, loss falls on planted
+signal when trained with the one fit loop, save/load round trip gives equal outputs); a
+:class:`Case` says how to build, feed and save one. The multi-task models have a few more."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 
+from shoprec.data.batches import TensorData
 from shoprec.models import (
     MODELS,
     CategoricalFeature,
@@ -23,8 +35,21 @@ from shoprec.models import (
     load_model,
     save_model,
 )
+from shoprec.models.content import (
+    ContentConfig,
+    ContentModel,
+    ItemContent,
+    load_content_model,
+    save_content_model,
+)
+from shoprec.models.cross_domain import CrossDomainConfig, CrossDomainModel
+from shoprec.models.emcdr import EMCDRMapping
 from shoprec.models.features import feature_from_dict
 from shoprec.models.layers import ExpertBank, InputLayer
+from shoprec.models.two_tower import TwoTower, TwoTowerConfig
+from shoprec.train.loop import TrainConfig, fit
+
+Batch = dict[str, torch.Tensor]
 
 N_USERS, N_ITEMS, N_CATS, N_WORDS = 30, 40, 6, 25
 
@@ -115,24 +140,6 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.mark.parametrize("n", [7, 1])
-def test_output_shapes(name: str, n: int) -> None:
-    model = make_model(name)
-    batch = make_batch(n)
-    for mode in ("train", "eval"):
-        model.train(mode == "train")
-        outputs = model(batch)
-        assert list(outputs) == [t.name for t in model.tasks]
-        for task in model.tasks:
-            expected = (n, task.n_classes) if task.kind == "multiclass" else (n,)
-            assert outputs[task.name].shape == expected, (task.name, mode)
-            assert torch.isfinite(outputs[task.name]).all()
-        losses = model.task_losses(outputs, batch)
-        assert list(losses) == [t.name for t in model.tasks]
-        assert all(v.shape == () and torch.isfinite(v) for v in losses.values())
-        torch.testing.assert_close(model.loss(outputs, batch), sum(losses.values()))
-
-
 def test_predict_ranges(name: str) -> None:
     model = make_model(name)
     model.train()
@@ -150,42 +157,347 @@ def test_predict_ranges(name: str) -> None:
             assert p.shape == (16,) and (p >= 0).all()  # poisson: a rate
 
 
-def test_save_load_round_trip(name: str, tmp_path: Path) -> None:
-    model = make_model(name)
-    batch = make_batch(9)
-    train_step(model, batch, steps=3)  # move the weights away from their init
-    model.eval()
-    save_model(model, tmp_path / "artifact")
+def test_registered_model_artifact_names_it(name: str, tmp_path: Path) -> None:
+    save_model(make_model(name), tmp_path / "artifact")
     meta = json.loads((tmp_path / "artifact" / "config.json").read_text())
     assert meta["model"] == name
     assert (tmp_path / "artifact" / "weights.safetensors").is_file()
 
-    loaded = load_model(tmp_path / "artifact")
+
+# --------------------------------------------------------------------------- the contract
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model under the contract.
+
+    Attributes:
+        build: seed -> a fresh model.
+        batch: (rows, seed) -> a batch whose labels are a function of its features.
+        shapes: (model, rows) -> the shape of each output of ``forward``, in order.
+        save: writes the model into a folder.
+        load: reads it back.
+    """
+
+    build: Callable[[int], nn.Module]
+    batch: Callable[[int, int], Batch]
+    shapes: Callable[[nn.Module, int], dict[str, tuple[int, ...]]]
+    save: Callable[[nn.Module, Path], object]
+    load: Callable[[Path], nn.Module]
+
+
+def multitask_shapes(model: nn.Module, n: int) -> dict[str, tuple[int, ...]]:
+    return {t.name: (n, t.n_classes) if t.kind == "multiclass" else (n,) for t in model.tasks}
+
+
+def registered_case(name: str) -> Case:
+    return Case(
+        build=lambda seed: make_model(name, seed),
+        batch=make_batch,
+        shapes=multitask_shapes,
+        save=save_model,
+        load=load_model,
+    )
+
+
+# ---- content: users of a taste group buy the group's items, whose titles share a direction
+CONTENT = ContentConfig(
+    n_users=N_USERS,
+    n_items=N_ITEMS,
+    text_dim=8,
+    n_categories=N_CATS,
+    n_brands=4,
+    use_price=True,
+    n_words=N_WORDS,
+    word_dim=4,
+    side_dim=4,
+    dim=8,
+    hidden=16,
+    n_negatives=16,
+    history_len=3,
+    history_text=True,
+    content_match=True,
+    pairwise_weight=0.5,
+)
+N_GROUPS = 5
+N_WARM = 35  # items N_WARM.. are cold: scored from content, never positives or negatives
+
+
+def item_content() -> ItemContent:
+    rng = np.random.default_rng(0)
+    group = np.arange(N_ITEMS) % N_GROUPS
+    text = rng.normal(size=(N_ITEMS, 8)) + 2 * np.eye(8)[group]
+    return ItemContent(
+        text=text.astype(np.float32),
+        words=rng.integers(0, N_WORDS, (N_ITEMS, 3)),
+        category=group + 1,
+        brand=rng.integers(0, 4, N_ITEMS),
+        price=np.where(rng.random(N_ITEMS) < 0.2, np.nan, rng.lognormal(size=N_ITEMS)),
+    )
+
+
+def build_content(seed: int) -> ContentModel:
+    torch.manual_seed(seed)
+    return ContentModel(CONTENT, item_content(), warm=np.arange(N_ITEMS) < N_WARM)
+
+
+def content_batch(n: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(0, N_USERS, (n,), generator=g)
+    group = (user % N_GROUPS).unsqueeze(1)  # (n, 1); group k's warm items: k, k + 5, ...
+    picks = torch.randint(0, N_WARM // N_GROUPS, (n, 4), generator=g)
+    items = group + N_GROUPS * picks  # (n, 4): the row's item, then three recent ones
+    length = torch.randint(0, 4, (n, 1), generator=g)
+    history = torch.where(torch.arange(3) < length, items[:, 1:], N_ITEMS)  # n_items pads
+    return {"user": user, "item": items[:, 0], "history": history}
+
+
+def content_shapes(model: nn.Module, n: int) -> dict[str, tuple[int, ...]]:
+    k, d = model.config.n_negatives, model.config.dim
+    return {"rank": (n, 1 + k), "distill": (n + k, d + 1), "user_norm": ()}
+
+
+# ---- cross-domain: a user's items in both domains follow their group, seen in the history
+DOMAIN_SIZES = (20, 15)
+CROSS_DOMAIN_SPECS = (
+    [
+        CategoricalFeature("user", N_USERS + 1, 8),
+        CategoricalFeature("item", sum(DOMAIN_SIZES) + 1, 8),
+        SequenceFeature("history", sum(DOMAIN_SIZES) + 1, 8, "mean", embedding_of="item"),
+    ],
+    [Task("source"), Task("target")],
+)
+
+
+def build_cross_domain(seed: int, **config: object) -> CrossDomainModel:
+    torch.manual_seed(seed)
+    features, tasks = CROSS_DOMAIN_SPECS
+    return CrossDomainModel(
+        features,
+        tasks,
+        CrossDomainConfig(domain_sizes=DOMAIN_SIZES, **config),  # type: ignore[arg-type]
+    )
+
+
+def domain_items(user: torch.Tensor, domain: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """An item of the user's group in the given domain (ids: 1.. then 21..)."""
+    size = torch.tensor(DOMAIN_SIZES)[domain]
+    start = torch.tensor([1, 1 + DOMAIN_SIZES[0]])[domain]
+    noise = torch.randint(0, 3, user.shape, generator=g)
+    return start + (user % N_GROUPS * 3 + noise) % size
+
+
+def cross_domain_batch(n: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(1, N_USERS + 1, (n,), generator=g)
+    domain = torch.randint(0, 2, (n,), generator=g)
+    history = torch.stack(
+        [domain_items(user, torch.randint(0, 2, (n,), generator=g), g) for _ in range(4)], 1
+    )
+    history = torch.where(torch.rand(n, 4, generator=g) < 0.3, 0, history)  # some padding
+    return {"user": user, "item": domain_items(user, domain, g), "domain": domain,
+            "history": history}  # fmt: skip
+
+
+def save_state(model: nn.Module, directory: Path, meta: dict[str, object]) -> None:
+    """What CrossDomainScorer does: the config as JSON, the state dict as safetensors."""
+    directory.mkdir(parents=True)
+    (directory / "meta.json").write_text(json.dumps(meta))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "weights.safetensors"))
+
+
+def load_state(model: nn.Module, directory: Path) -> nn.Module:
+    model.load_state_dict(load_file(str(directory / "weights.safetensors")), strict=True)
+    return model.eval()
+
+
+def save_cross_domain(model: nn.Module, directory: Path) -> None:
+    meta = {
+        "config": dataclasses.asdict(model.config),
+        "features": [f.to_dict() for f in model.features],
+        "tasks": [t.to_dict() for t in model.tasks],
+    }
+    save_state(model, directory, meta)
+
+
+def load_cross_domain(directory: Path) -> nn.Module:
+    meta = json.loads((directory / "meta.json").read_text())
+    model = CrossDomainModel(
+        [feature_from_dict(f) for f in meta["features"]],
+        [Task.from_dict(t) for t in meta["tasks"]],
+        config_from_dict(CrossDomainConfig, meta["config"]),
+    )
+    return load_state(model, directory)
+
+
+# ---- two-tower: a user's items follow their group; items carry a category and a price
+TT_USER = [CategoricalFeature("user", N_USERS, 8)]
+TT_ITEM = [
+    CategoricalFeature("item", N_ITEMS, 8),
+    CategoricalFeature("category", N_CATS, 4),
+    NumericFeature("log_price"),
+]
+
+
+def build_two_tower(seed: int) -> TwoTower:
+    torch.manual_seed(seed)
+    config = TwoTowerConfig(dim=8, embedding_dim=8, hidden=(16,), temperature=0.1)
+    return TwoTower(TT_USER, TT_ITEM, config)
+
+
+def two_tower_batch(n: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(2, N_USERS, (n,), generator=g)
+    item = (
+        2 + (user % N_GROUPS) * 6 + (user // N_GROUPS) % 3 + torch.randint(0, 2, (n,), generator=g)
+    )
+    counts = torch.bincount(item, minlength=N_ITEMS).float()
+    return {
+        "user": user,
+        "item": item,
+        "category": item % (N_CATS - 2) + 2,
+        "log_price": torch.log1p(item.float()),
+        "item_index": item,
+        "item_log_q": torch.log(counts[item] / n),
+    }
+
+
+def save_two_tower(model: nn.Module, directory: Path) -> None:
+    directory.mkdir(parents=True)
+    model.save(directory)
+
+
+# ---- EMCDR: the target vector is a fixed smooth function of the source vector
+EMCDR_MAP = torch.randn(8, 6, generator=torch.Generator().manual_seed(5))
+
+
+def build_emcdr(seed: int) -> EMCDRMapping:
+    torch.manual_seed(seed)
+    return EMCDRMapping(8, 6, hidden=(16,))
+
+
+def emcdr_batch(n: int, seed: int) -> Batch:
+    source = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
+    return {"source": source, "target": torch.tanh(source @ EMCDR_MAP)}
+
+
+CASES: dict[str, Case] = {
+    **{name: registered_case(name) for name in sorted(MODELS)},
+    "content": Case(
+        build_content,
+        content_batch,
+        content_shapes,
+        save_content_model,
+        load_content_model,
+    ),
+    "cross_domain": Case(
+        build_cross_domain,
+        cross_domain_batch,
+        multitask_shapes,
+        save_cross_domain,
+        load_cross_domain,
+    ),
+    "cross_domain_experts": Case(
+        lambda seed: build_cross_domain(
+            seed,
+            n_shared_experts=2,
+            n_domain_experts=1,
+            expert_dims=(16,),
+            tower_dims=(8,),
+            n_negatives=8,
+            in_batch_negatives=True,
+            l2=1e-4,
+        ),
+        cross_domain_batch,
+        multitask_shapes,
+        save_cross_domain,
+        load_cross_domain,
+    ),
+    "two_tower": Case(
+        build_two_tower,
+        two_tower_batch,
+        lambda model, n: {"logits": (n, n)},
+        save_two_tower,
+        TwoTower.load,
+    ),
+    "emcdr": Case(
+        build_emcdr,
+        emcdr_batch,
+        lambda model, n: {"target": (n, 6)},
+        lambda model, d: save_state(model, d, {}),
+        lambda d: load_state(build_emcdr(seed=99), d),
+    ),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request: pytest.FixtureRequest) -> Case:
+    return CASES[request.param]
+
+
+def seeded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with the global RNG seeded, so that models that sample (negatives,
+    dropout) repeat themselves."""
+    torch.manual_seed(0)
+    return fn(*args)
+
+
+def fit_steps(model: nn.Module, batch: Batch, steps: int) -> None:
+    """``steps`` full-batch Adam steps through the one fit loop (no validation)."""
+    n = len(next(iter(batch.values())))
+    config = TrainConfig(epochs=steps, batch_size=n, lr=1e-2, progress=False)
+    fit(model, TensorData(batch), config=config)
+
+
+def eval_loss(model: nn.Module, batch: Batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(seeded(model.loss, seeded(model, batch), batch))
+
+
+@pytest.mark.parametrize("n", [7, 1])
+def test_output_shapes(case: Case, n: int) -> None:
+    """Shapes for a batch of seven and a batch of one, in training and in eval mode; every
+    output and loss finite; ``loss`` is the sum of ``task_losses``."""
+    model = case.build(0)
+    batch = case.batch(n, 0)
+    expected = case.shapes(model, n)
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        outputs = seeded(model, batch)
+        assert {k: tuple(v.shape) for k, v in outputs.items()} == expected, mode
+        assert list(outputs) == list(expected)
+        assert all(torch.isfinite(v).all() for v in outputs.values())
+        losses = seeded(model.task_losses, outputs, batch)
+        assert all(v.shape == () and torch.isfinite(v) for v in losses.values())
+        total = seeded(model.loss, outputs, batch)
+        torch.testing.assert_close(total, sum(losses.values()))
+        if isinstance(model, MultiTaskModel):
+            assert list(losses) == list(outputs) == [t.name for t in model.tasks]
+
+
+def test_save_load_round_trip(case: Case, tmp_path: Path) -> None:
+    model = case.build(0)
+    batch = case.batch(9, 0)
+    fit_steps(model, batch, steps=3)  # move the weights away from their init; ends in eval
+    case.save(model, tmp_path / "artifact")
+    loaded = case.load(tmp_path / "artifact")
     assert type(loaded) is type(model) and not loaded.training
-    assert loaded.config == model.config and loaded.tasks == model.tasks
-    assert loaded.features == model.features
-    expected, got = model(batch), loaded(batch)
-    for task in model.tasks:
-        assert torch.equal(expected[task.name], got[task.name])
+    for attr in ("config", "features", "tasks", "user_features", "item_features"):
+        assert getattr(loaded, attr, None) == getattr(model, attr, None), attr
+    expected, got = seeded(model, batch), seeded(loaded, batch)
+    assert list(got) == list(expected)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
 
 
-def train_step(model: MultiTaskModel, batch: dict[str, torch.Tensor], steps: int) -> None:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model.loss(model(batch), batch).backward()
-        optimizer.step()
-
-
-def test_loss_falls_on_planted_signal(name: str) -> None:
-    model = make_model(name, seed=1)
-    batch = make_batch(256, seed=1)
-    with torch.no_grad():
-        before = model.loss(model(batch), batch).item()
-    torch.manual_seed(1)
-    train_step(model, batch, steps=100)
-    with torch.no_grad():
-        after = model.loss(model(batch), batch).item()
+def test_loss_falls_on_planted_signal(case: Case) -> None:
+    model = case.build(1)
+    batch = case.batch(256, 1)
+    before = eval_loss(model, batch)
+    fit_steps(model, batch, steps=100)
+    after = eval_loss(model, batch)
     assert after < 0.8 * before, (before, after)
 
 
@@ -354,3 +666,8 @@ def test_expert_bank_matches_independent_mlps() -> None:
         h = torch.relu(x @ bank.first_weight[:, e] + bank.first_bias[e])
         h = torch.relu(h @ bank.weights[0][e] + bank.biases[0][e])
         torch.testing.assert_close(out[:, e], h)
+
+
+def test_two_tower_sides_must_not_share_batch_keys() -> None:
+    with pytest.raises(ValueError, match="share batch keys"):
+        TwoTower(TT_USER, [*TT_ITEM, CategoricalFeature("user", N_USERS, 8)])

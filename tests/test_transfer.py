@@ -12,6 +12,7 @@ import torch
 
 from shoprec.data.simulate import simulate_shop
 from shoprec.evaluate import metrics
+from shoprec.models.cross_domain import CrossDomainConfig, CrossDomainModel
 from shoprec.train.loop import TrainConfig, fit
 from shoprec.transfer.cold_start import (
     AttributePopularity,
@@ -20,8 +21,6 @@ from shoprec.transfer.cold_start import (
     session_vector,
 )
 from shoprec.transfer.cross_domain import (
-    CrossDomainConfig,
-    CrossDomainModel,
     DomainIndex,
     EMCDRConfig,
     fit_mapping,
@@ -225,13 +224,13 @@ def test_emcdr_mapping_moves_source_vectors_to_target_vectors(shop: Shop) -> Non
     untrained = fit_mapping(source, target, EMCDRConfig(epochs=0, valid_frac=0.0))[0]
     mapping, facts = fit_mapping(source, target, config)
     with torch.no_grad():
-        before = (untrained(source) - target).square().sum(1).mean()
-        after = (mapping(source) - target).square().sum(1).mean()
+        before = (untrained.map(source) - target).square().sum(1).mean()
+        after = (mapping.map(source) - target).square().sum(1).mean()
         to_mean = (target.mean(0) - target).square().sum(1).mean()  # best constant guess
     assert after < 0.8 * before
     assert after < to_mean
     assert facts["train_mse"] == pytest.approx(float(after) / target.shape[1], rel=1e-4)
-    mapped = score_items(models[1], mapping(source[:2]).detach(), 1)
+    mapped = score_items(models[1], mapping.map(source[:2]).detach(), 1)
     assert mapped.shape == (2, shop.index.domain_sizes[1])
 
 

@@ -1,9 +1,17 @@
 """Multi-task ranking models, their registry, and their artifacts.
 
-Every model keeps the :class:`~shoprec.models.base.MultiTaskModel` contract and is built as
-``Model(features, tasks, config)``. The registry maps a name to ``(model class, config
-class)``; :func:`build_model` builds one by name, :func:`save_model` / :func:`load_model` write
-and read an artifact folder::
+The other models of this package, each in its own module, are not in the registry (which
+lists the multi-task rankers an experiment's ``model:`` key can name):
+:mod:`~shoprec.models.content` (new items from their content),
+:mod:`~shoprec.models.cross_domain` (several domains sharing one user base),
+:mod:`~shoprec.models.emcdr` (a user's vector mapped from one domain to another) and
+:mod:`~shoprec.models.two_tower` (retrieval). Every one of them owns its loss and trains
+with :func:`shoprec.train.loop.fit`.
+
+Every registered model keeps the :class:`~shoprec.models.base.MultiTaskModel` contract and
+is built as ``Model(features, tasks, config)``. The registry maps a name to ``(model class,
+config class)``; :func:`build_model` builds one by name, :func:`save_model` /
+:func:`load_model` write and read an artifact folder::
 
     config.json          model name, config, feature specs, task specs
     weights.safetensors  the state dict

@@ -2,7 +2,7 @@
 
 For shops that add products all the time: an item nobody has bought yet is scored from its
 content (title, category, brand, price), an item with history from its ID embedding blended
-with that content. The model is :class:`~shoprec.transfer.content.ContentModel` (read its
+with that content. The model is :class:`~shoprec.models.content.ContentModel` (read its
 docstring for the method: DropoutNet-style ID dropout, distillation of the content tower
 towards the ID embeddings, a recency-weighted pool of the user's recent items, an optional
 content-match term and BPR term). The recipe, step by step:
@@ -75,6 +75,15 @@ from shoprec.data.batches import TensorData
 from shoprec.data.encode import IdMap
 from shoprec.evaluate.metrics import CSR
 from shoprec.evaluate.protocols import full_ranking, sampled_ranking
+from shoprec.models.content import (
+    ContentConfig,
+    ContentModel,
+    ItemContent,
+    content_state,
+    extend_items,
+    load_content_model,
+    save_content_model,
+)
 from shoprec.recipes.base import (
     Recipe,
     RecipeOptions,
@@ -84,17 +93,7 @@ from shoprec.recipes.base import (
     positions_or_all,
 )
 from shoprec.train.loop import fit
-from shoprec.transfer.content import (
-    ContentConfig,
-    ContentModel,
-    ItemContent,
-    content_state,
-    extend_items,
-    last_items,
-    load_content_model,
-    recent_items,
-    save_content_model,
-)
+from shoprec.transfer.content import last_items, recent_items
 
 if TYPE_CHECKING:
     from shoprec.data.schema import Dataset, Interactions
@@ -130,7 +129,7 @@ class TextOptions(RecipeOptions):
 class ContentOptions(RecipeOptions):
     """Options of the ``content`` recipe (``recipe:`` keys besides ``name``).
 
-    The model keys are the fields of :class:`~shoprec.transfer.content.ContentConfig` whose
+    The model keys are the fields of :class:`~shoprec.models.content.ContentConfig` whose
     values do not come from the data, with its defaults except ``history_len`` (20) and
     ``history_text`` (true), so that a shopper's recent items, live events included, reach
     the model. Training settings (epochs cap, lr, batch size, patience, seed) are the

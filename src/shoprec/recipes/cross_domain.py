@@ -4,7 +4,7 @@ One user base shops in several domains (markets, categories); the target domain 
 events, or none at all for some users. Each method is a few explicit steps over
 :mod:`shoprec.transfer.cross_domain` and :mod:`shoprec.transfer.neighbours`:
 
-* ``target_only``: :class:`~shoprec.transfer.cross_domain.CrossDomainModel` on the target's
+* ``target_only``: :class:`~shoprec.models.cross_domain.CrossDomainModel` on the target's
   events alone (the baseline transfer must beat);
 * ``finetune``: pretrain on the source, freeze the listed parts (``freeze``), fine-tune on the
   target with histories of both domains;
@@ -70,6 +70,7 @@ from safetensors.torch import load_file, save_file
 from shoprec.errors import DataError
 from shoprec.evaluate import metrics
 from shoprec.models import config_from_dict
+from shoprec.models.cross_domain import CrossDomainConfig, CrossDomainModel
 from shoprec.recipes.base import (
     Recipe,
     RecipeOptions,
@@ -82,8 +83,6 @@ from shoprec.train.loop import fit
 from shoprec.train.weighting import FixedWeights
 from shoprec.transfer.cross_domain import (
     PARTS,
-    CrossDomainConfig,
-    CrossDomainModel,
     DomainIndex,
     freeze,
     history_matrix,

@@ -16,7 +16,7 @@ from shoprec.recommend.fusion import Fusion
 from shoprec.recommend.recommender import Recommender
 from shoprec.recommend.retrieve import Retrieval, build_retrieval, has_retrieval
 from shoprec.recommend.session import Event, SessionLog
-from shoprec.recommend.two_tower import RetrievalFeatures, TwoTower, TwoTowerConfig
+from shoprec.recommend.two_tower import RetrievalFeatures
 from shoprec.recommend.types import (
     AudienceMember,
     HistoryEntry,
@@ -46,8 +46,6 @@ __all__ = [
     "RetrievalFeatures",
     "SessionLog",
     "SimilarItem",
-    "TwoTower",
-    "TwoTowerConfig",
     "UnknownItemError",
     "build_retrieval",
     "has_retrieval",

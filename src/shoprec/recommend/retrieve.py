@@ -2,8 +2,9 @@
 
 The sources feed the ranker (:mod:`shoprec.recommend.candidates` unions them):
 
-* **two-tower** (:mod:`shoprec.recommend.two_tower`): nearest items to the user's vector in
-  an inner-product index (faiss ``IndexFlatIP`` when faiss is installed, NumPy otherwise);
+* **two-tower** (:mod:`shoprec.models.two_tower`, trained by
+  :mod:`shoprec.recommend.two_tower`): nearest items to the user's vector in an
+  inner-product index (faiss ``IndexFlatIP`` when faiss is installed, NumPy otherwise);
 * **popularity**: items by behavior-weighted event counts;
 * **co-occurrence**: item-to-item neighbours, ``|U_i & U_j| / sqrt(|U_i| |U_j|)`` (cosine of
   the item columns of the user x item matrix), seeded by the shopper's recent items.
@@ -42,13 +43,11 @@ import scipy.sparse as sp
 
 from shoprec.artifact import ITEMS_FILE, RETRIEVAL_DIR, SEEN_FILE, read_manifest
 from shoprec.errors import ShoprecError
+from shoprec.models.two_tower import META_FILE, TwoTower, TwoTowerConfig
 from shoprec.recommend.two_tower import (
     ITEM_ENCODER_FILE,
-    META_FILE,
     USER_ENCODER_FILE,
     RetrievalFeatures,
-    TwoTower,
-    TwoTowerConfig,
     embed_items,
     embed_users,
     train_two_tower,

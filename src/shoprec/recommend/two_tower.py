@@ -1,87 +1,49 @@
-"""Two-tower retrieval: a user tower and an item tower whose dot product scores a pair.
+"""The two-tower retrieval model's features and training on an artifact's events.
 
-Yi, Yang, Hong, Cheng, Heldt, Kumthekar, Zhao, Wei, Chi. "Sampling-Bias-Corrected Neural
-Modeling for Large Corpus Item Recommendations". RecSys 2019.
-
+The model is :class:`~shoprec.models.two_tower.TwoTower` (the paper and the loss are there).
 The towers know nothing of the ranking recipe: their inputs come from the artifact's
 ``items.parquet`` and ``seen.parquet`` alone, encoded by :class:`RetrievalFeatures` (its own
 small encoder, saved as JSON beside the model), so any recipe's artifact gets the same
-candidate sources::
-
-    u = normalize(MLP_u(embed(user id)))                             # (B, D)
-    v = normalize(MLP_v(embed(item id, category, brand), log price)) # (B, D)
-    logits = u @ v.T / temperature - log q(item)                     # (B, B) in-batch softmax
-
-trained with the in-batch softmax over the training events (every other item of the batch
-is a negative), with the log-frequency correction ``log q`` for popular items being more
-often a negative, and with duplicate items of a batch masked out. Ids are dropped (replaced
-by the OOV id) with probability ``id_dropout`` so that the OOV user vector is a useful
-"anyone" and attributes alone give a useful item vector: that is what an unknown shopper
-(before their live events move the query) and a new item get. Item ids are learned only for
-items with training events; a new item is its attributes.
-
-Because the vectors are normalised, ``u . v`` is a cosine: an inner-product index (faiss
-``IndexFlatIP``) finds the nearest items, and ``v_i . v_j`` is the item-to-item similarity
-used for "similar items", session boosts and "because you bought X".
+candidate sources. :func:`train_two_tower` fits it with the one fit loop on the training
+events' (user, item) pairs; item ids are learned only for items with training events, so a
+new item is its attributes. :func:`embed_items` and :func:`embed_users` give the unit vectors
+that the inner-product index, "similar items", session boosts and "because you bought X" use.
 
 Example:
-    >>> from shoprec.models.features import CategoricalFeature
-    >>> tt = TwoTower([CategoricalFeature("user", 10)], [CategoricalFeature("item", 20)])
-    >>> tt.item_vectors({"item": torch.tensor([2, 3])}).shape
-    torch.Size([2, 32])
+    >>> features = RetrievalFeatures.fit(
+    ...     pl.DataFrame({"item": ["a", "b"]}),
+    ...     pl.DataFrame({"user": ["u", "v"], "item": ["a", "b"], "behavior": ["buy", "buy"]}),
+    ... )
+    >>> model = train_two_tower(features, pl.DataFrame({"item": ["a", "b"]}),
+    ...     pl.DataFrame({"user": ["u", "v"], "item": ["a", "b"], "behavior": ["buy", "buy"]}))
+    >>> embed_items(model, features, pl.DataFrame({"item": ["a", "c"]})).shape
+    (2, 32)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
 
-from shoprec.data.encode import OOV, Encoder
-from shoprec.models.features import (
-    CategoricalFeature,
-    FeatureSpec,
-    NumericFeature,
-    feature_from_dict,
-)
-from shoprec.models.layers import MLP, Batch, InputLayer
+from shoprec.data.batches import TensorData
+from shoprec.data.encode import Encoder
+from shoprec.models.features import CategoricalFeature, FeatureSpec, NumericFeature
+from shoprec.models.layers import Batch
+from shoprec.models.two_tower import TwoTower, TwoTowerConfig
+from shoprec.train.loop import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "two_tower.safetensors"
-META_FILE = "two_tower.json"
 USER_ENCODER_FILE = "user_encoder.json"
 ITEM_ENCODER_FILE = "item_encoder.json"
-#: Behaviors whose (user, item) pairs are positives, by default.
-POSITIVE_BEHAVIORS = ("view", "click", "favorite", "cart", "buy", "rate")
 #: Item-side inputs, when the item table has them (``log_price`` is ``log1p(price)``).
 ITEM_CATEGORICAL = ("item", "category", "brand")
 ITEM_NUMERIC = ("log_price",)
-
-
-@dataclass(frozen=True)
-class TwoTowerConfig:
-    dim: int = 32  # size of the user and item vectors
-    embedding_dim: int = 16  # embedding size of every categorical feature
-    hidden: tuple[int, ...] = (64,)  # MLP widths of each tower, before the output layer
-    temperature: float = 0.05  # softmax temperature of the cosine logits
-    epochs: int = 4  # passes over the positive pairs
-    batch_size: int = 1024  # in-batch negatives per positive = batch_size - 1
-    lr: float = 3e-3  # Adam learning rate
-    id_dropout: float = 0.1  # share of user/item ids replaced by OOV while training
-    behaviors: tuple[str, ...] = POSITIVE_BEHAVIORS  # events whose pairs are positives
-    seed: int = 0
 
 
 def item_frame(items: pl.DataFrame) -> pl.DataFrame:
@@ -186,93 +148,14 @@ class RetrievalFeatures:
         )
 
 
-class TwoTower(nn.Module):
-    """A user tower and an item tower; see the module docstring.
-
-    Args:
-        user_features: specs of the user side's batch keys.
-        item_features: specs of the item side's batch keys.
-        config: sizes and training knobs.
-    """
-
-    def __init__(
-        self,
-        user_features: Sequence[FeatureSpec],
-        item_features: Sequence[FeatureSpec],
-        config: TwoTowerConfig | None = None,
-    ) -> None:
-        super().__init__()
-        self.config = c = config or TwoTowerConfig()
-        self.user_features = tuple(user_features)
-        self.item_features = tuple(item_features)
-        self.user_inputs = InputLayer(user_features)
-        self.item_inputs = InputLayer(item_features)
-        self.user_mlp = MLP(self.user_inputs.output_dim, c.hidden)
-        self.item_mlp = MLP(self.item_inputs.output_dim, c.hidden)
-        self.user_out = nn.Linear(self.user_mlp.out_dim, c.dim)
-        self.item_out = nn.Linear(self.item_mlp.out_dim, c.dim)
-
-    def user_vectors(self, batch: Batch) -> Tensor:
-        """``(B, dim)`` unit vectors of users."""
-        return F.normalize(self.user_out(self.user_mlp(self.user_inputs(batch))), dim=-1)
-
-    def item_vectors(self, batch: Batch) -> Tensor:
-        """``(B, dim)`` unit vectors of items."""
-        return F.normalize(self.item_out(self.item_mlp(self.item_inputs(batch))), dim=-1)
-
-    def forward(self, users: Batch, items: Batch) -> Tensor:
-        """``(B, B)`` cosine logits of every user of the batch against every item."""
-        return self.user_vectors(users) @ self.item_vectors(items).T / self.config.temperature
-
-    def save(self, directory: str | Path) -> None:
-        """Write ``two_tower.safetensors`` and ``two_tower.json`` into ``directory``."""
-        directory = Path(directory)
-        meta = {
-            "format": "shoprec.two_tower",
-            "format_version": 2,
-            "config": dataclasses.asdict(self.config),
-            "user_features": [f.to_dict() for f in self.user_features],
-            "item_features": [f.to_dict() for f in self.item_features],
-        }
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE))
-
-    @classmethod
-    def load(cls, directory: str | Path) -> TwoTower:
-        """Read what :meth:`save` wrote: the model, in eval mode."""
-        directory = Path(directory)
-        meta = json.loads((directory / META_FILE).read_text())
-        if meta.get("format") != "shoprec.two_tower" or meta.get("format_version") != 2:
-            raise ValueError(
-                f"{directory / META_FILE} is not a shoprec two-tower model of this version; "
-                "build the retrieval files again (shoprec serve --rebuild)"
-            )
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-        model = cls(
-            [feature_from_dict(f) for f in meta["user_features"]],
-            [feature_from_dict(f) for f in meta["item_features"]],
-            TwoTowerConfig(**cfg),
-        )
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
-        return model.eval()
-
-
-def _drop_ids(batch: Batch, key: str, p: float, gen: torch.Generator) -> Batch:
-    if p <= 0 or key not in batch:
-        return batch
-    ids = batch[key]
-    drop = torch.rand(ids.shape, generator=gen) < p
-    return {**batch, key: torch.where(drop, torch.full_like(ids, OOV), ids)}
-
-
 def train_two_tower(
     features: RetrievalFeatures,
     items: pl.DataFrame,
     seen: pl.DataFrame,
     config: TwoTowerConfig | None = None,
 ) -> TwoTower:
-    """Fit a :class:`TwoTower` on the training events with the in-batch softmax.
+    """Fit a :class:`~shoprec.models.two_tower.TwoTower` on the training events' pairs with the
+    in-batch softmax, through :func:`~shoprec.train.loop.fit` (every epoch, no validation).
 
     Args:
         features: the fitted encoders.
@@ -287,7 +170,6 @@ def train_two_tower(
     """
     c = config or TwoTowerConfig()
     torch.manual_seed(c.seed)
-    gen = torch.Generator().manual_seed(c.seed)
     user_specs, item_specs = features.specs(c.embedding_dim)
     model = TwoTower(user_specs, item_specs, c)
     rows = pl.DataFrame({"item": items["item"], "row": np.arange(items.height, dtype=np.int64)})
@@ -311,29 +193,24 @@ def train_two_tower(
     user_x = features.encode_users(users.to_list())
     item_x = features.encode_items(items[item_rows.to_numpy()])
     log_q = torch.log(torch.bincount(i_idx, minlength=len(item_rows)).float() / len(i_idx))
-    opt = torch.optim.Adam(model.parameters(), lr=c.lr)
-    start = time.perf_counter()
-    model.train()
-    n = len(i_idx)
-    for epoch in range(c.epochs):
-        order = torch.randperm(n, generator=gen)
-        total = 0.0
-        for lo in range(0, n, c.batch_size):
-            b = order[lo : lo + c.batch_size]
-            if len(b) < 2:
-                continue
-            ub = _drop_ids({k: v[u_idx[b]] for k, v in user_x.items()}, "user", c.id_dropout, gen)
-            ib = _drop_ids({k: v[i_idx[b]] for k, v in item_x.items()}, "item", c.id_dropout, gen)
-            logits = model(ub, ib) - log_q[i_idx[b]]  # (B, B), corrected for popularity
-            same = i_idx[b].unsqueeze(0) == i_idx[b].unsqueeze(1)  # (B, B)
-            logits = logits.masked_fill(same & ~torch.eye(len(b), dtype=torch.bool), -1e9)
-            loss = F.cross_entropy(logits, torch.arange(len(b)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(b)
-        log.info("two-tower epoch %d: in-batch softmax loss %.4f", epoch + 1, total / n)
-    log.info("two-tower trained on %d pairs in %.1f s", n, time.perf_counter() - start)
+    data = TensorData(
+        {
+            **{k: v[u_idx] for k, v in user_x.items()},  # (P,) per key: one row per pair
+            **{k: v[i_idx] for k, v in item_x.items()},
+            "item_index": i_idx,  # duplicates of a batch's items are not its negatives
+            "item_log_q": log_q[i_idx],
+        }
+    )
+    train = TrainConfig(
+        epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed, progress=False
+    )
+    result = fit(model, data, config=train)
+    log.info(
+        "two-tower trained on %d pairs in %.1f s (in-batch softmax loss %.4f)",
+        len(data),
+        result.train_seconds,
+        result.history[-1]["train_loss"] if result.history else float("nan"),
+    )
     return model.eval()
 
 

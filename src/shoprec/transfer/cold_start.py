@@ -6,7 +6,7 @@ raises for a user with nothing at all:
 
 1. **The first few events of a session** (:func:`session_vector`): the model's user vector
    from an unknown user id and a history of the items just seen (for
-   :class:`~shoprec.transfer.cross_domain.CrossDomainModel`, the towers over the mean item
+   :class:`~shoprec.models.cross_domain.CrossDomainModel`, the towers over the mean item
    embedding), or the plain mean of the item embeddings (:func:`mean_item_vector`).
 2. **Another domain** (:func:`from_other_domain`): an EMCDR mapping of the user's source
    vector into the target (:func:`~shoprec.transfer.cross_domain.fit_mapping`).
@@ -32,7 +32,9 @@ import polars as pl
 import torch
 from torch import Tensor, nn
 
-from shoprec.transfer.cross_domain import CrossDomainModel, score_items, user_vectors
+from shoprec.models.cross_domain import CrossDomainModel
+from shoprec.models.emcdr import EMCDRMapping
+from shoprec.transfer.cross_domain import score_items, user_vectors
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,11 @@ def mean_item_vector(table: nn.Embedding | Tensor, items: Sequence[int]) -> Tens
 
 
 @torch.no_grad()
-def from_other_domain(mapping: nn.Module, source_vector: Tensor) -> Tensor:
+def from_other_domain(mapping: EMCDRMapping, source_vector: Tensor) -> Tensor:
     """Target-domain vector ``(D,)`` (or ``(B, D)``) mapped from the source vector(s)."""
     mapping.eval()
     x = source_vector if source_vector.dim() == 2 else source_vector.unsqueeze(0)
-    out = mapping(x.float())
+    out = mapping.map(x.float())
     return out if source_vector.dim() == 2 else out[0]
 
 
@@ -155,7 +157,7 @@ def recommend_new_user(
     domain: int = 0,
     session_items: Sequence[int] = (),
     source_vector: Tensor | None = None,
-    mapping: nn.Module | None = None,
+    mapping: EMCDRMapping | None = None,
     attributes: Mapping[str, object] | None = None,
     attribute_popularity: AttributePopularity | None = None,
     exclude: Sequence[int] = (),
@@ -170,7 +172,7 @@ def recommend_new_user(
         popularity: item columns of the domain by descending popularity
             (:func:`popularity_ranking`); the fallback.
         k: list length (shorter only if the domain has fewer items).
-        model: a trained :class:`~shoprec.transfer.cross_domain.CrossDomainModel`.
+        model: a trained :class:`~shoprec.models.cross_domain.CrossDomainModel`.
         domain: domain index; columns are item ids minus the domain's first id.
         session_items: item ids (model ids, any domain) the user touched so far.
         source_vector: the user's vector in another domain.
