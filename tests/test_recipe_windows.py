@@ -405,7 +405,8 @@ def test_a_task_loss_sets_the_quantity_loss() -> None:
     weighted = ExperimentConfig.from_dict(
         {**raw, "tasks": ["buy", {"name": "return", "weight": 2}]}
     )
-    assert recipes.get("windows")(weighted)._weighting().weights() == {"return": 2.0}
+    weighted_recipe = recipes.get("windows")(weighted)
+    assert weighted_recipe.weighting(weighted_recipe.tasks).weights() == {"return": 2.0}
 
 
 @pytest.mark.parametrize(

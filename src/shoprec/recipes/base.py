@@ -212,6 +212,18 @@ class Recipe(ABC):
         t = self.config.evaluate.target
         return t if t in self.tasks else self.tasks[-1]
 
+    def weighting(self, tasks: Sequence[str]) -> Any:
+        """The configured task-loss balancing (:mod:`shoprec.train.weighting`) for ``tasks``;
+        a task's ``weight:`` in the config becomes its fixed (or PCGrad) weight."""
+        from shoprec.train.weighting import make_weighting
+
+        w = self.config.weighting
+        options = dict(w.options)
+        weights = {t.name: t.weight for t in self.config.tasks if t.weight != 1.0}
+        if weights and w.name in ("fixed", "pcgrad") and "weights" not in options:
+            options["weights"] = weights
+        return make_weighting(w.name, list(tasks), **options)
+
     def prepare(self, dataset: Dataset, split: Split) -> Any:
         """Training data for :meth:`build_model` and the loop (recipe-specific)."""
         raise NotImplementedError(f"recipe '{self.name}' does not split prepare from fit")

@@ -113,7 +113,6 @@ from shoprec.recipes.base import (
     positions_or_all,
 )
 from shoprec.train.loop import fit, predict
-from shoprec.train.weighting import make_weighting
 
 if TYPE_CHECKING:
     from shoprec.data.schema import Dataset
@@ -1398,14 +1397,6 @@ class MultiBehaviorRecipe(Recipe):
         held, vu, vi = hold_out_one(fit_log, config.target, seed=self.options.hold_out_seed)
         return held, fit_log, vu, vi
 
-    def _weighting(self, tasks: Sequence[str]) -> Any:
-        w = self.config.weighting
-        options = dict(w.options)
-        weights = {t.name: t.weight for t in self.config.tasks if t.weight != 1.0}
-        if weights and w.name in ("fixed", "pcgrad") and "weights" not in options:
-            options["weights"] = weights
-        return make_weighting(w.name, list(tasks), **options)
-
     def _model(self, blog: BehaviorLog, config: MultiBehaviorConfig) -> nn.Module:
         m = self.config.model
         return build_model(m.name, feature_specs(blog, config), self.task_specs(config), **m.config)
@@ -1443,7 +1434,7 @@ class MultiBehaviorRecipe(Recipe):
             )
         else:
             log.warning("no validation targets: every epoch runs and the last one is kept")
-        weighting = self._weighting([t.name for t in model.tasks])
+        weighting = self.weighting([t.name for t in model.tasks])
         result = fit(model, data, config=train_cfg, weighting=weighting, evaluator=evaluator)
         info: dict[str, Any] = {
             "users": full_log.n_users,
@@ -1461,7 +1452,7 @@ class MultiBehaviorRecipe(Recipe):
             torch.manual_seed(train_cfg.seed)
             model = self._model(full_log, config)
             refit_cfg = replace(train_cfg, epochs=epochs, checkpoint_dir=None)
-            weighting = self._weighting([t.name for t in model.tasks])
+            weighting = self.weighting([t.name for t in model.tasks])
             refit = fit(model, data, config=refit_cfg, weighting=weighting)
             info["train_seconds"] += refit.train_seconds
             info["retrain_rows"] = len(data)

@@ -35,7 +35,6 @@ from shoprec.models.base import MultiTaskModel, output_to_prediction
 from shoprec.pipeline import FeatureBuilder, RankingData, prepare_ranking
 from shoprec.recipes.base import Recipe, RecipeOptions, Scorer, TrainingRun, positions_or_all
 from shoprec.train.loop import fit, predict
-from shoprec.train.weighting import make_weighting
 
 if TYPE_CHECKING:
     from shoprec.data.schema import Dataset
@@ -224,12 +223,7 @@ class PairsRecipe(Recipe):
         cfg = self.config.train.train_config()
         torch.manual_seed(cfg.seed)
         model = self.build_model(data)
-        w = self.config.weighting
-        weights = {t.name: t.weight for t in self.config.tasks if t.weight != 1.0}
-        options = dict(w.options)
-        if weights and w.name in ("fixed", "pcgrad") and "weights" not in options:
-            options["weights"] = weights
-        weighting = make_weighting(w.name, model.task_names, **options)
+        weighting = self.weighting(model.task_names)
         result = fit(model, data.train, data.valid, cfg, weighting=weighting)
         scorer = PairsScorer(model, data.builder, self.target)
         return TrainingRun.from_fit(

@@ -97,7 +97,6 @@ from shoprec.recipes.base import (
     positions_or_all,
 )
 from shoprec.train.loop import fit, predict
-from shoprec.train.weighting import LossWeighting, make_weighting
 
 if TYPE_CHECKING:
     from shoprec.config import ExperimentConfig
@@ -1231,7 +1230,7 @@ class WindowsRecipe(Recipe):
             train_data = train_data.subset(torch.nonzero(train_data.columns["buy"] > 0)[:, 0])
             valid_data = valid_data.subset(torch.nonzero(valid_data.columns["buy"] > 0)[:, 0])
         tcfg = self.config.train.train_config()
-        weighting = self._weighting()
+        weighting = self.weighting(self.tasks)
         res = fit(
             model,
             train_data,
@@ -1278,14 +1277,6 @@ class WindowsRecipe(Recipe):
             },
             test=test,
         )
-
-    def _weighting(self) -> LossWeighting:
-        w = self.config.weighting
-        options = w.options
-        weights = {t.name: t.weight for t in self.config.tasks if t.weight != 1.0}
-        if weights and "weights" not in options and w.name in ("fixed", "pcgrad"):
-            options = {**options, "weights": weights}
-        return make_weighting(w.name, self.tasks, **options)
 
 
 def _catalog(dataset: Dataset, known: pl.DataFrame) -> pl.DataFrame:

@@ -66,7 +66,6 @@ from shoprec.models import (
 from shoprec.models.base import MultiTaskModel
 from shoprec.recipes.base import Recipe, RecipeOptions, Scorer, TrainingRun
 from shoprec.train.loop import Evaluator, FitResult, fit, predict, task_scores
-from shoprec.train.weighting import LossWeighting, make_weighting
 
 if TYPE_CHECKING:
     from shoprec.data.split import Split
@@ -436,15 +435,6 @@ class TabularRecipe(Recipe):
         m = self.config.model
         torch.manual_seed(self.config.train.train_config().seed)
         return build_model(m.name, data.features, data.tasks, **m.config)
-
-    def weighting(self, tasks: Sequence[str]) -> LossWeighting:
-        """The configured loss weighting; a task's ``weight`` feeds fixed / PCGrad weights."""
-        w = self.config.weighting
-        options = dict(w.options)
-        weights = {t.name: t.weight for t in self.config.tasks if t.weight != 1.0}
-        if weights and w.name in ("fixed", "pcgrad") and "weights" not in options:
-            options["weights"] = weights
-        return make_weighting(w.name, list(tasks), **options)
 
     def train(
         self, model: MultiTaskModel, data: TabularData, evaluator: Evaluator | None = None
