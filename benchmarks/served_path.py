@@ -79,14 +79,8 @@ def baselines(art: Artifact, split: Any, users: list[str], ks: tuple[int, ...]) 
     repeat = np.zeros((len(users), len(pop)))
     repeat[past["row"].to_numpy(), past["col"].to_numpy()] = past["len"].to_numpy()
 
-    def take(csr: Any) -> Any:
-        if csr is None:
-            return None
-        lists = [csr.indices[csr.indptr[r] : csr.indptr[r + 1]] for r in rows]
-        indptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])])
-        return type(csr)(indptr, np.concatenate(lists) if lists else np.zeros(0, np.int64))
-
-    relevant, exclude = take(spec.relevant), take(spec.exclude)
+    sub = spec.take(rows)
+    relevant, exclude = sub.relevant, sub.exclude
     tie = pop / (pop.max() + 1.0)  # below one purchase
 
     def popularity(r: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
@@ -119,13 +113,10 @@ def run_one(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         update={"max_users": args.max_users, "bootstrap": 0, "slices": False}
     )
     offline = evaluate_scorer(art.scorer, split, ev_cfg, exclude=exclusions(art.config))
-    spec_users = ranking_spec(
+    spec = ranking_spec(
         split.test, known_before(split), art.scorer.items, art.target, exclusions(art.config)
-    ).users
-    rows = np.arange(len(spec_users))
-    if len(rows) > args.max_users:
-        rows = np.sort(np.random.default_rng(ev_cfg.seed).choice(len(rows), args.max_users, False))
-    users = [spec_users[r] for r in rows]
+    )
+    users = spec.take(spec.sample_rows(args.max_users, ev_cfg.seed)).users
     served = evaluate_served(art, split, ev_cfg, users=users)
     plain_cfg = art.config.serve.recommender_config(diversity=0.0, new_item_slots=0)
     plain = evaluate_served(art, split, ev_cfg, users=users, recommender=art.recommender(plain_cfg))

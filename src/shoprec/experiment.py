@@ -283,6 +283,41 @@ class RankingSpec:
     item_is_warm: np.ndarray  # (I,) the item has training events
     pairs: pl.DataFrame  # user, item, row, col, domain of the relevant test pairs
 
+    def sample_rows(self, max_users: int | None, seed: int = 0) -> np.ndarray:
+        """Rows of a seeded sample of at most ``max_users`` users (all rows if None), sorted:
+        every evaluation of the same artifact and seed takes the same users."""
+        rows = np.arange(len(self.users))
+        if max_users is not None and len(rows) > max_users:
+            rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_users, False))
+        return rows
+
+    def take(self, rows: np.ndarray) -> RankingSpec:
+        """The same spec for the users at ``rows`` only."""
+        if len(rows) == len(self.users):
+            return self
+
+        def take(csr: CSR | None) -> CSR | None:
+            if csr is None:
+                return None
+            lists = [csr.indices[csr.indptr[r] : csr.indptr[r + 1]] for r in rows]
+            lengths = np.array([len(x) for x in lists], dtype=np.int64)
+            indptr = np.concatenate([[0], np.cumsum(lengths)])
+            indices = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+            return CSR(indptr, indices)
+
+        new_row = np.full(len(self.users), -1)
+        new_row[rows] = np.arange(len(rows))
+        pairs = self.pairs.with_columns(pl.Series("row", new_row[self.pairs["row"].to_numpy()]))
+        return RankingSpec(
+            users=[self.users[r] for r in rows],
+            relevant=take(self.relevant),  # type: ignore[arg-type]
+            exclude=take(self.exclude),
+            unknown_relevant=self.unknown_relevant,
+            user_has_history=self.user_has_history[rows],
+            item_is_warm=self.item_is_warm,
+            pairs=pairs.filter(pl.col("row") >= 0),
+        )
+
 
 def ranking_spec(
     part: Interactions,
@@ -323,7 +358,6 @@ def ranking_spec(
             .join(item_frame, on="item")
         )
         excl = CSR.from_pairs(seen["row"].to_numpy(), seen["col"].to_numpy(), len(users))
-    trained_users = set(train.df["user"].unique().to_list())
     warm_items = item_frame.join(train.df.select("item").unique(), on="item", how="semi")[
         "col"
     ].to_numpy()
@@ -334,7 +368,9 @@ def ranking_spec(
         relevant=relevant,
         exclude=excl,
         unknown_relevant=int(pairs["col"].null_count()),
-        user_has_history=np.array([u in trained_users for u in users], dtype=bool),
+        user_has_history=pl.Series(users, dtype=pl.String)
+        .is_in(train.df["user"].unique().implode())
+        .to_numpy(),
         item_is_warm=item_is_warm,
         pairs=pairs,
     )
@@ -420,10 +456,7 @@ def evaluate_scorer(
     target = cfg.target or scorer.target
     spec = ranking_spec(events, known_before(split, part), scorer.items, target, exclude)
     users = spec.users
-    keep = np.arange(len(users))
-    if cfg.max_users is not None and len(users) > cfg.max_users:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(users), cfg.max_users, False))
-    sub = _take_rows(spec, keep)
+    sub = spec.take(spec.sample_rows(cfg.max_users, cfg.seed))
     fn = _score_fn(scorer, sub.users)
     ks = tuple(cfg.ks)
 
@@ -520,33 +553,6 @@ def evaluate_scorer(
             "cold_users": int((~sub.user_has_history).sum()),
         },
         seconds=time.perf_counter() - start,
-    )
-
-
-def _take_rows(spec: RankingSpec, rows: np.ndarray) -> RankingSpec:
-    if len(rows) == len(spec.users):
-        return spec
-
-    def take(csr: CSR | None) -> CSR | None:
-        if csr is None:
-            return None
-        lists = [csr.indices[csr.indptr[r] : csr.indptr[r + 1]] for r in rows]
-        lengths = np.array([len(x) for x in lists], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        indices = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-        return CSR(indptr, indices)
-
-    new_row = np.full(len(spec.users), -1)
-    new_row[rows] = np.arange(len(rows))
-    pairs = spec.pairs.with_columns(pl.Series("row", new_row[spec.pairs["row"].to_numpy()]))
-    return RankingSpec(
-        users=[spec.users[r] for r in rows],
-        relevant=take(spec.relevant),  # type: ignore[arg-type]
-        exclude=take(spec.exclude),
-        unknown_relevant=spec.unknown_relevant,
-        user_has_history=spec.user_has_history[rows],
-        item_is_warm=spec.item_is_warm,
-        pairs=pairs.filter(pl.col("row") >= 0),
     )
 
 
@@ -709,12 +715,11 @@ def evaluate_served(
     target = cfg.target or art.target
     test = in_domain(split.test, art.scorer)
     spec = ranking_spec(test, known_before(split), art.scorer.items, target, exclusions(art.config))
-    rows = np.arange(len(spec.users))
     if users is not None:
         index = {u: i for i, u in enumerate(spec.users)}
         rows = np.array([index[u] for u in users if u in index], dtype=np.int64)
-    elif len(rows) > max_users:
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), max_users, False))
+    else:
+        rows = spec.sample_rows(max_users, cfg.seed)
     k = max(cfg.ks)
     rec = recommender if recommender is not None else art.recommender()
     pos = {item: i for i, item in enumerate(art.scorer.items)}
