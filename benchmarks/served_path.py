@@ -154,7 +154,7 @@ def markdown(results: list[dict[str, Any]], load: float) -> str:
             f"### {r['name']} ({r['recipe']} recipe, target {r['target']}, {r['users']:,} users)",
             "",
             f"Served fusion: `{r['fusion']}`; {r['served_seconds'] / max(r['users'], 1) * 1000:.1f}"
-            " ms per served list (2 lists per user: default and no re-ranking).",
+            " ms per served list (the default lists, one request each, timed in-process).",
             "",
             "| ranking | HR@10 | NDCG@10 |",
             "|---|---:|---:|",
