@@ -1,0 +1,1 @@
+"""Inventory: demand series, the demand forecaster and stock arithmetic (reorder advice)."""
