@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,10 +99,26 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path: Path) -> N
     straight = run(4, False, None)
     ckpt = tmp_path / "ckpt"
     run(2, False, ckpt)  # "crash" after two epochs
-    assert (ckpt / "trainer.json").exists() and (ckpt / "model.safetensors").exists()
+    assert json.loads((ckpt / "latest.json").read_text())["folder"] == "epoch-0002"
+    assert (ckpt / "epoch-0002" / "model.safetensors").exists()
+    assert not (ckpt / "epoch-0001").exists()  # older checkpoints are removed
+    # a crash while the third checkpoint was being written leaves a half folder: ignored
+    (ckpt / ".epoch-0003.tmp-1").mkdir()
+    (ckpt / ".epoch-0003.tmp-1" / "model.safetensors").write_bytes(b"\0" * 10)
     resumed = run(4, True, ckpt)
     for k in straight:
-        assert torch.allclose(straight[k], resumed[k], atol=1e-6), k
+        assert torch.equal(straight[k], resumed[k]), k
+
+
+def test_a_checkpoint_of_another_model_is_not_resumed(tmp_path: Path) -> None:
+    features, tasks, train, _ = toy()
+    ckpt = tmp_path / "ckpt"
+    cfg = TrainConfig(epochs=1, batch_size=256, progress=False, checkpoint_dir=str(ckpt))
+    fit(build_model("single_task", features, tasks, hidden_dims=(8,)), train, None, cfg)
+    torch.manual_seed(0)
+    model = build_model("single_task", features, tasks, hidden_dims=(4,))
+    res = fit(model, train, None, cfg, resume=True)  # other shapes: trained from scratch
+    assert len(res.history) == 1 and res.history[0]["epoch"] == 1
 
 
 def test_samples_per_second_counts_training_only() -> None:

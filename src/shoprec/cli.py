@@ -221,26 +221,60 @@ def train(
     search: Annotated[
         bool, typer.Option(help="Run the config's search: section (when it has one).")
     ] = True,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--restart",
+            help="Continue the killed run of this config from its checkpoints (--resume: "
+            "fail if there is none), or start over (--restart). Default: resume when there "
+            "is a checkpoint of the same config, and say so.",
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Train in N processes on this machine (torchrun, DistributedDataParallel; "
+            "train.batch_size is split across them). Several machines: see the README's "
+            "Scale section.",
+        ),
+    ] = 1,
 ) -> None:
     from shoprec.config import load_config
-    from shoprec.experiment import train_experiment
+    from shoprec.train import distributed
+    from shoprec.train.loop import checkpointing
 
+    if nproc > 1 and not distributed.launched():  # start torchrun; each process runs this
+        args = ["train", str(config), "--search" if search else "--no-search"]
+        args += ["--output", str(output)] if output is not None else []
+        args += [] if resume is None else ["--resume" if resume else "--restart"]
+        raise typer.Exit(distributed.launch(nproc, args))
     try:
         cfg = load_config(config)
-        if cfg.search is not None and search:
-            from shoprec.search import run_search
-
-            def show(t: Any) -> None:
-                err.print(
-                    f"trial {t.number}: {t.values} -> valid {t.score:.4f} ({t.seconds:.0f} s)"
-                    + (f" [red]{t.error}[/]" if t.error else "")
-                )
-
-            path, _ = run_search(cfg, output, on_trial=show)
+        ctx = distributed.setup(cfg.train.get("device", "auto"))
+        if ctx.distributed and cfg.search is not None and search:
+            raise distributed.DistributedError(
+                f"{config}: a search: section runs its trials in one process; train with "
+                "--no-search under --nproc / torchrun, or search without them"
+            )
+        if not ctx.is_main:  # rank 0 alone shows progress, evaluates the test part, writes
+            logging.getLogger().setLevel(logging.WARNING)
+        ckpt, keep = _checkpoint_dir(cfg, output)
+        key = _config_key(cfg, search)
+        if ctx.is_main:
+            with checkpointing(ckpt, key, resume=resume, keep=keep) as resuming:
+                distributed.broadcast(resuming, ctx)  # the others follow rank 0's decision
+                path = _train(cfg, output, search)
+                distributed.barrier(ctx)
         else:
-            cfg = cfg.model_copy(update={"search": None})
-            with err.status(f"{cfg.name}: training the {cfg.recipe.name} recipe..."):
-                path = train_experiment(cfg, output)
+            from shoprec.experiment import fit_experiment
+
+            resuming = distributed.broadcast(None, ctx)
+            with checkpointing(ckpt, key, resume=resuming, keep=keep, follower=True):
+                fit_experiment(cfg.model_copy(update={"search": None}))
+                distributed.barrier(ctx)  # wait while rank 0 evaluates and writes
+        distributed.shutdown()
+        if not ctx.is_main:
+            return
     except (ShoprecError, ValueError, TypeError, OSError) as e:
         _fail(str(e))
         return
@@ -249,6 +283,44 @@ def train(
         _print_trials(metrics["search"])
     _print_evaluation(f"{cfg.name}: test", metrics.get("test", {}))
     out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
+
+
+def _checkpoint_dir(cfg: Any, output: Path | None) -> tuple[Path, bool]:
+    """The run's checkpoint folder: the config's ``train.checkpoint_dir`` (kept after
+    success), else ``<artifact>.checkpoints`` beside the artifact (removed after success)."""
+    explicit = cfg.train.get("checkpoint_dir")
+    if explicit:
+        return Path(explicit), True
+    out_dir = Path(output) if output is not None else Path(cfg.output_dir)
+    return out_dir.with_name(out_dir.name + ".checkpoints"), False
+
+
+def _config_key(cfg: Any, search: bool) -> str:
+    """What a checkpoint must have been written for: the config (less its output folder)."""
+    import hashlib
+
+    what = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+    what["run_search"] = bool(search and cfg.search is not None)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _train(cfg: Any, output: Path | None, search: bool) -> Path:
+    from shoprec.experiment import train_experiment
+
+    if cfg.search is not None and search:
+        from shoprec.search import run_search
+
+        def show(t: Any) -> None:
+            err.print(
+                f"trial {t.number}: {t.values} -> valid {t.score:.4f} ({t.seconds:.0f} s)"
+                + (f" [red]{t.error}[/]" if t.error else "")
+            )
+
+        path, _ = run_search(cfg, output, on_trial=show)
+        return path
+    cfg = cfg.model_copy(update={"search": None})
+    with err.status(f"{cfg.name}: training the {cfg.recipe.name} recipe..."):
+        return train_experiment(cfg, output)
 
 
 def _print_trials(search: dict[str, Any]) -> None:

@@ -6,6 +6,14 @@ losses into gradients. The loop adds batching from tensors, early stopping on a 
 metric with the best weights restored, a Rich progress display, seeding, and checkpoints it
 can resume from.
 
+Checkpoints are written once per epoch into a new folder (``epoch-0003/``: model, best
+weights, optimizer, loss weighting, every random state, the loop's counters), synced, and
+published by atomically replacing ``latest.json``; a crash at any moment leaves the previous
+complete checkpoint. ``fit(..., resume=True)`` continues from it and ends with the same
+weights, bit for bit, as a run that was never stopped. :func:`checkpointing` makes every
+``fit`` inside a block (a recipe may call it several times) checkpoint into its own
+``fit-<n>/`` folder and resume from it: what ``shoprec train`` uses.
+
 Example:
     >>> result = fit(model, train_data, valid_data, TrainConfig(epochs=5))  # doctest: +SKIP
     >>> result.best_score, result.history[-1]  # doctest: +SKIP
@@ -13,15 +21,21 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,8 +44,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from shoprec import atomic
 from shoprec.data.batches import TensorData
+from shoprec.errors import ShoprecError
 from shoprec.evaluate import metrics
+from shoprec.train import distributed
 from shoprec.train.weighting import FixedWeights, LossWeighting
 
 log = logging.getLogger(__name__)
@@ -54,9 +71,11 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 16384
     grad_clip: float | None = None  # max global grad norm, None = off
-    checkpoint_dir: str | None = None  # where to write resumable checkpoints
+    checkpoint_dir: str | None = None  # where to write resumable checkpoints (every epoch)
     progress: bool = True  # show a Rich progress bar
     threads: int | None = None  # torch intra-op threads; None = leave as is
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is one
+    amp: bool = False  # bfloat16 autocast of forward and losses on CUDA (ignored on CPU)
 
 
 @dataclass
@@ -88,10 +107,13 @@ def predict(model: nn.Module, data: TensorData, batch_size: int = 16384) -> dict
     """Run ``model.predict`` over all rows in batches and concatenate per task."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     parts: dict[str, list[Tensor]] = {}
     for batch in data.batches(batch_size):
+        if device.type != "cpu":
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         for name, value in model.predict(batch).items():
-            parts.setdefault(name, []).append(value)
+            parts.setdefault(name, []).append(value.cpu())
     model.train(was_training)
     return {k: torch.cat(v) for k, v in parts.items()}
 
@@ -165,7 +187,17 @@ def fit(
     weighting = weighting or FixedWeights()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # One process, or one of torchrun's (train.distributed): its rank and device.
+    ctx = distributed.setup(cfg.device)
+    distributed.check_weighting(weighting, ctx)
     seed_everything(cfg.seed)
+    if ctx.rank > 0:  # dropout masks differ per rank; the shuffling generator below does not
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+    model.to(ctx.device)
+    weighting.to(ctx.device)
+    amp = cfg.amp and ctx.device.type == "cuda"
+    if cfg.amp and not amp:
+        log.warning("train.amp is on but training runs on %s: full precision", ctx.device)
     # Frozen parameters (requires_grad False, e.g. after transfer.cross_domain.freeze) are not
     # handed to the optimizer at all, so neither Adam nor weight decay can move them.
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -182,12 +214,36 @@ def fit(
 
     state = _State()
     ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    if resume and ckpt is not None and (ckpt / "trainer.json").exists():
-        state = _load_checkpoint(ckpt, model, optimizer, weighting, generator)
-        log.info("resumed from %s after epoch %d", ckpt, state.epoch)
+    session = _SESSION.get()
+    if session is not None:  # inside checkpointing(): this call's own folder
+        session.calls += 1
+        ckpt = session.directory / f"fit-{session.calls}"
+        resume = resume or session.resume
+    signature = _signature(model, train, cfg)
+    found = _latest(ckpt) if resume and ckpt is not None else None
+    if found is not None:
+        saved = json.loads((found / "trainer.json").read_text()).get("signature")
+        if saved not in (None, signature):
+            log.warning(
+                "the checkpoint in %s is of another model, data or settings: not resumed", ckpt
+            )
+        else:
+            state = _load_checkpoint(found, model, optimizer, weighting, generator)
+            log.info("resumed from %s after epoch %d of %d", found, state.epoch, cfg.epochs)
+            if ctx.rank > 0:
+                torch.manual_seed(cfg.seed + 7919 * ctx.rank + state.epoch)
 
+    # DDP (several processes) or the plain objective: batch -> task losses. batch_size is the
+    # global batch; each of the world_size processes takes every world_size-th of its rows.
+    objective = distributed.objective(model, ctx)
+    if ctx.distributed and cfg.batch_size % ctx.world_size:
+        log.warning(
+            "train.batch_size %d is not a multiple of %d processes: rank batches differ by a row",
+            cfg.batch_size,
+            ctx.world_size,
+        )
     console = console or Console(stderr=True)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = distributed.steps_per_epoch(len(train), cfg.batch_size, ctx)
     seen = 0
     train_time = 0.0  # seconds spent in training steps only (validation excluded)
     with Progress(
@@ -198,7 +254,7 @@ def fit(
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
-        disable=not cfg.progress,
+        disable=not (cfg.progress and ctx.is_main),
         transient=False,
     ) as progress:
         bar = progress.add_task("train", total=steps_per_epoch, info="")
@@ -208,24 +264,34 @@ def fit(
             progress.reset(bar, total=steps_per_epoch, description=f"epoch {epoch}", info="")
             running = 0.0
             tick = time.perf_counter()
-            for step, batch in enumerate(
-                train.batches(cfg.batch_size, shuffle=True, generator=generator), 1
-            ):
+            for step, (batch, rows) in enumerate(_epoch(train, cfg, ctx, generator), 1):
                 optimizer.zero_grad(set_to_none=True)
-                outputs = model(batch)
-                losses = model.task_losses(outputs, batch)
+                if ctx.device.type != "cpu":  # moved once per batch
+                    batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                    losses = objective(batch)
+                if ctx.distributed:  # DDP's average of rank means = the global batch mean
+                    local = next(iter(batch.values())).shape[0]
+                    scale = distributed.loss_scale(local, rows, ctx)
+                    losses = {k: v.float() * scale for k, v in losses.items()}
+                elif amp:
+                    losses = {k: v.float() for k, v in losses.items()}
                 total = weighting.backward(
                     losses, shared_params=shared, last_shared_params=last_shared
                 )
+                distributed.average_gradients(list(weighting.parameters()), ctx)
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
-                seen += next(iter(batch.values())).shape[0]
-                running += float(total)
+                seen += rows
+                running += float(total) / ctx.world_size
                 if step % 20 == 0 or step == steps_per_epoch:
                     progress.update(bar, completed=step, info=f"loss {running / step:.4f}")
             train_time += time.perf_counter() - tick
-            scores = _validate(model, valid, evaluator, cfg)
+            (running,) = distributed.all_reduce_sum([running], ctx)  # the global batch losses
+            # Rank 0 validates (the weights are the same everywhere) and tells the others.
+            scores = _validate(model, valid, evaluator, cfg) if ctx.is_main else None
+            scores = distributed.broadcast(scores, ctx)
             score = scores.get(cfg.monitor, main_score(scores)) if scores else float("nan")
             row = {
                 "epoch": epoch,
@@ -247,17 +313,21 @@ def fit(
                 bar, info=f"loss {row['train_loss']:.4f}  {shown}" + ("  *" if improved else "")
             )
             line = f"epoch {epoch}: train loss {row['train_loss']:.4f}  {shown}"
-            if cfg.progress:
+            if cfg.progress and ctx.is_main:
                 progress.console.print(
                     line + ("  [green](best)[/]" if improved else ""), highlight=False
                 )
-            else:
+            elif ctx.is_main:
                 log.info("%s%s", line, "  (best)" if improved else "")
-            if ckpt is not None:
-                _save_checkpoint(ckpt, model, optimizer, weighting, generator, state)
+            if ckpt is not None and ctx.is_main:
+                _save_checkpoint(ckpt, model, optimizer, weighting, generator, state, signature)
+            distributed.barrier(ctx)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
+    if ctx.device.type != "cpu":  # recipes, scorers and artifacts take the model on the CPU
+        model.to("cpu")
+        weighting.to("cpu")
     return FitResult(
         best_epoch=state.best_epoch,
         best_score=state.best_score,
@@ -269,12 +339,26 @@ def fit(
     )
 
 
+def _epoch(
+    train: TensorData, cfg: TrainConfig, ctx: distributed.Context, generator: torch.Generator
+) -> Iterator[tuple[dict[str, Tensor], int]]:
+    """One epoch of shuffled batches for this process, each with its global batch's rows."""
+    if not ctx.distributed:
+        for batch in train.batches(cfg.batch_size, shuffle=True, generator=generator):
+            yield batch, next(iter(batch.values())).shape[0]
+        return
+    for index, rows in distributed.global_batches(len(train), cfg.batch_size, ctx, generator):
+        yield train.take(index), rows
+
+
 def _validate(
     model: nn.Module, valid: TensorData | None, evaluator: Evaluator | None, cfg: TrainConfig
 ) -> dict[str, float]:
     model.eval()
     if evaluator is not None:
-        scores = evaluator(model)
+        # A recipe's evaluator builds its batches on the CPU: it gets a CPU copy of the model.
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        scores = evaluator(model if on_cpu else copy.deepcopy(model).to("cpu").eval())
     elif valid is not None and len(valid):
         scores = task_scores(model, valid, cfg.eval_batch_size)
     else:
@@ -294,6 +378,32 @@ class _State:
     best_weights: dict[str, Tensor] | None = None
 
 
+LATEST = "latest.json"  # names the newest complete checkpoint folder of a fit
+
+
+def _signature(model: nn.Module, train: TensorData, cfg: TrainConfig) -> str:
+    """What a checkpoint must match to be resumed: parameter names and shapes, the number
+    of training rows and the settings that change the weights."""
+    skip = {"checkpoint_dir", "progress", "threads", "device"}  # not what the weights become
+    keep = {f.name for f in fields(TrainConfig)} - skip
+    what = {
+        "params": [[k, list(v.shape)] for k, v in model.state_dict().items()],
+        "rows": len(train),
+        "config": {k: v for k, v in asdict(cfg).items() if k in keep},
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _latest(path: Path) -> Path | None:
+    """The newest complete checkpoint folder under ``path`` (or ``path`` itself, in the
+    layout of older versions), or None."""
+    pointer = path / LATEST
+    if pointer.exists():
+        folder = path / json.loads(pointer.read_text())["folder"]
+        return folder if (folder / "trainer.json").exists() else None
+    return path if (path / "trainer.json").exists() else None
+
+
 def _save_checkpoint(
     path: Path,
     model: nn.Module,
@@ -301,11 +411,15 @@ def _save_checkpoint(
     weighting: LossWeighting,
     generator: torch.Generator,
     state: _State,
+    signature: str,
 ) -> None:
-    """Write model, best weights, optimizer and RNG state; atomically replace the old one."""
+    """Write model, best weights, optimizer and every random state into a new folder, sync
+    it, then point ``latest.json`` at it (atomic replace) and remove older ones."""
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / ".tmp"
-    tmp.mkdir(exist_ok=True)
+    name = f"epoch-{state.epoch:04d}"
+    tmp = path / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     if state.best_weights is not None:
         save_file(
@@ -322,10 +436,20 @@ def _save_checkpoint(
     )
     meta = asdict(state)
     meta.pop("best_weights")
+    np_state = np.random.get_state()
+    meta["signature"] = signature
+    meta["rng"] = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *[float(x) for x in np_state[2:]]],
+    }
     (tmp / "trainer.json").write_text(json.dumps(meta, default=float))
-    for f in tmp.iterdir():
-        f.replace(path / f.name)
-    tmp.rmdir()
+    atomic.replace_dir(tmp, path / name)
+    atomic.write_text(path / LATEST, json.dumps({"folder": name, "epoch": state.epoch}))
+    for old in path.glob("epoch-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in ("model.safetensors", "best.safetensors", "optimizer.pt", "trainer.json"):
+        (path / stale).unlink(missing_ok=True)  # the single-folder layout of older versions
 
 
 def _load_checkpoint(
@@ -342,7 +466,117 @@ def _load_checkpoint(
     generator.set_state(extra["generator"])
     torch.set_rng_state(extra["torch_rng"])
     meta = json.loads((path / "trainer.json").read_text())
+    meta.pop("signature", None)
+    rng = meta.pop("rng", None)
+    if rng is not None:
+        py = rng["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        keys = np.array(keys, dtype=np.uint32)
+        np.random.set_state((kind, keys, int(pos), int(has_gauss), cached))
     state = _State(**meta)
     if (path / "best.safetensors").exists():
         state.best_weights = load_file(path / "best.safetensors")
     return state
+
+
+# ------------------------------------------------------------------ resumable runs
+
+
+class CheckpointError(ShoprecError):
+    """A run asked to resume that has no checkpoint to resume from."""
+
+
+@dataclass
+class _Session:
+    directory: Path
+    resume: bool
+    calls: int = 0
+
+
+_SESSION: ContextVar[_Session | None] = ContextVar("shoprec_checkpointing", default=None)
+RUN_FILE = "run.json"
+
+
+@contextmanager
+def checkpointing(
+    directory: str | Path,
+    key: str,
+    *,
+    resume: bool | None = None,
+    keep: bool = False,
+    follower: bool = False,
+) -> Iterator[bool]:
+    """Checkpoint every :func:`fit` inside the block and resume a killed run of the same job.
+
+    The ``n``-th ``fit`` call in the block checkpoints into ``directory/fit-<n>/`` after
+    each epoch; on resume, fits that had finished are restored from their last checkpoint
+    (no training) and the interrupted one continues after its last complete epoch, so the
+    block computes what an uninterrupted run computes, bit for bit (same code, data and
+    thread count).
+
+    Args:
+        directory: the run's checkpoint folder.
+        key: what identifies the job (e.g. a hash of its config); a checkpoint written under
+            another key is never resumed.
+        resume: True: resume (:class:`CheckpointError` when there is nothing of this job to
+            resume); False: start over (old checkpoints removed); None: resume when a
+            checkpoint of this job exists, with a log line saying so.
+        keep: on success, keep the checkpoints (marked complete, so that the next run starts
+            over) instead of removing them.
+        follower: True in the processes other than rank 0 of a distributed run: they resume
+            exactly when ``resume`` says (rank 0's decision) and read or write no file here
+            (rank 0 alone prepares, writes and removes the folder).
+
+    Yields:
+        Whether the block resumes a previous run.
+    """
+    directory = Path(directory)
+    if follower:
+        token = _SESSION.set(_Session(directory, bool(resume)))
+        try:
+            yield bool(resume)
+        finally:
+            _SESSION.reset(token)
+        return
+    run_file = directory / RUN_FILE
+    meta = json.loads(run_file.read_text()) if run_file.exists() else None
+    has_fits = any(_latest(p) is not None for p in directory.glob("fit-*"))
+    same = meta is not None and meta.get("key") == key and not meta.get("complete") and has_fits
+    if resume is True and not same:
+        why = (
+            "none was written"
+            if meta is None or not has_fits
+            else "that run finished"
+            if meta.get("complete")
+            else "it was written by another config"
+        )
+        raise CheckpointError(
+            f"nothing to resume in {directory}: {why}; run without --resume to start over"
+        )
+    resuming = same and resume is not False
+    if resuming:
+        log.info("resuming the interrupted run from its checkpoints in %s", directory)
+    else:
+        if meta is not None or has_fits:
+            reason = (
+                "as asked"
+                if resume is False
+                else "it finished"
+                if meta is not None and meta.get("complete")
+                else "they are of another config"
+            )
+            log.info("starting over: old checkpoints in %s removed (%s)", directory, reason)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(run_file, json.dumps({"key": key, "complete": False}))
+        log.info("checkpoints of this run go to %s (resumed if it is killed)", directory)
+    token = _SESSION.set(_Session(directory, resuming))
+    try:
+        yield resuming
+    finally:
+        _SESSION.reset(token)
+    if keep:
+        atomic.write_text(run_file, json.dumps({"key": key, "complete": True}))
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
