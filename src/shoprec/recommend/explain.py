@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from shoprec.models.base import MultiTaskModel, output_to_prediction
 from shoprec.models.features import SequenceFeature, TextFeature
 from shoprec.models.layers import Batch, InputLayer
-from shoprec.recommend.fusion import PRICE, Fusion
+from shoprec.recommend.fusion import PRICE, VARIABLES, Fusion
 from shoprec.recommend.rerank import session_similarity
 from shoprec.recommend.retrieve import BEHAVIOR_WEIGHT
 
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: The name of the session term among the task contributions.
 SESSION = "session"
+#: The name of the stock re-ranking's term (risk of running out, overstock; needs a forecast).
+INVENTORY = "inventory"
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Explanation:
     because: BecauseItem | None
     sentence: str = ""
     notes: list[str] = field(default_factory=list)
+    inventory: dict[str, float | None] | None = None  # Explainer.inventory (with a forecast)
 
 
 def feature_columns(layer: InputLayer) -> list[tuple[str, int, int]]:
@@ -222,7 +225,14 @@ def integrated_gradients(
             parent._modules[name] = _PathInput(path)
         with torch.enable_grad():
             f = target(predictions(repeated))  # (S+2,)
-            grads = torch.autograd.grad(f[2:].sum(), paths)
+            if not f.requires_grad:  # the target reads no model output: all-zero attributions
+                grads = [torch.zeros_like(path) for path in paths]
+            else:
+                grads = torch.autograd.grad(f[2:].sum(), paths, allow_unused=True)
+                grads = [
+                    torch.zeros_like(x) if g is None else g
+                    for x, g in zip(paths, grads, strict=True)
+                ]
         f = f.detach()
     finally:
         for parent, name, layer in places:
@@ -300,7 +310,30 @@ def sentence(exp: Explanation, penalties: Mapping[str, float] | None = None) -> 
         title = exp.because.title or exp.because.item
         verb = _PAST.get(exp.because.behavior, exp.because.behavior)
         text += f" Because you {verb} \u201c{title}\u201d."
-    return text
+    return text + _stock_phrase(exp.inventory)
+
+
+#: The stock term (log score) from which an explanation says that stock moved the item.
+STOCK_MOVED = 0.05
+
+
+def _stock_phrase(inv: Mapping[str, float | None] | None) -> str:
+    """The "Moved down/up for stock: ..." sentence when the stock re-ranking changed the score by at
+    least :data:`STOCK_MOVED` (about 5 %); empty otherwise."""
+    if not inv or abs(inv.get("adjustment") or 0.0) < STOCK_MOVED:
+        return ""
+    change = float(np.expm1(inv["adjustment"] or 0.0))
+    if (inv["adjustment"] or 0.0) < 0:
+        lead = inv.get("lead_time_weeks")
+        within = f" within its {lead:g}-week restock time" if lead is not None else ""
+        stock = inv.get("stock")
+        held = f" (only {stock:g} in stock)" if stock is not None else ""
+        return (
+            f" Moved down for stock: a {inv['p_stockout'] or 0.0:.0%} chance of selling out"
+            f"{within}{held}; score {change:+.0%}."
+        )
+    cover = inv.get("weeks_of_cover") or 0.0
+    return f" Moved up for stock: {cover:.0f} weeks of stock on hand; score {change:+.0%}."
 
 
 # ------------------------------------------------------------------------------ explainer
@@ -332,11 +365,22 @@ class Explainer:
         preds, terms = rec.score(user, ref, fusion, live.frame)
         out: dict[str, tuple[float, float]] = {}
         for name, t in terms.items():
-            values = rec.catalog.price[ref] if name == PRICE else preds[name]
-            typical = float(np.exp(np.mean(np.log(np.clip(values, 1e-7, None)))))
+            if name == PRICE:
+                values = rec.catalog.price[ref]
+            elif name in VARIABLES and name not in preds:  # stock, weeks_of_cover, p_stockout
+                values = rec.item_values(ref)[name]
+            else:
+                values = preds[name]
+            values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=1e-7, posinf=1e300)
+            typical = float(
+                np.exp(np.clip(np.mean(np.log(np.clip(values, 1e-7, None))), -700, 700))
+            )
             out[name] = (float(t.mean()), typical)
         sim = session_similarity(rec.retrieval.similarity_vectors, ref, live)
         out[SESSION] = (float(rec.config.session_boost * sim.mean()), float(sim.mean()))
+        if rec.forecast is not None:
+            risk = np.nan_to_num(rec.stock_state(ref)["p_stockout"], nan=0.0)
+            out[INVENTORY] = (float(rec.stock_term(ref).mean()), float(risk.mean()))
         return out
 
     def explain(
@@ -353,12 +397,19 @@ class Explainer:
         preds, terms = rec.score(user, positions, fusion, live.frame)
         sim = float(session_similarity(rec.retrieval.similarity_vectors, positions, live)[0])
         terms[SESSION] = np.array([rec.config.session_boost * sim])
+        inventory = self.inventory(p)
+        if inventory is not None:
+            terms[INVENTORY] = np.array([inventory["adjustment"]])
         tasks = []
         for name, t in terms.items():
             if name == PRICE:
                 value = float(rec.catalog.price[p])
             elif name == SESSION:
                 value = sim
+            elif name == INVENTORY:
+                value = float(inventory["p_stockout"] or 0.0) if inventory else 0.0
+            elif name in VARIABLES and name not in preds:
+                value = float(rec.item_values(positions)[name][0])
             else:
                 value = float(preds[name][0])
             tasks.append(TaskContribution(name, value, ref[name][1], float(t[0]) - ref[name][0]))
@@ -387,11 +438,28 @@ class Explainer:
             gates=gates,
             because=self.because(user, p, live.events),
             notes=notes,
+            inventory=inventory,
         )
         if not rec.is_known_user(user):
             exp.notes.append("new shopper: the scorer knows them by their live events only")
         exp.sentence = sentence(exp, fusion.penalties)
         return exp
+
+    def inventory(self, p: int) -> dict[str, float | None] | None:
+        """Stock, weeks of cover, risk of running out, lead time and the re-ranking's term
+        of the item at ``p`` (None without a forecast)."""
+        rec = self.rec
+        if rec.forecast is None or rec.stock_signals is None:
+            return None
+        positions = np.array([p])
+        state = {k: float(v[0]) for k, v in rec.stock_state(positions).items()}
+        demand = rec.stock_signals.demand(p) or {}
+        return {
+            **{k: (None if np.isnan(v) else v) for k, v in state.items()},
+            "lead_time_weeks": demand.get("lead_time_weeks"),
+            "demand_p50_lead": demand.get("demand_p50_lead"),
+            "adjustment": float(rec.stock_term(positions)[0]),
+        }
 
     def _hooks(
         self, user: str, p: int, fusion: Fusion, notes: list[str]
@@ -399,6 +467,13 @@ class Explainer:
         """The scorer's feature attributions and gate weights, where it offers them."""
         scorer = self.rec.scorer
         attributions = gates = None
+        if not fusion.reads_model:  # e.g. "price": no model output to attribute the score to
+            notes.append(
+                f"the fusion {fusion.formula()!r} reads no model output: no feature attributions"
+            )
+            with self._lock:
+                gates = scorer.gate_weights(user, p)
+            return None, gates
         try:
             with self._lock:
                 attributions = scorer.feature_attributions(

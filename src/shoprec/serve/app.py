@@ -16,6 +16,17 @@ events reach it through ``scorer.score(..., events=...)``.
     POST /admin/reload            (API key) swap in a new artifact without dropping requests
     GET  /health    GET /metrics (Prometheus text)    GET /docs (OpenAPI)    GET /ui/ (web page)
 
+Bounded and fail-safe (see :class:`ServeLimits`): bodies over ``max_body_bytes`` are refused
+(413) before they are read; at most ``max_concurrency`` requests run at once and a short,
+bounded queue waits, the rest get 503 with ``Retry-After``; explanations (Integrated
+Gradients, the costly option) run one at a time, anonymous callers may ask for few of them
+(429 beyond ``anonymous_explains_per_minute``, 401 for ``k`` over ``anonymous_explain_k``).
+Reads that reveal a shopper (``/history``, ``/users``, ``/audience``, the audience of
+``/items/new``, the "because" history item of explanations) need the read key or the write
+key unless ``private_reads`` is off. Every error answer, 4xx or 5xx, has one body
+(:class:`~shoprec.serve.schemas.ErrorOut`), and every status a route can answer is in the
+OpenAPI document.
+
 The artifact is loaded in the lifespan. Every request reads the current recommender once and
 uses that object to the end, so a reload (which builds the new one off the event loop, then
 swaps one reference) never drops or mixes a request. Live events go to the shared
@@ -39,15 +50,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
-from fastapi.responses import PlainTextResponse, RedirectResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import shoprec
 from shoprec.artifact import Artifact
@@ -60,7 +73,9 @@ from shoprec.recommend import (
     SessionLog,
     UnknownItemError,
 )
+from shoprec.recommend.explain import Explanation, sentence
 from shoprec.serve import schemas as s
+from shoprec.serve.limits import BodyLimit, ConcurrencyLimit, RateLimit
 from shoprec.serve.metrics import Metrics, MetricsMiddleware
 from shoprec.serve.store import EventStore
 
@@ -71,16 +86,52 @@ STATIC = resources.files("shoprec.serve") / "static"
 
 
 @dataclass
+class ServeLimits:
+    """How much work one request may cause (the defaults suit a small shop on a few cores).
+
+    Attributes:
+        max_body_bytes: the largest request body (``Content-Length`` checked before the body
+            is read, streamed bodies counted as they arrive); 413 beyond.
+        max_concurrency: requests running at once (``/health`` and ``/metrics`` exempt).
+        max_queue: requests waiting for a turn; more are answered 503 with ``Retry-After``.
+        queue_timeout: seconds a request may wait for its turn before a 503.
+        retry_after: the ``Retry-After`` of a 503 or 429, seconds.
+        max_explaining: requests computing explanations (Integrated Gradients) at once; one
+            more gets a 503 at once.
+        anonymous_explain_k: ``k`` of ``/recommend?explain=true`` without a key (401 above).
+        anonymous_explains_per_minute: explained requests per client address per minute
+            without a key (429 above).
+    """
+
+    max_body_bytes: int = 1_000_000
+    max_concurrency: int = 4
+    max_queue: int = 32
+    queue_timeout: float = 0.05
+    retry_after: int = 1
+    max_explaining: int = 1
+    anonymous_explain_k: int = 10
+    anonymous_explains_per_minute: int = 30
+
+
+@dataclass
 class ServeConfig:
     """How to serve an artifact.
 
     Attributes:
         artifact: the artifact folder (retrieval files are built on first load if missing).
         db: the SQLite event store; ``<artifact>/events.sqlite`` by default.
-        api_key: the key for write and admin endpoints; a random one (logged) when None.
+        api_key: the key for write and admin endpoints; a random one (logged) when None. It
+            also opens the private reads.
         recommender: recommender knobs (fusion, candidate counts, diversity, ...); None: the
             artifact's ``serve:`` config section.
         session_events: live events kept per shopper.
+        read_key: a key that opens the reads revealing a shopper (and nothing else); None:
+            only ``api_key`` opens them.
+        private_reads: False: ``/history``, ``/users``, ``/audience`` and explanations'
+            history item are open to anyone (a demo, a closed network).
+        limits: request size, concurrency and cost limits (:class:`ServeLimits`).
+        artifact_root: ``POST /admin/reload`` loads only artifacts inside this folder (403
+            otherwise); None: the folder holding ``artifact`` at start-up.
     """
 
     artifact: str | Path
@@ -88,6 +139,10 @@ class ServeConfig:
     api_key: str | None = None
     recommender: RecommenderConfig | None = None
     session_events: int = 50
+    read_key: str | None = None
+    private_reads: bool = True
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    artifact_root: str | Path | None = None
 
 
 @dataclass
@@ -101,11 +156,30 @@ class Service:
     metrics: Metrics
     api_key: str
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    explaining: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)
+    explain_rate: RateLimit = field(default_factory=lambda: RateLimit(30))
 
 
 def _load(path: Path, config: ServeConfig, sessions: SessionLog) -> Recommender:
     """Any recipe's artifact, through :class:`~shoprec.artifact.Artifact`."""
     return Recommender.from_artifact(Artifact.load(path), config.recommender, sessions=sessions)
+
+
+def _inside_root(svc: Service, asked: str | None) -> Path:
+    """The artifact folder a reload may load: ``asked`` (relative to the artifact root, or
+    absolute) or the current one; 403 when it resolves outside the configured root."""
+    root = Path(svc.config.artifact_root or Path(svc.config.artifact).parent).resolve()
+    if asked is None:
+        return Path(svc.config.artifact)
+    path = Path(asked)
+    real = (path if path.is_absolute() else root / path).resolve()
+    if real != root and root not in real.parents:
+        raise HTTPException(
+            403,
+            f"{asked} is outside the artifact root {root}: reload loads only artifacts "
+            "inside it (serve --artifact-root sets it)",
+        )
+    return real
 
 
 def _carry_over(old: Recommender, new: Recommender) -> None:
@@ -136,6 +210,68 @@ async def require_key(svc: Svc, key: Annotated[str | None, Security(_key_header)
         raise HTTPException(403, "wrong API key")
 
 
+def key_role(svc: Service, key: str | None) -> str | None:
+    """``"write"`` for the write key, ``"read"`` for the read key, None without a key; 403 for
+    any other key. Both comparisons always run, in constant time."""
+    if key is None:
+        return None
+    given = key.encode()
+    write = secrets.compare_digest(given, svc.api_key.encode())
+    read_key = svc.config.read_key
+    read = secrets.compare_digest(given, (read_key or svc.api_key).encode())
+    if write:
+        return "write"
+    if read and read_key:
+        return "read"
+    raise HTTPException(403, "wrong API key")
+
+
+def can_read_shoppers(svc: Service, key: str | None) -> bool:
+    """Whether this caller may see what reveals a shopper (403 for a wrong key)."""
+    return not svc.config.private_reads or key_role(svc, key) is not None
+
+
+async def require_read(svc: Svc, key: Annotated[str | None, Security(_key_header)]) -> None:
+    """Reads that reveal a shopper: 401 without a key (unless reads are open), 403 wrong."""
+    if not can_read_shoppers(svc, key):
+        raise HTTPException(
+            401,
+            f"this endpoint reveals shoppers: it needs the {API_KEY_HEADER} header with the "
+            "read key or the write key (the deployer can open it: serve --open-reads)",
+        )
+
+
+#: What each error status means, for the OpenAPI document.
+_ERROR_TEXT = {
+    400: "the request cannot be served as asked (e.g. a fusion formula it cannot compute)",
+    401: f"the {API_KEY_HEADER} header is needed",
+    403: "wrong API key",
+    404: "unknown item",
+    409: "a product is already in the catalog",
+    413: "the request body is over the size limit",
+    422: "a parameter or the body is invalid",
+    429: "too many costly requests from this client: retry after Retry-After seconds",
+    503: "the server is at capacity: retry after Retry-After seconds",
+}
+
+
+def errors(*codes: int, shed: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (all with the :class:`ErrorOut` body)
+    plus 413, which any route can answer, and 503 where the route can be shed."""
+    extra = {413, 503} if shed else {413}
+    return {
+        c: {"model": s.ErrorOut, "description": _ERROR_TEXT[c]} for c in sorted({*codes, *extra})
+    }
+
+
+def _without_history(exp: Explanation, penalties: dict[str, float]) -> None:
+    """Drop the explanation's "because" item (a piece of the shopper's history)."""
+    if exp.because is not None:
+        exp.because = None
+        exp.sentence = sentence(exp, penalties)
+        exp.notes.append("the history item behind this pick is shown only with a read key")
+
+
 UserId = Annotated[str, PathParam(min_length=1, max_length=128, description="shopper id")]
 ItemId = Annotated[str, PathParam(min_length=1, max_length=128, description="item id")]
 K = Annotated[int, Query(ge=1, le=100, description="how many items")]
@@ -147,6 +283,9 @@ FusionQuery = Annotated[
 def create_app(config: ServeConfig) -> FastAPI:
     """The FastAPI app serving ``config.artifact``; see the module docstring."""
     metrics = Metrics()
+    limits = config.limits
+    if config.artifact_root is None:  # fixed at start-up: a reload does not move it
+        config.artifact_root = Path(config.artifact).resolve().parent
     api_key = config.api_key or secrets.token_urlsafe(18)
     if not config.api_key:
         log.warning(
@@ -160,7 +299,16 @@ def create_app(config: ServeConfig) -> FastAPI:
         sessions = SessionLog(config.session_events)
         sessions.extend(store.recent(config.session_events))
         rec = await asyncio.to_thread(_load, artifact, config, sessions)
-        app.state.service = Service(config, rec, store, sessions, metrics, api_key)
+        app.state.service = Service(
+            config,
+            rec,
+            store,
+            sessions,
+            metrics,
+            api_key,
+            explaining=asyncio.Semaphore(limits.max_explaining),
+            explain_rate=RateLimit(limits.anonymous_explains_per_minute),
+        )
         log.info(
             "serving %s (%s recipe, %s, %d items); %d stored events",
             artifact, rec.scorer.recipe, rec.model_name, rec.n_items, store.count(),
@@ -176,7 +324,59 @@ def create_app(config: ServeConfig) -> FastAPI:
         summary="Multi-task recommendations for an online shop, with explanations.",
         lifespan=lifespan,
     )
+
+    def shed(path: str) -> None:
+        metrics.inc("shoprec_shed_total", "Requests answered 503 at capacity.")
+
+    # outermost first: metrics see every answer; oversized bodies never take a turn
+    app.add_middleware(
+        ConcurrencyLimit,
+        max_active=limits.max_concurrency,
+        max_queue=limits.max_queue,
+        queue_timeout=limits.queue_timeout,
+        retry_after=limits.retry_after,
+        on_shed=shed,
+    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def error_response(
+        status: int,
+        detail: str,
+        items: list[s.ErrorItem] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
+        body = s.ErrorOut(
+            status=status,
+            error=s.ERROR_CODES.get(status, "error"),
+            detail=detail,
+            errors=items or [],
+        )
+        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        items = [
+            s.ErrorItem(
+                loc=[x if isinstance(x, int) else str(x)[:100] for x in e.get("loc", ())],
+                msg=str(e.get("msg", ""))[:500],
+                type=str(e.get("type", "")),
+            )
+            for e in problems[:20]
+        ]
+        said = "; ".join(f"{'.'.join(map(str, i.loc))}: {i.msg}" for i in items[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        return error_response(422, f"invalid request: {said}{more}", items)
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); it is logged")
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
@@ -189,6 +389,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         exclude_category: list[str],
         fusion: str | None,
         explain: bool,
+        reader: bool = True,
     ) -> Response:
         rec = svc.recommender
         try:
@@ -197,6 +398,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             )
         except ValueError as e:
             raise HTTPException(400, str(e)) from e
+        if explain and not reader:
+            penalties = dict(rec.resolve_fusion(fusion).penalties)
+            for r in ranking.items:
+                if r.explanation is not None:
+                    _without_history(r.explanation, penalties)
         body = s.RecommendResponse(
             user=user,
             known_user=rec.is_known_user(user),
@@ -210,7 +416,36 @@ def create_app(config: ServeConfig) -> FastAPI:
         # Built and checked above: serialised once here, not validated again by FastAPI.
         return Response(body.model_dump_json(), media_type="application/json")
 
-    @app.get("/recommend/{user}", response_model=s.RecommendResponse, tags=["recommend"])
+    async def explain_turn(svc: Service, request: Request, key: str | None) -> bool:
+        """Costly explanations: anonymous callers are rate-limited per address (429); one
+        more than ``max_explaining`` at once is shed (503). True: the caller may read
+        shoppers (see :func:`can_read_shoppers`)."""
+        reader = can_read_shoppers(svc, key)
+        if key_role(svc, key) is None:
+            client = request.client.host if request.client else "unknown"
+            wait = svc.explain_rate.retry_after(client)
+            if wait is not None:
+                raise HTTPException(
+                    429,
+                    f"at most {limits.anonymous_explains_per_minute} explained requests a "
+                    f"minute without a key; retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                )
+        if svc.explaining.locked():
+            raise HTTPException(
+                503,
+                f"{limits.max_explaining} explanation(s) already being computed; retry after "
+                f"{limits.retry_after} s",
+                headers={"Retry-After": str(limits.retry_after)},
+            )
+        return reader
+
+    @app.get(
+        "/recommend/{user}",
+        response_model=s.RecommendResponse,
+        tags=["recommend"],
+        responses=errors(400, 401, 403, 422, 429),
+    )
     async def recommend(
         request: Request,
         user: UserId,
@@ -219,17 +454,35 @@ def create_app(config: ServeConfig) -> FastAPI:
         fusion: FusionQuery = None,
         explain: bool = False,
     ) -> Response:
-        """Top-k items for a shopper; an unknown shopper gets a cold-start list."""
+        """Top-k items for a shopper; an unknown shopper gets a cold-start list.
+
+        ``explain=true`` (Integrated Gradients per item, the costly option) is limited: ``k``
+        up to ``anonymous_explain_k`` without the ``X-API-Key`` header (401 above), a few
+        such requests a minute per client without it (429), one computed at a time (503)."""
         svc: Service = request.app.state.service  # the hot path: no dependency to solve
         if explain:  # Integrated Gradients per item: seconds of work, in a worker thread
-            return await run_in_threadpool(
-                recommend_json, svc, user, k, exclude_category, fusion, explain
-            )
+            key = request.headers.get(API_KEY_HEADER)
+            if k > limits.anonymous_explain_k and key_role(svc, key) is None:
+                raise HTTPException(
+                    401,
+                    f"explain=true with k above {limits.anonymous_explain_k} needs the "
+                    f"{API_KEY_HEADER} header",
+                )
+            reader = await explain_turn(svc, request, key)
+            async with svc.explaining:
+                return await run_in_threadpool(
+                    recommend_json, svc, user, k, exclude_category, fusion, explain, reader
+                )
         # A few milliseconds of CPU that holds the GIL anyway: on the event loop, without
         # the hand-over to a worker thread and back.
         return recommend_json(svc, user, k, exclude_category, fusion, explain)
 
-    @app.get("/similar/{item}", response_model=s.SimilarResponse, tags=["recommend"])
+    @app.get(
+        "/similar/{item}",
+        response_model=s.SimilarResponse,
+        tags=["recommend"],
+        responses=errors(404, 422),
+    )
     def similar(svc: Svc, item: ItemId, k: K = 10) -> s.SimilarResponse:
         """Items like this one (two-tower cosine plus co-occurrence)."""
         try:
@@ -238,24 +491,48 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise HTTPException(404, str(e)) from e
         return s.SimilarResponse(item=item, items=[s.SimilarOut.model_validate(x) for x in items])
 
-    @app.get("/explain/{user}/{item}", response_model=s.ExplanationOut, tags=["recommend"])
-    def explain(
+    @app.get(
+        "/explain/{user}/{item}",
+        response_model=s.ExplanationOut,
+        tags=["recommend"],
+        responses=errors(400, 403, 404, 422, 429),
+    )
+    async def explain(
+        request: Request,
         svc: Svc,
         user: UserId,
         item: ItemId,
         fusion: FusionQuery = None,
+        key: Annotated[str | None, Security(_key_header)] = None,
     ) -> s.ExplanationOut:
         """Why this item for this shopper: task contributions, feature attributions,
-        gate weights, the closest history item and a sentence."""
+        gate weights, the closest history item (with a read key, unless reads are open)
+        and a sentence. Rate-limited without a key (429), one at a time (503)."""
+        reader = await explain_turn(svc, request, key)
+        rec = svc.recommender
+
+        def run() -> Explanation:
+            exp = rec.explain(user, item, fusion=fusion)
+            if not reader:
+                _without_history(exp, dict(rec.resolve_fusion(fusion).penalties))
+            return exp
+
         try:
-            exp = svc.recommender.explain(user, item, fusion=fusion)
+            async with svc.explaining:
+                exp = await run_in_threadpool(run)
         except UnknownItemError as e:
             raise HTTPException(404, str(e)) from e
         except ValueError as e:
             raise HTTPException(400, str(e)) from e
         return s.ExplanationOut.model_validate(exp)
 
-    @app.get("/history/{user}", response_model=s.HistoryResponse, tags=["shoppers"])
+    @app.get(
+        "/history/{user}",
+        response_model=s.HistoryResponse,
+        tags=["shoppers"],
+        dependencies=[Depends(require_read)],
+        responses=errors(401, 403, 422),
+    )
     def history(
         svc: Svc, user: UserId, limit: Annotated[int, Query(ge=1, le=500)] = 30
     ) -> s.HistoryResponse:
@@ -267,24 +544,47 @@ def create_app(config: ServeConfig) -> FastAPI:
             events=[s.HistoryOut.model_validate(h) for h in rec.history(user, limit)],
         )
 
-    @app.get("/users", response_model=s.UsersResponse, tags=["shoppers"])
+    @app.get(
+        "/users",
+        response_model=s.UsersResponse,
+        tags=["shoppers"],
+        dependencies=[Depends(require_read)],
+        responses=errors(401, 403, 422),
+    )
     def users(svc: Svc, limit: Annotated[int, Query(ge=1, le=1000)] = 30) -> s.UsersResponse:
         """Known shoppers with the most training events."""
         top = svc.recommender.top_users(limit)
         return s.UsersResponse(users=[s.UserOut(user=u, events=n) for u, n in top])
 
-    @app.get("/items/new", response_model=s.NewItemsResponse, tags=["merchant"])
+    @app.get(
+        "/items/new",
+        response_model=s.NewItemsResponse,
+        tags=["merchant"],
+        responses=errors(401, 403, 422),
+    )
     def new_items(
         svc: Svc,
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
         audience: Annotated[int, Query(ge=0, le=50)] = 3,
+        key: Annotated[str | None, Security(_key_header)] = None,
     ) -> s.NewItemsResponse:
         """New items (no training events), by how many shoppers' candidate lists they enter,
-        each with the shoppers it would reach most surely."""
+        each with the shoppers it would reach most surely (``audience`` > 0 reveals
+        shoppers: it needs a read key unless reads are open)."""
+        if audience > 0 and not can_read_shoppers(svc, key):
+            raise HTTPException(
+                401, f"audience > 0 lists shoppers: it needs the {API_KEY_HEADER} header"
+            )
         items = svc.recommender.new_item_reach(limit, audience)
         return s.NewItemsResponse(items=[s.NewItemOut.model_validate(x) for x in items])
 
-    @app.get("/audience/{item}", response_model=s.AudienceResponse, tags=["merchant"])
+    @app.get(
+        "/audience/{item}",
+        response_model=s.AudienceResponse,
+        tags=["merchant"],
+        dependencies=[Depends(require_read)],
+        responses=errors(401, 403, 404, 422),
+    )
     def audience(svc: Svc, item: ItemId, k: K = 10) -> s.AudienceResponse:
         """The known shoppers an item would reach most surely (two-tower score over their
         candidate cut-off), with the ranking model's predictions."""
@@ -300,6 +600,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         status_code=201,
         dependencies=[Depends(require_key)],
         tags=["events"],
+        responses=errors(401, 403, 422),
     )
     def post_event(svc: Svc, event: s.EventIn) -> s.EventAck:
         """Store an event (committed to SQLite before this returns); the shopper's next
@@ -321,11 +622,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         response_model=s.StockOut,
         dependencies=[Depends(require_key)],
         tags=["admin"],
+        responses=errors(401, 403, 422),
     )
     def put_stock(svc: Svc, body: s.StockIn) -> s.StockOut:
-        """Set live stock levels; items at 0 are no longer recommended."""
-        if any(v < 0 for v in body.stock.values()):
-            raise HTTPException(422, "stock levels must be >= 0")
+        """Set live stock levels; items at 0 are no longer recommended. All or nothing: the
+        whole body is checked (ids, 0 <= stock <= 1e9) before any level is written."""
         unknown = svc.recommender.set_stock(body.stock)
         return s.StockOut(updated=len(body.stock) - len(unknown), unknown=unknown)
 
@@ -335,10 +636,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         status_code=201,
         dependencies=[Depends(require_key)],
         tags=["admin"],
-        responses={
-            409: {"description": "a product is already in the catalog"},
-            422: {"description": "the recipe cannot score new products, or bad rows"},
-        },
+        responses=errors(401, 403, 409, 422),
     )
     async def add_catalog(svc: Svc, body: s.CatalogIn) -> s.CatalogOut:
         """Add products at run time: they are scored from their attributes, join the
@@ -365,17 +663,18 @@ def create_app(config: ServeConfig) -> FastAPI:
         response_model=s.ReloadOut,
         dependencies=[Depends(require_key)],
         tags=["admin"],
+        responses=errors(400, 401, 403, 422),
     )
     async def reload(svc: Svc, body: s.ReloadIn | None = None) -> s.ReloadOut:
         """Load an artifact of any recipe (the current one by default) and swap it in;
         requests keep being answered by the old model until the new one is ready. Stock set
         and products added through the API, and live events, carry over."""
-        path = Path(body.artifact) if body and body.artifact else Path(svc.config.artifact)
+        path = _inside_root(svc, body.artifact if body and body.artifact else None)
         start = time.perf_counter()
         async with svc.reload_lock:
-            try:
+            try:  # every file is checked against the manifest first; nothing is written
                 rec = await asyncio.to_thread(_load, path, svc.config, svc.sessions)
-            except (ShoprecError, OSError, ValueError) as e:
+            except Exception as e:  # a broken artifact is the caller's 4xx, never a 500
                 svc.metrics.inc("shoprec_reloads_total", "Model reloads.", outcome="error")
                 raise HTTPException(400, f"cannot load {path}: {e}") from e
             await asyncio.to_thread(_carry_over, svc.recommender, rec)
@@ -390,7 +689,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             seconds=time.perf_counter() - start,
         )
 
-    @app.get("/health", response_model=s.HealthOut, tags=["ops"])
+    @app.get("/health", response_model=s.HealthOut, tags=["ops"], responses=errors(shed=False))
     def health(svc: Svc) -> s.HealthOut:
         """Liveness and what is being served."""
         d = svc.recommender.describe()
@@ -403,7 +702,9 @@ def create_app(config: ServeConfig) -> FastAPI:
             **d,
         )
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
+    @app.get(
+        "/metrics", response_class=PlainTextResponse, tags=["ops"], responses=errors(shed=False)
+    )
     def prometheus(svc: Svc) -> PlainTextResponse:
         """Prometheus text format: requests, latency histograms, events, reloads, model."""
         rec = svc.recommender

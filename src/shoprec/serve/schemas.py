@@ -10,6 +10,46 @@ from shoprec.data.schema import Behavior
 
 #: A user or item id: 1 to 128 characters, no whitespace.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
+#: Seconds since the epoch, finite, up to 1e10 (the year 2286).
+Timestamp = Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False)]
+#: Units in stock: 0 to a billion (a 30-digit number is refused, never stored).
+Stock = Annotated[int, Field(ge=0, le=1_000_000_000)]
+#: Error codes by status (``ErrorOut.error``).
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ErrorItem(BaseModel):
+    """One problem with one field of a request."""
+
+    loc: list[str | int] = Field(
+        description="where, e.g. ['query', 'k'] or ['body', 'stock', 'i1']"
+    )
+    msg: str = Field(description="what is wrong with it")
+    type: str = Field(description="pydantic's error type, e.g. 'greater_than_equal'")
+
+
+class ErrorOut(BaseModel):
+    """The body of every error answer (4xx and 503), whatever raised it."""
+
+    status: int = Field(description="the HTTP status, repeated")
+    error: str = Field(description="a stable code: " + ", ".join(sorted(set(ERROR_CODES.values()))))
+    detail: str = Field(description="one readable paragraph saying what is wrong")
+    errors: list[ErrorItem] = Field(
+        default_factory=list, description="per-field problems (422), the first 20"
+    )
 
 
 class _Out(BaseModel):
@@ -118,7 +158,7 @@ class EventIn(BaseModel):
     item: Id
     behavior: Behavior
     quantity: int = Field(1, ge=1, le=10_000)
-    timestamp: float | None = Field(None, ge=0, description="seconds since the epoch; now if null")
+    timestamp: Timestamp | None = Field(None, description="seconds since the epoch; now if null")
 
 
 class EventAck(BaseModel):
@@ -184,7 +224,12 @@ class HealthOut(BaseModel):
 class ReloadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    artifact: str | None = Field(None, description="a new artifact folder; the current one if null")
+    artifact: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="a new artifact folder; the current one if null",
+    )
 
 
 class ReloadOut(BaseModel):
@@ -197,7 +242,11 @@ class ReloadOut(BaseModel):
 class StockIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    stock: dict[str, int] = Field(description="item -> units in stock (0 = out of stock)")
+    stock: dict[Id, Stock] = Field(
+        max_length=100_000,
+        description="item -> units in stock (0 = out of stock, at most 1e9); checked whole "
+        "before anything is written",
+    )
 
 
 class StockOut(BaseModel):
@@ -214,8 +263,8 @@ class ProductIn(BaseModel):
     title: str | None = Field(None, max_length=500)
     category: str | None = Field(None, max_length=200)
     brand: str | None = Field(None, max_length=200)
-    price: float | None = Field(None, ge=0)
-    stock: int | None = Field(None, ge=0)
+    price: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
+    stock: Stock | None = None
 
 
 class CatalogIn(BaseModel):

@@ -28,7 +28,7 @@ function apiKey() { return $("#api-key").value.trim(); }
 async function api(path, options = {}) {
   const headers = { Accept: "application/json", ...(options.headers || {}) };
   if (options.body) headers["Content-Type"] = "application/json";
-  if (options.auth && apiKey()) headers["X-API-Key"] = apiKey();
+  if (apiKey()) headers["X-API-Key"] = apiKey();  // writes need it; private reads too
   const res = await fetch(path, { ...options, headers });
   const body = res.headers.get("content-type")?.includes("json") ? await res.json() : await res.text();
   if (!res.ok) {
