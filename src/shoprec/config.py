@@ -109,6 +109,7 @@ class SimulateSection(Strict):
     seed: int = 0
     n_users: int | None = Field(None, gt=0)
     n_items: int | None = Field(None, gt=0)
+    n_days: int | None = Field(None, gt=0)  # days simulated (demand series need many weeks)
 
 
 class DataSection(Strict):
@@ -122,6 +123,11 @@ class DataSection(Strict):
     users: FileSection | None = None  # user -> attributes
     release: dict[str, Any] | None = None  # a public release layout (see the README)
     behaviors: list[str] | None = None  # keep only these behaviors (None: all)
+    # rows whose values cannot be right (NaN price, zero quantity, empty id, ...): drop and
+    # count them in `dropped`, or refuse the file (README: "What the loaders accept")
+    on_bad_rows: Literal["drop", "refuse"] = "drop"
+    hash_user_ids: bool = False  # replace user ids by a keyed hash at ingestion
+    user_id_salt_env: str = "SHOPREC_USER_ID_SALT"  # env var holding the key (never the config)
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -395,12 +401,23 @@ class EvaluateSection(Strict):
     seed: int = 0
     max_users: int | None = Field(None, gt=0)  # a seeded sample of users, for quick looks
     served: bool = False  # also measure what the Recommender (GET /recommend) returns
+    exposure: bool = True  # coverage@k, Gini of exposure, shares by popularity decile / group
+    group: str | None = None  # catalog column for exposure by group (default: category)
+    baselines: bool = True  # popularity ranked beside the model, accuracy and exposure
 
 
 class ServeSection(BaseModel):
     """Fields of :class:`shoprec.recommend.RecommenderConfig` (checked against it)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _forecast_path(cls, value: Any, info: ValidationInfo) -> Any:
+        """``serve.forecast`` (a forecast folder) relative to the config file."""
+        if isinstance(value, dict) and value.get("forecast") is not None:
+            value = {**value, "forecast": str(_resolve(value["forecast"], info))}
+        return value
 
     @model_validator(mode="after")
     def _known(self) -> ServeSection:
@@ -460,6 +477,7 @@ class ExperimentConfig(Strict):
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     search: SearchSection | None = None
+    forecast: dict[str, Any] | None = None  # demand forecaster (shoprec forecast), see below
     output: Path | None = None  # the artifact folder; default runs/<name>
     source: Path | None = Field(None, exclude=True)  # the YAML file it was read from
 
@@ -470,6 +488,26 @@ class ExperimentConfig(Strict):
     def _tasks(cls, value: Any) -> Any:
         if isinstance(value, list | tuple):
             return [_as_task(v) for v in value]
+        return value
+
+    @field_validator("forecast", mode="before")
+    @classmethod
+    def _forecast(cls, value: Any, info: ValidationInfo) -> Any:
+        """Checked against :class:`shoprec.inventory.forecast.ForecastOptions`; its stock
+        file relative to the config's folder."""
+        if value is None:
+            return None
+        from shoprec.inventory.forecast import ForecastOptions
+
+        if not isinstance(value, dict):
+            raise ValueError("'forecast' must be a mapping of forecaster settings")
+        value = dict(value)
+        if value.get("stock") is not None:
+            value["stock"] = str(_resolve(value["stock"], info))
+        try:
+            ForecastOptions.model_validate(value)
+        except ValidationError as e:
+            raise ValueError(_describe(e, ForecastOptions, prefix=("forecast",))) from None
         return value
 
     @model_validator(mode="after")

@@ -44,9 +44,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -363,3 +367,182 @@ def reorder_table(
         ["at_risk", "p_stockout", "reorder_qty", "item"],
         descending=[True, True, True, False],
     )
+
+
+# --------------------------------------------------------------------- a served forecast
+
+#: Files of a forecast folder (``shoprec forecast`` writes them; only the first is required).
+FORECAST_FILES = ("forecast.parquet", "history.parquet", "reorder.parquet", "forecast.json")
+#: Weeks of cover reported for an item with stock and no forecast demand (instead of inf).
+MAX_COVER_WEEKS = 1000.0
+
+
+@dataclass(frozen=True)
+class ForecastTables:
+    """The output of ``shoprec forecast`` as read back for serving.
+
+    Attributes:
+        directory: the folder it was read from.
+        forecast: ``forecast.parquet`` (item, origin, horizon, week, mean, p50, p90, ...).
+        history: ``history.parquet`` (item, week, units, returns), or None if absent.
+        reorder: ``reorder.parquet`` (:data:`REORDER_COLUMNS`), or None if absent.
+        meta: ``forecast.json`` (model, horizon, origin, metrics, config), ``{}`` if absent.
+    """
+
+    directory: Path
+    forecast: pl.DataFrame
+    history: pl.DataFrame | None
+    reorder: pl.DataFrame | None
+    meta: dict[str, Any]
+
+    @property
+    def horizon(self) -> int:
+        """The forecast's horizon in weeks (``forecast.json``'s, else the table's largest)."""
+        h = self.meta.get("horizon")
+        return int(h) if isinstance(h, int | float) and h > 0 else forecast_horizon(self.forecast)
+
+    @property
+    def latest(self) -> pl.DataFrame:
+        """Each item's rows of its latest origin."""
+        return latest_origin(self.forecast)
+
+
+def load_forecast(directory: str | Path) -> ForecastTables:
+    """Read a forecast folder (``forecast.parquet`` required; the other files optional).
+
+    Args:
+        directory: a folder ``shoprec forecast`` wrote.
+
+    Raises:
+        InventoryError: no ``forecast.parquet`` there, or a file lacks its columns.
+    """
+    d = Path(directory)
+    path = d / "forecast.parquet"
+    if not path.is_file():
+        raise InventoryError(
+            f"No forecast in {d}: {path.name} is missing. Run `shoprec forecast CONFIG --out "
+            f"{d}` first, or point serve.forecast at the folder it wrote."
+        )
+    try:
+        fc = pl.read_parquet(path)
+        history = (
+            pl.read_parquet(d / "history.parquet") if (d / "history.parquet").is_file() else None
+        )
+        reorder = (
+            pl.read_parquet(d / "reorder.parquet") if (d / "reorder.parquet").is_file() else None
+        )
+        meta_path = d / "forecast.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (OSError, pl.exceptions.PolarsError, json.JSONDecodeError) as e:
+        raise InventoryError(f"Cannot read the forecast in {d}: {e}") from e
+    _check_columns(fc, _FORECAST_NEEDS, f"forecast {path}")
+    fc = fc.with_columns(pl.col("item").cast(pl.String))
+    if history is not None:
+        _check_columns(history, ("item", "week", "units"), f"history {d / 'history.parquet'}")
+        history = history.with_columns(pl.col("item").cast(pl.String))
+    if reorder is not None:
+        _check_columns(reorder, ("item", "stock"), f"reorder list {d / 'reorder.parquet'}")
+        reorder = reorder.with_columns(pl.col("item").cast(pl.String))
+    logger.info("forecast %s: %d items, horizon %d", d, fc["item"].n_unique(), forecast_horizon(fc))
+    return ForecastTables(d, fc, history, reorder, meta if isinstance(meta, dict) else {})
+
+
+class StockSignals:
+    """Per catalog position: lead-time demand from a forecast, and the stock signals the
+    recommender re-ranks by (``stock``, ``weeks_of_cover``, ``p_stockout``) for live stock.
+
+    The lead-time demand (P50, P90, P(no sale)) and the mean weekly demand are computed once
+    per forecast; ``p_stockout`` and ``weeks_of_cover`` are recomputed per request from the
+    stock levels of that moment (a few vectorised operations over the candidates).
+
+    Args:
+        tables: the loaded forecast.
+        ids: the catalog's item ids by position.
+        lead_time_weeks: the lead time for items without their own (``reorder.parquet``'s
+            ``lead_time_weeks`` column, where present, sets per-item lead times).
+
+    Raises:
+        InventoryError: a lead time that is negative or beyond the forecast's horizon.
+    """
+
+    def __init__(
+        self, tables: ForecastTables, ids: list[str], *, lead_time_weeks: float = 2.0
+    ) -> None:
+        self.tables = tables
+        self.lead_time_weeks = float(lead_time_weeks)
+        fc = tables.latest
+        check_lead_time(self.lead_time_weeks, forecast_horizon(fc) if fc.height else math.inf)
+        items = fc.select(pl.col("item").unique())
+        lt = items.with_columns(pl.lit(self.lead_time_weeks).alias("lead_time_weeks"))
+        rt = tables.reorder
+        if rt is not None and "lead_time_weeks" in rt.columns:
+            own = rt.select("item", pl.col("lead_time_weeks").cast(pl.Float64).alias("own"))
+            lt = (
+                lt.join(own, on="item", how="left")
+                .with_columns(pl.coalesce("own", "lead_time_weeks").alias("lead_time_weeks"))
+                .drop("own")
+            )
+        demand = lead_time_demand(fc, lt)
+        n = len(ids)
+        pos = pl.DataFrame(
+            {"item": ids, "_pos": np.arange(n)}, schema={"item": pl.String, "_pos": pl.Int64}
+        )
+        aligned = pos.join(demand, on="item", how="left").sort("_pos")
+        self.has_forecast = aligned["demand_p50_lead"].is_not_null().to_numpy()
+        self.p50 = aligned["demand_p50_lead"].fill_null(0.0).to_numpy()
+        self.p90 = aligned["demand_p90_lead"].fill_null(0.0).to_numpy()
+        self.p_zero = aligned["p_no_sale_lead"].fill_null(1.0).to_numpy()
+        self.weekly = aligned["mean_weekly"].fill_null(0.0).to_numpy()
+        self.lead = aligned["lead_time_weeks"].fill_null(self.lead_time_weeks).to_numpy()
+        if rt is not None:
+            st = pos.join(
+                rt.select("item", pl.col("stock").cast(pl.Float64)), on="item", how="left"
+            )
+            self.forecast_stock = st.sort("_pos")["stock"].fill_null(np.nan).to_numpy()
+        else:
+            self.forecast_stock = np.full(n, np.nan)
+
+    def _pad(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions within the arrays (products added after the forecast have none)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        inside = positions < len(self.p50)
+        return np.where(inside, positions, 0), inside
+
+    def signals(self, positions: np.ndarray, stock: np.ndarray) -> dict[str, np.ndarray]:
+        """``stock``, ``weeks_of_cover`` and ``p_stockout`` of the items at ``positions``.
+
+        Args:
+            positions: ``(C,)`` catalog positions.
+            stock: ``(C,)`` their stock levels now (negative = unknown).
+
+        Returns:
+            Three ``(C,)`` float arrays; NaN where the stock is unknown (and, for the last
+            two, where the item has no forecast). Weeks of cover are capped at
+            :data:`MAX_COVER_WEEKS`.
+        """
+        p, inside = self._pad(positions)
+        known = (np.asarray(stock) >= 0) & inside & self.has_forecast[p]
+        s = np.where(np.asarray(stock) >= 0, np.asarray(stock, dtype=np.float64), np.nan)
+        p_out = stockout_probability(np.nan_to_num(s), self.p50[p], self.p90[p], self.p_zero[p])
+        weekly = self.weekly[p]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cover = np.where(weekly > _EPS, s / np.maximum(weekly, _EPS), MAX_COVER_WEEKS)
+        return {
+            "stock": s,
+            "weeks_of_cover": np.where(known, np.minimum(cover, MAX_COVER_WEEKS), np.nan),
+            "p_stockout": np.where(known, p_out, np.nan),
+        }
+
+    def demand(self, position: int) -> dict[str, float] | None:
+        """Lead time and lead-time demand of one item (None without a forecast)."""
+        p, inside = self._pad(np.array([position]))
+        if not inside[0] or not self.has_forecast[p[0]]:
+            return None
+        i = int(p[0])
+        return {
+            "lead_time_weeks": float(self.lead[i]),
+            "demand_p50_lead": float(self.p50[i]),
+            "demand_p90_lead": float(self.p90[i]),
+            "p_no_sale_lead": float(self.p_zero[i]),
+            "mean_weekly": float(self.weekly[i]),
+        }

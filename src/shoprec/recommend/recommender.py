@@ -6,7 +6,7 @@
     candidates.py  two-tower, popular, co-occurrence, new, own history, a small catalog whole
     scoring        artifact.scorer.score([user], candidates, events=<live events>) -> Fusion
                    (default: the scorer's target task, what offline evaluation ranks by)
-    rerank.py      filters, session boost, MMR by category, new-item slots
+    rerank.py      filters, session boost, stock (forecast), MMR by category, new-item slots
     explain.py     task terms, the scorer's attribution / gate hooks, "because"
     merchant.py    audience, new-item reach
 
@@ -31,12 +31,13 @@ import polars as pl
 
 from shoprec.artifact import Artifact
 from shoprec.errors import ShoprecError
+from shoprec.inventory.stock import ForecastTables, StockSignals, load_forecast
 from shoprec.models.two_tower import TwoTowerConfig
 from shoprec.recommend import rerank
 from shoprec.recommend.candidates import CandidateSources, query_vector, similar_items
 from shoprec.recommend.catalog import Catalog, UnknownItemError
 from shoprec.recommend.explain import Explainer, Explanation
-from shoprec.recommend.fusion import Fusion
+from shoprec.recommend.fusion import PRICE, VARIABLES, Fusion
 from shoprec.recommend.history import TrainingHistory, history_entries
 from shoprec.recommend.merchant import Merchant
 from shoprec.recommend.retrieve import Retrieval
@@ -88,6 +89,8 @@ class Recommender:
         self.exclude_behaviors = (self.target,) if excl is None else tuple(excl)
         self.training = TrainingHistory(artifact.seen, ids, self.exclude_behaviors)
         self.catalog = Catalog(artifact.items, ~self.training.warm)
+        self.stock_signals: StockSignals | None = None
+        self.load_forecast(c.forecast, required=c.forecast is not None)
         self.fusion = self.resolve_fusion(c.fusion or Fusion.default(self.tasks, self.target))
         self.candidates = CandidateSources(self.catalog, retrieval, self.training, c)
         self.explainer = Explainer(self)
@@ -155,6 +158,68 @@ class Recommender:
         """Set live stock levels (0 = out of stock); returns the ids it does not know."""
         return self.catalog.set_stock(stock)
 
+    @property
+    def forecast(self) -> ForecastTables | None:
+        """The demand forecast the re-ranking and the merchant endpoints read (or None)."""
+        return self.stock_signals.tables if self.stock_signals is not None else None
+
+    def load_forecast(self, path: str | Path | None = None, *, required: bool = True) -> None:
+        """Read a ``shoprec forecast`` folder (default ``<artifact>/forecast``) for the
+        stock-aware re-ranking; items whose stock the catalog does not know take the stock
+        of its reorder list (as if set with :meth:`set_stock`).
+
+        Raises:
+            InventoryError: ``required`` and no forecast there, or one that cannot be used.
+        """
+        folder = Path(path) if path is not None else self.artifact.directory / "forecast"
+        if not required and not (folder / "forecast.parquet").is_file():
+            return
+        signals = StockSignals(
+            load_forecast(folder), self.catalog.ids, lead_time_weeks=self.config.lead_time_weeks
+        )
+        fill = (self.catalog.stock[: len(signals.forecast_stock)] < 0) & np.isfinite(
+            signals.forecast_stock
+        )
+        self.stock_signals = signals
+        if fill.any():
+            self.catalog.set_stock(
+                {self.catalog.ids[p]: int(signals.forecast_stock[p]) for p in np.flatnonzero(fill)}
+            )
+        n = int(signals.has_forecast.sum())
+        log.info("forecast %s: stock-aware re-ranking on %d items", folder, n)
+
+    def stock_state(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """``stock``, ``weeks_of_cover``, ``p_stockout`` ``(C,)`` of items now (NaN where
+        unknown: no stock level or no forecast)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        stock = self.catalog.stock[positions]
+        if self.stock_signals is None:
+            s = np.where(stock >= 0, stock.astype(np.float64), np.nan)
+            unknown = np.full(len(s), np.nan)
+            return {"stock": s, "weeks_of_cover": unknown, "p_stockout": unknown.copy()}
+        return self.stock_signals.signals(positions, stock)
+
+    def stock_term(self, positions: np.ndarray) -> np.ndarray:
+        """``(C,)`` the stock re-ranking's log-score term (:func:`.rerank.stock_adjustment`)."""
+        c = self.config
+        if self.stock_signals is None or (not c.stockout_penalty and not c.overstock_boost):
+            return np.zeros(len(positions))
+        st = self.stock_state(positions)
+        return rerank.stock_adjustment(
+            st["p_stockout"], st["weeks_of_cover"], stockout_penalty=c.stockout_penalty,
+            overstock_weeks=c.overstock_weeks, overstock_boost=c.overstock_boost,
+        )  # fmt: skip
+
+    def item_values(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """The fusion's item variables (:data:`~.fusion.VARIABLES` but the price) ``(C,)``,
+        neutral where unknown (1; 0 for ``p_stockout``), so an item without stock or forecast
+        is neither pushed down nor up by them."""
+        st = self.stock_state(positions)
+        neutral = {"p_stockout": 0.0}
+        return {
+            k: np.nan_to_num(v, nan=neutral.get(k, 1.0)) for k, v in st.items() if k in VARIABLES
+        }
+
     def add_items(self, items: pl.DataFrame | Sequence[Mapping[str, Any]]) -> list[str]:
         """Add products at run time (:meth:`Catalog.add_items`; ``CatalogError`` if the
         recipe cannot score them); returns their ids."""
@@ -200,7 +265,9 @@ class Recommender:
         raw = self.scorer.score([user], np.asarray(positions, dtype=np.int64), events=events)
         preds = {t: np.asarray(v, dtype=np.float64)[0] for t, v in raw.items()}
         price = self.catalog.price[positions] if self.catalog.price is not None else None
-        return preds, fusion.log_terms(preds, price)
+        reads = {*fusion.variables, *fusion.penalties} & (set(VARIABLES) - {PRICE})
+        values = self.item_values(positions) if reads else None
+        return preds, fusion.log_terms(preds, price, values)
 
     def predict(self, user: str, positions: np.ndarray) -> dict[str, np.ndarray]:
         """The scorer's outputs ``(C,)`` per task for ``user`` (with their live events)."""
@@ -244,13 +311,14 @@ class Recommender:
         fused = np.sum(list(terms.values()), axis=0)
         sim = rerank.session_similarity(self.retrieval.similarity_vectors, cand, live)
         boost = c.session_boost * sim
-        total = fused + boost
+        stock = self.stock_term(cand)  # risk of running out (down), overstock (up); 0: none
+        total = fused + boost + stock
         order = rerank.mmr(total, cat.categories[cand], k, c.diversity)
         # a slot for new items only where the recipe scores them from their content; others
         # would fill it with an item scored by the untrained unknown-item embedding
         n_slots = c.new_item_slots if hasattr(self.scorer, "add_items") else 0
         order, slots = rerank.new_item_slots(order, cat.is_new[cand], total, k, n_slots)
-        out = rerank.ranked_items(cat, cand, bits, order, preds, fused, boost, slots)
+        out = rerank.ranked_items(cat, cand, bits, order, preds, fused, boost, slots, stock)
         if explain:
             ref = self.explainer.reference(user, f, live)
             for r in out:
@@ -298,5 +366,6 @@ class Recommender:
             "new_items": int(self.catalog.is_new.sum()),
             "users": len(self.known_users),
             "index": self.retrieval.index.backend,
+            "forecast": str(self.forecast.directory) if self.forecast is not None else None,
             "loaded_at": self.loaded_at,
         }

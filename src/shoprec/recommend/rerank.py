@@ -4,8 +4,9 @@
 
     filters     items of an excluded behavior (training or session), out of stock (known
                 stock 0), excluded categories and items
-    re-ranking  + session_boost * (similarity to the recent items), MMR by category, the
-                best new item(s) in the last slot(s)
+    re-ranking  + session_boost * (similarity to the recent items), + the stock term (risk of
+                running out, overstock; :func:`stock_adjustment`), MMR by category, the best
+                new item(s) in the last slot(s)
 
 All of it works on arrays over the candidates (or one boolean mask over the catalog).
 """
@@ -72,6 +73,37 @@ def session_similarity(vectors: np.ndarray, positions: np.ndarray, live: LiveEve
         return np.zeros(len(positions))
     sims = vectors[positions] @ vectors[live.positions].T  # (C, R)
     return np.clip(sims * live.weights[None, :], 0.0, None).max(axis=1)
+
+
+def stock_adjustment(
+    p_stockout: np.ndarray,
+    weeks_of_cover: np.ndarray,
+    *,
+    stockout_penalty: float,
+    overstock_weeks: float,
+    overstock_boost: float,
+) -> np.ndarray:
+    """``(C,)`` log-score term from stock and the demand forecast (0 where either is unknown).
+
+    ``stockout_penalty * log(1 - p_stockout)`` pushes down an item in proportion to its risk
+    of running out before a restock could arrive (at ``p_stockout`` 0.5, the median forecast
+    demand over the lead time equals the stock: the score halves at penalty 1); the
+    probability is capped at 0.99 so no item is sunk without limit. Overstock adds
+    ``overstock_boost * clip(weeks_of_cover / overstock_weeks - 1, 0, 1)``: nothing up to
+    ``overstock_weeks`` of cover, the full (small) boost from twice that.
+
+    Example:
+        >>> t = stock_adjustment(np.array([0.5, 0.0, np.nan]), np.array([1.0, 24.0, np.nan]),
+        ...                      stockout_penalty=1.0, overstock_weeks=12.0, overstock_boost=0.2)
+        >>> np.round(t, 3).tolist()
+        [-0.693, 0.2, 0.0]
+    """
+    p = np.nan_to_num(np.asarray(p_stockout, dtype=np.float64), nan=0.0)
+    term = stockout_penalty * np.log1p(-np.clip(p, 0.0, 0.99)) if stockout_penalty else 0.0
+    if overstock_boost:
+        cover = np.nan_to_num(np.asarray(weeks_of_cover, dtype=np.float64), nan=0.0)
+        term = term + overstock_boost * np.clip(cover / overstock_weeks - 1.0, 0.0, 1.0)
+    return np.broadcast_to(np.asarray(term, dtype=np.float64), p.shape).copy()
 
 
 def mmr(log_scores: np.ndarray, categories: np.ndarray, k: int, diversity: float) -> list[int]:
@@ -143,13 +175,16 @@ def ranked_items(
     fused: np.ndarray,
     boost: np.ndarray,
     slots: set[int],
+    stock: np.ndarray | None = None,
 ) -> list[RankedItem]:
-    """The chosen candidates (indices ``order`` into ``cand``) as :class:`RankedItem` rows."""
+    """The chosen candidates (indices ``order`` into ``cand``) as :class:`RankedItem` rows
+    (``stock``: the ``(C,)`` stock term, :func:`stock_adjustment`; None for none)."""
     chosen = np.asarray(order, dtype=np.int64)
     positions = cand[chosen]
     task_preds = {t: v[chosen].tolist() for t, v in preds.items()}
     fused_c, boost_c = fused[chosen], boost[chosen]
-    scores, fused_scores = np.exp(fused_c + boost_c).tolist(), np.exp(fused_c).tolist()
+    stock_c = stock[chosen] if stock is not None else np.zeros(len(chosen))
+    scores, fused_scores = np.exp(fused_c + boost_c + stock_c).tolist(), np.exp(fused_c).tolist()
     attrs = catalog.attributes(positions)
     return [
         RankedItem(
@@ -158,6 +193,7 @@ def ranked_items(
             score=scores[j],
             fused=fused_scores[j],
             session_boost=float(boost_c[j]),
+            stock_adjustment=float(stock_c[j]),
             predictions={t: v[j] for t, v in task_preds.items()},
             sources=source_names(int(bits[i])),
             is_new=bool(catalog.is_new[p]),
@@ -166,3 +202,105 @@ def ranked_items(
         )
         for j, (i, p) in enumerate(zip(order, positions.tolist(), strict=True))
     ]
+
+
+def exposure_groups(
+    catalog: Catalog, popularity: np.ndarray, by: str = "popularity", head_share: float = 0.2
+) -> np.ndarray:
+    """``(N,)`` group code of every catalog item, the groups that :func:`group_floor` serves.
+
+    Args:
+        catalog: the served catalog (items added at run time included).
+        popularity: ``(n,)`` training events per item position (``n <= N``; later items 0).
+        by: ``"popularity"``: 1 for the head (the ``head_share`` most popular items), 0 for
+            the long tail; or a column of the item table (``category``, ``brand``, a seller or
+            a market column): one code per value, ``-1`` where the item has none.
+        head_share: share of the catalog that is the head.
+
+    Raises:
+        ValueError: ``by`` is neither ``popularity`` nor a column of the item table.
+    """
+    n = catalog.n_items
+    if by == "popularity":
+        pop = np.zeros(n)
+        pop[: min(len(popularity), n)] = np.asarray(popularity, dtype=np.float64)[:n]
+        n_head = int(round(head_share * n))
+        head = np.zeros(n, dtype=np.int64)
+        head[np.argsort(-pop, kind="stable")[:n_head]] = 1
+        head[pop == 0] = 0  # never sold is never the head
+        return head
+    table = catalog.table
+    if by not in table.columns or by == "item":
+        columns = [c for c in table.columns if c != "item"]
+        raise ValueError(f"serve.floor_groups '{by}' is neither 'popularity' nor one of {columns}")
+    values = table[by].cast(str).to_numpy()[:n]
+    known = np.array([v is not None for v in values], dtype=bool)
+    codes = np.full(n, -1, dtype=np.int64)
+    if known.any():
+        codes[known] = np.unique(values[known].astype(str), return_inverse=True)[1].ravel()
+    return codes
+
+
+def group_floor(
+    order: list[int], total: np.ndarray, groups: np.ndarray, k: int, floor: float
+) -> list[int]:
+    """Give every group among the candidates at least ``ceil(floor * k)`` places of the list.
+
+    A minimum share of exposure per group (e.g. the long tail, each category or seller): for
+    each group below its floor, in the order of the group's best candidate, its best unlisted
+    candidates replace the lowest-placed listed items of groups above their floor (or of no
+    group). Added items take the last places, best first, as new-item slots do; a group
+    with too few candidates gets what it has. ``floor <= 0`` returns ``order`` unchanged.
+
+    Args:
+        order: candidate indices chosen so far (e.g. by :func:`mmr`), best first.
+        total: ``(C,)`` final log scores of the candidates.
+        groups: ``(C,)`` group code of each candidate (``-1``: none; never gets a floor).
+        k: the list's length.
+        floor: the minimum share of the ``k`` places each group gets.
+
+    Example:
+        >>> group_floor([0, 1, 2], np.array([3.0, 2.0, 1.0, 0.5]), np.array([0, 0, 0, 1]), 3, 0.3)
+        [0, 1, 3]
+    """
+    if floor <= 0 or k <= 0 or not len(order):
+        return order
+    need = int(np.ceil(floor * k - 1e-9))
+    g = np.asarray(groups, dtype=np.int64)
+    chosen = list(order[:k])
+    listed = np.zeros(len(g), dtype=bool)
+    listed[chosen] = True
+    counts: dict[int, int] = {}
+    for x in g[chosen].tolist():
+        counts[x] = counts.get(x, 0) + 1
+    # groups by their best candidate, best first
+    by_score = np.argsort(-np.asarray(total, dtype=np.float64), kind="stable")
+    ranked_groups = g[by_score]
+    seen_first = np.unique(ranked_groups, return_index=True)
+    group_order = seen_first[0][np.argsort(seen_first[1])]
+    added: list[int] = []
+    for grp in group_order.tolist():
+        if grp < 0 or counts.get(grp, 0) >= need:
+            continue
+        pool = by_score[(ranked_groups == grp) & ~listed[by_score]][: need - counts.get(grp, 0)]
+        for cand in pool.tolist():
+            drop = next(
+                (
+                    i
+                    for i in reversed(chosen)
+                    if i not in added and (g[i] < 0 or counts.get(int(g[i]), 0) > need)
+                ),
+                None,
+            )
+            if drop is None:
+                if len(chosen) >= k:
+                    break
+            else:
+                chosen.remove(drop)
+                counts[int(g[drop])] -= 1
+            chosen.append(cand)
+            added.append(cand)
+            listed[cand] = True
+            counts[grp] = counts.get(grp, 0) + 1
+    kept = [i for i in chosen if i not in set(added)]
+    return kept + sorted(added, key=lambda i: -float(total[i]))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
 
 from shoprec.errors import ShoprecError
 
@@ -13,6 +15,11 @@ if TYPE_CHECKING:
     from shoprec.recommend.explain import Explanation
 
 log = logging.getLogger(__name__)
+
+_NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Fraction = Annotated[float, Field(ge=0, le=1)]
+_Probability = Annotated[float, Field(gt=0, lt=1)]
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,16 @@ class RecommenderConfig:
     # by recipes that score new items from their content (the scorer has add_items)
     explain_steps: int = 64  # Integrated-Gradients steps (scorers that offer attributions)
     reference_items: int = 2000  # items that stand for "a typical item" in explanations
+    # stock-aware re-ranking (needs a forecast: `shoprec forecast`; see shoprec.inventory)
+    forecast: str | None = None  # forecast folder; None: <artifact>/forecast when it exists
+    lead_time_weeks: _NonNegative = 2.0  # restock lead time of items without their own
+    stockout_penalty: _NonNegative = 1.0  # log-score term x log(1 - p_stockout): pushes down
+    # items whose forecast demand over the lead time may exceed their stock (0: off)
+    overstock_weeks: _Positive = 12.0  # weeks of cover above which stock counts as overstock
+    overstock_boost: _Fraction = 0.0  # most log-score bonus for overstock, reached at twice
+    # overstock_weeks (0: off; at most 1: it nudges, never leads)
+    service_level: _Probability = 0.9  # reorder list: P(no stock-out) the quantity aims for
+    stockout_risk: _Fraction = 0.5  # p_stockout from which an item is "at risk"
 
     @classmethod
     def of_artifact(cls, art: Artifact) -> RecommenderConfig:
@@ -63,7 +80,7 @@ class RankedItem:
     Attributes:
         item: the item id.
         rank: 1-based position.
-        score: the final score, ``fused * exp(session_boost)``.
+        score: the final score, ``fused * exp(session_boost + stock_adjustment)``.
         fused: the fusion of the task outputs (by default the target task's score).
         session_boost: the log-score bonus from the shopper's recent events.
         predictions: task -> the scorer's output.
@@ -71,6 +88,8 @@ class RankedItem:
         is_new: the item had no training events.
         slot: ``"ranked"``, or ``"new"`` where it fills a new-item slot.
         attributes: title, category, brand, price, stock where known.
+        stock_adjustment: the log-score term from stock and the forecast (< 0: pushed down
+            for its risk of running out, > 0: pushed up as overstock; 0 without a forecast).
         explanation: filled when asked for.
     """
 
@@ -84,6 +103,7 @@ class RankedItem:
     is_new: bool
     slot: str
     attributes: dict[str, Any]
+    stock_adjustment: float = 0.0
     explanation: Explanation | None = None
 
 
