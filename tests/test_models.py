@@ -45,6 +45,13 @@ from shoprec.models.content import (
 from shoprec.models.cross_domain import CrossDomainConfig, CrossDomainModel
 from shoprec.models.emcdr import EMCDRMapping
 from shoprec.models.features import feature_from_dict
+from shoprec.models.forecaster import (
+    DemandForecaster,
+    ForecasterConfig,
+    example_batch,
+    load_forecaster,
+    save_forecaster,
+)
 from shoprec.models.layers import ExpertBank, InputLayer
 from shoprec.models.two_tower import TwoTower, TwoTowerConfig
 from shoprec.train.loop import TrainConfig, fit
@@ -382,6 +389,21 @@ def emcdr_batch(n: int, seed: int) -> Batch:
     return {"source": source, "target": torch.tanh(source @ EMCDR_MAP)}
 
 
+# ---- demand forecaster: each series sells at its own level times a horizon ramp
+FORECASTER = ForecasterConfig(history_len=6, horizon=3, n_static=2, hidden=(32,), head_hidden=8)
+
+
+def build_forecaster(seed: int) -> DemandForecaster:
+    torch.manual_seed(seed)
+    return DemandForecaster(FORECASTER)
+
+
+def forecaster_shapes(model: nn.Module, n: int) -> dict[str, tuple[int, ...]]:
+    h = model.config.horizon
+    return {"units": (n, h), "quantiles": (n, h, 2), "no_sale": (n, h), "returns": (n, h),
+            "trend": (n, 3)}  # fmt: skip
+
+
 CASES: dict[str, Case] = {
     **{name: registered_case(name) for name in sorted(MODELS)},
     "content": Case(
@@ -420,6 +442,13 @@ CASES: dict[str, Case] = {
         lambda model, n: {"logits": (n, n)},
         save_two_tower,
         TwoTower.load,
+    ),
+    "forecaster": Case(
+        build_forecaster,
+        lambda n, seed: example_batch(FORECASTER, n, seed),
+        forecaster_shapes,
+        save_forecaster,
+        load_forecaster,
     ),
     "emcdr": Case(
         build_emcdr,

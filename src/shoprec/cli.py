@@ -553,6 +553,53 @@ def evaluate(
         err.print(f"report written to {report}")
 
 
+@app.command("forecast")
+def forecast(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (recipe: demand, or any with "
+                                           "a forecast: section).")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder to write (default: <config output>/forecast)."),
+    ] = None,
+) -> None:
+    """Forecast each product's demand and write a reorder list.
+
+    Writes forecast.parquet (mean, P50, P90, P(no sale), returns, trend per product and
+    week), history.parquet (the last 52 weeks), reorder.parquet (lead-time demand, weeks of
+    cover, P(stock-out), quantity to order) and forecast.json."""
+    from shoprec.config import load_config
+    from shoprec.inventory.forecast import run_forecast
+
+    try:
+        cfg = load_config(config)
+        with err.status(f"{cfg.name}: training the demand forecaster..."):
+            folder = run_forecast(cfg, out_dir)
+    except (ShoprecError, ValueError, OSError) as e:
+        _fail(str(e))
+        return
+    import polars as pl
+
+    meta = json.loads((folder / "forecast.json").read_text())
+    reorder = pl.read_parquet(folder / "reorder.parquet")
+    table = Table(title=f"reorder list from {meta['origin']} (stock: {meta['stock_source']})")
+    for c in ("item", "stock", "demand_p90_lead", "weeks_of_cover", "p_stockout", "reorder_qty"):
+        table.add_column(c, justify="left" if c == "item" else "right")
+    for row in reorder.head(10).iter_rows(named=True):
+        table.add_row(
+            str(row["item"])[:40],
+            f"{row['stock']:.0f}",
+            f"{row['demand_p90_lead']:.1f}",
+            f"{row['weeks_of_cover']:.1f}",
+            f"{row['p_stockout']:.2f}",
+            f"{row['reorder_qty']:.0f}",
+        )
+    out.print(table)
+    out.print(
+        f"{meta['series']} products forecast {meta['horizon']} {meta['freq']}s ahead, "
+        f"{meta['at_risk']} at risk of stock-out; written to [bold]{folder}[/]"
+    )
+
+
 @app.command("recommend")
 def recommend(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
@@ -705,11 +752,23 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(help="Log every request (costs CPU on each one).")
     ] = False,
+    artifact_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="POST /admin/reload loads only artifacts inside this folder "
+            "(default: the folder holding ARTIFACT)."
+        ),
+    ] = None,
 ) -> None:
-    """Serve recommendations over HTTP, with a web page at /ui/ and API docs at /docs."""
+    """Serve recommendations over HTTP, with a web page at /ui/ and API docs at /docs.
+
+    Every file of the artifact is checked against its manifest first (exit 2 naming a
+    missing, truncated or changed one). Serving never writes into the artifact: retrieval
+    files it lacks are built into a cache folder ($SHOPREC_CACHE, default ~/.cache/shoprec);
+    --rebuild builds them into the artifact (and its manifest)."""
     import uvicorn
 
-    from shoprec.recommend import build_retrieval, has_retrieval
+    from shoprec.recommend import Retrieval, build_retrieval
     from shoprec.serve import ServeConfig, create_app
 
     if threads:
@@ -717,21 +776,22 @@ def serve(
 
         torch.set_num_threads(threads)
     try:
-        from shoprec.artifact import read_manifest
+        from shoprec.artifact import Artifact, read_manifest
 
         if read_manifest(artifact).get("items") == 0:
             raise ShoprecError(
                 f"{artifact} is a tabular artifact: it scores rows, it has no items to serve"
             )
-        if rebuild or not has_retrieval(artifact):
+        if rebuild:
             with err.status("training the two-tower retrieval model..."):
                 build_retrieval(artifact)
+        art = Artifact.load(artifact)  # every file checked against the manifest
+        with err.status("loading (or building) the retrieval files..."):
+            Retrieval.of_artifact(art)  # damaged files named here, not in a traceback
         rec_cfg = None
         if fusion:
-            from shoprec.artifact import Artifact
             from shoprec.recommend import Fusion
 
-            art = Artifact.load(artifact)
             Fusion.parse(fusion).check(art.tasks)
             rec_cfg = art.config.serve.recommender_config(fusion=fusion)
     except (ShoprecError, ValueError, OSError) as e:
@@ -740,7 +800,11 @@ def serve(
     if not api_key:
         err.print("[yellow]no --api-key / SHOPREC_API_KEY: a random key is logged at start.[/]")
     err.print(f"web page: http://{host}:{port}/ui/   API docs: http://{host}:{port}/docs")
-    app_ = create_app(ServeConfig(artifact, db=db, api_key=api_key, recommender=rec_cfg))
+    app_ = create_app(
+        ServeConfig(
+            artifact, db=db, api_key=api_key, recommender=rec_cfg, artifact_root=artifact_root
+        )
+    )
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
 
 

@@ -11,8 +11,15 @@
                    seed ensemble) (:mod:`~.content`)
 ``cross_domain``   a sparse target domain from a rich source: target only, fine-tune, joint
                    lambda, experts, item neighbours (:mod:`~.cross_domain`)
+``sequence``       users encoded from their item histories (pooled, attention or SASRec
+                   encoder, sampled softmax with log-Q correction), one domain or several
+                   (joint, fine-tune), optionally blended with item neighbours
+                   (:mod:`~.sequence`)
 ``tabular``        impression-level rows with one label per task (CTR / CVR, census-income):
                    scores rows, recommends nothing (:mod:`~.tabular`)
+``demand``         weekly demand per product: the multi-task forecaster (units, P50 / P90,
+                   no sale, returns, trend); ``shoprec forecast`` writes the forecasts and a
+                   reorder list (:mod:`~.demand`)
 =================  =========================================================================
 
 Each runs from ``shoprec train CONFIG`` with ``recipe: {name: ...}``.
@@ -34,6 +41,8 @@ REGISTRY: dict[str, str] = {
     "content": "shoprec.recipes.content:ContentRecipe",
     "cross_domain": "shoprec.recipes.cross_domain:CrossDomainRecipe",
     "tabular": "shoprec.recipes.tabular:TabularRecipe",
+    "sequence": "shoprec.recipes.sequence:SequenceRecipe",
+    "demand": "shoprec.recipes.demand:DemandRecipe",
 }
 
 
