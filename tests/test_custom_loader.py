@@ -67,7 +67,7 @@ def test_parquet_and_epoch_seconds(tmp_path: Path) -> None:
         (GOOD + "3,c,yesterday,pageview,1\n", "ts", 3, "unparseable timestamp"),
         (GOOD + "3,c,2024-01-03 00:00:00,pageview,two\n", "qty", 3, "expected Int64"),
         (GOOD + "3,c,2024-01-03 00:00:00,pageview,1.5\n", "qty", 3, "expected Int64"),
-        (GOOD + ",c,2024-01-03 00:00:00,pageview,1\n", "cust", 3, "null id"),
+        (GOOD + ",c,2024-01-03 00:00:00,pageview,1\n", "cust", 3, "empty user id"),
         (GOOD + "3,c,2024-01-03 00:00:00,wishlist,1\n", "event", 3, "unknown behavior"),
     ],
 )
@@ -76,13 +76,21 @@ def test_bad_input_names_file_column_and_row(
 ) -> None:
     path = write(tmp_path, text)
     with pytest.raises(DataError) as info:
-        load_files(spec(path))
+        load_files(spec(path), on_bad_rows="refuse")
     err = info.value
     assert err.file == str(path)
     assert err.column == column
     assert err.row == row
     assert words in str(err)
     assert str(path) in str(err)
+
+
+def test_empty_id_is_dropped_and_counted_by_default(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + ",c,2024-01-03 00:00:00,pageview,1\n")
+    ds = load_files(spec(path))
+    assert len(ds.interactions) == 3
+    assert ds.dropped.to_dict() == {"empty user id": 1}
+    assert ds.raw_rows == 4
 
 
 def test_missing_required_column_without_mapping(tmp_path: Path) -> None:

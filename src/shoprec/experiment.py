@@ -91,7 +91,7 @@ def load_dataset(data: DataSection, *, tabular: bool = False) -> Dataset | Tabul
     if data.release is not None:
         from shoprec.data.datasets.releases import load_release
 
-        ds = load_release(dict(data.release))
+        ds = load_release(dict(data.release), on_bad_rows=data.on_bad_rows)
     elif data.events is not None:
 
         def spec(f: Any) -> FileSpec | None:
@@ -107,7 +107,12 @@ def load_dataset(data: DataSection, *, tabular: bool = False) -> Dataset | Tabul
                 drop_unmapped=f.drop_unmapped,
             )
 
-        ds = load_files(spec(data.events), catalog=spec(data.catalog), users=spec(data.users))
+        ds = load_files(
+            spec(data.events),
+            catalog=spec(data.catalog),
+            users=spec(data.users),
+            on_bad_rows=data.on_bad_rows,
+        )
     else:
         name = str(data.dataset)
         if name == "simulated":
@@ -116,11 +121,12 @@ def load_dataset(data: DataSection, *, tabular: bool = False) -> Dataset | Tabul
             sim = data.simulate.model_dump(exclude_none=True) if data.simulate else {}
             ds = simulate_shop(**sim).dataset
         elif name in datasets.names():
-            ds = datasets.load(name, **data.options)
+            ds = datasets.load(name, **{"on_bad_rows": data.on_bad_rows, **data.options})
         elif Path(name).is_dir():
-            ds = load_folder(name)
+            ds = load_folder(name, data.on_bad_rows)
         elif Path(name).suffix in {".yaml", ".yml"} and Path(name).exists():
-            ds = load_data_yaml(name)
+            given = "on_bad_rows" in data.model_fields_set  # else the YAML's own key
+            ds = load_data_yaml(name, data.on_bad_rows if given else None)
         elif Path(name).suffix:
             raise DataError(
                 f"data.dataset '{name}' is not a file that exists; to train on your own "
@@ -138,6 +144,10 @@ def load_dataset(data: DataSection, *, tabular: bool = False) -> Dataset | Tabul
             f"'{ds.name}' is tabular (one row per impression with labels), not events; "
             "train it with recipe: {name: tabular}"
         )
+    if data.hash_user_ids:  # before anything is built from the data: no raw id gets further
+        from shoprec.data.schema import hash_user_ids, user_id_salt
+
+        ds = hash_user_ids(ds, user_id_salt(data.user_id_salt_env))
     if data.behaviors:
         keep = list(data.behaviors)
 

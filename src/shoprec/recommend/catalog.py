@@ -67,6 +67,13 @@ class Catalog:
     def _set(self, table: pl.DataFrame, is_new: np.ndarray) -> None:
         """(Re)build the per-position arrays; each attribute is replaced in one assignment."""
         cols = table.columns
+        if "price" in cols:  # NaN / inf / negative prices are unknown: scores stay finite
+            price = pl.col("price").cast(pl.Float64, strict=False)
+            table = table.with_columns(
+                pl.when(price.is_finite() & (price >= 0)).then(price).alias("price")
+            )
+        if "stock" in cols:  # a NaN stock read from a float column is unknown
+            table = table.with_columns(pl.col("stock").cast(pl.Int64, strict=False))
         ids = table["item"].cast(pl.String).to_list()
         self.price = (
             table["price"].cast(pl.Float64).fill_null(1.0).to_numpy() if "price" in cols else None

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from shoprec.data.datasets.releases import load_domain_pairs
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import Behavior, Dataset
+from shoprec.data.schema import DEFAULT_ON_BAD_ROWS, Behavior, Dataset, OnBadRows
 
 NAME = "amazon_cross_domain"
 SOURCE = "https://github.com/cjx96/DisenCDR"
@@ -39,7 +39,7 @@ DOMAINS: dict[str, str] = {"sport": "sport_cloth", "cloth": "cloth_sport"}
 TEST_FILES = ("test.txt", "test_original.txt")
 
 
-def load(test_file: str = "test.txt") -> Dataset:
+def load(test_file: str = "test.txt", on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS) -> Dataset:
     """Load the Sport/Cloth cross-domain pair.
 
     A thin layer over :func:`~shoprec.data.datasets.releases.load_domain_pairs`: the folder
@@ -49,6 +49,7 @@ def load(test_file: str = "test.txt") -> Dataset:
     Args:
         test_file: ``"test.txt"`` (the published test: held-out items seen in train) or
             ``"test_original.txt"`` (one held-out item for every user, cold items included).
+        on_bad_rows: passed to :func:`~shoprec.data.datasets.releases.load_domain_pairs`.
 
     Returns:
         A :class:`Dataset`: ``interactions`` from both ``train.txt`` files, ``test`` from the
@@ -72,6 +73,7 @@ def load(test_file: str = "test.txt") -> Dataset:
         name=NAME,
         min_rating=1,
         qualify_items=True,
+        on_bad_rows=on_bad_rows,
     )
     ds.meta.update(
         source=SOURCE,

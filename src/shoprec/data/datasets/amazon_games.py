@@ -38,7 +38,17 @@ import polars as pl
 
 from shoprec.data.datasets.movielens_100k import read_atomic
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import Behavior, Catalog, Dataset, DropReport, Interactions
+from shoprec.data.schema import (
+    DEFAULT_ON_BAD_ROWS,
+    ROW,
+    Behavior,
+    Catalog,
+    Dataset,
+    DropReport,
+    Interactions,
+    OnBadRows,
+    RowChecks,
+)
 from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -69,6 +79,7 @@ def _read_sequences(path: Path) -> pl.DataFrame:
         if nulls.any():
             row = int(nulls.arg_max())  # type: ignore[arg-type]
             raise DataError("empty id", file=path, column=col, row=row)
+    seqs = seqs.with_row_index(ROW)  # the file's row, for messages about its events
     dup = seqs["user"].is_duplicated()
     if dup.any():
         row = int(dup.arg_max())  # type: ignore[arg-type]
@@ -85,11 +96,17 @@ def _events(frame: pl.DataFrame, items: str, position: pl.Expr) -> pl.DataFrame:
         pl.col(items).alias("item"),
         (position.cast(pl.Int64) * 1000).cast(pl.Datetime("ms")).alias("timestamp"),
         pl.lit(Behavior.BUY.value).alias("behavior"),
+        ROW,
     )
 
 
-def load() -> Dataset:
+def load(on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS) -> Dataset:
     """Load the Video Games catalog and the leave-one-out ordered histories.
+
+    Args:
+        on_bad_rows: what the common checks (:mod:`shoprec.data.schema`) do with a row that
+            fails them: ``drop`` and count, or ``refuse``. Repeated items in one history are
+            not duplicates (their positions, the synthetic timestamps, differ).
 
     Returns:
         A :class:`Dataset` with ``catalog`` (titles), ``interactions`` (histories up to each
@@ -110,7 +127,8 @@ def load() -> Dataset:
         items.select(
             pl.col("item_id").str.strip_chars().alias("item"),
             pl.col("title").str.strip_chars().alias("title"),
-        )
+        ),
+        RowChecks(on_bad_rows, report, item_path, {"item": "item_id"}),
     )
 
     test_seq = _read_sequences(test_path)
@@ -136,6 +154,8 @@ def load() -> Dataset:
             value=first["user"],
         )
 
+    columns = {"user": "user_id", "item": "item_id_list"}
+    valid_checks = RowChecks(on_bad_rows, report, valid_path, columns)
     interactions = Interactions.from_frame(
         _events(
             valid_seq.explode("history", empty_as_null=True).filter(
@@ -143,10 +163,17 @@ def load() -> Dataset:
             ),
             "history",
             pl.int_range(pl.len()).over("user"),
-        )
+        ),
+        valid_checks,
     )
-    valid = Interactions.from_frame(_events(valid_seq, "target", pl.col("history").list.len()))
-    test = Interactions.from_frame(_events(test_seq, "target", pl.col("history").list.len()))
+    valid = Interactions.from_frame(
+        _events(valid_seq, "target", pl.col("history").list.len()),
+        valid_checks.for_file(valid_path, {"user": "user_id", "item": "item_id"}),
+    )
+    test = Interactions.from_frame(
+        _events(test_seq, "target", pl.col("history").list.len()),
+        valid_checks.for_file(test_path, {"user": "user_id", "item": "item_id"}),
+    )
 
     all_items = pl.concat([interactions.df["item"], valid.df["item"], test.df["item"]])
     not_in_catalog = int((~all_items.is_in(catalog.df["item"].implode())).sum())

@@ -36,7 +36,14 @@ import numpy as np
 import polars as pl
 
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import DropReport, TabularDataset
+from shoprec.data.schema import (
+    DEFAULT_ON_BAD_ROWS,
+    DropReport,
+    OnBadRows,
+    RowChecks,
+    TabularDataset,
+    check_finite,
+)
 from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -150,12 +157,16 @@ def split_column(
     return pl.Series("split", names[codes], dtype=pl.String)
 
 
-def load(split_seed: int | None = None) -> TabularDataset:
+def load(
+    split_seed: int | None = None, on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS
+) -> TabularDataset:
     """Load census-income (KDD) as a two-task tabular dataset.
 
     Args:
         split_seed: when given, add a ``split`` column with a seeded 80/10/10
             ``train``/``valid``/``test`` assignment (see :func:`split_column`).
+        on_bad_rows: a row with a NaN or infinite number (``nan`` / ``inf`` read as floats)
+            is dropped and counted (``drop``) or refused (``refuse``).
 
     Returns:
         A :class:`TabularDataset` with labels ``income_50k`` and ``never_married``.
@@ -217,6 +228,11 @@ def load(split_seed: int | None = None) -> TabularDataset:
         .cast(pl.Int64)
         .alias("never_married"),
     )
+    numbers = [renamed[c] for c in NUMERIC_RAW] + ["instance_weight"]
+    checks = RowChecks(
+        on_bad_rows, report, path, {v: k for k, v in renamed.items()}, header_lines=0
+    )
+    frame = check_finite(frame, numbers, checks)
     if split_seed is not None:
         frame = frame.with_columns(split_column(frame.height, split_seed))
     rates = {label: float(frame[label].mean()) for label in LABELS}  # type: ignore[arg-type]

@@ -21,9 +21,16 @@ A YAML config has the same shape::
       timestamp_format: "%Y-%m-%d %H:%M:%S"   # optional; inferred when absent
     catalog: {path: products.parquet, columns: {item: sku, title: name}}
     users: {path: users.csv}
+    on_bad_rows: drop                         # or refuse (see below)
 
-Every problem raises :class:`~shoprec.errors.DataError` naming the file, the column and
-the first bad row; nothing is dropped silently.
+What is refused and what is dropped follows one policy (:mod:`shoprec.data.schema`, and the
+README's "What the loaders accept"): a file that cannot be read, a missing column, a value
+that cannot be read as its type or an unknown behavior raises
+:class:`~shoprec.errors.DataError` naming the file, the column and the first bad row; a row
+whose values read but cannot be right (empty or over-long id, NaN / infinite / negative
+price, zero or negative quantity, a timestamp before 1970 or from 2100, an exact repeat) is
+dropped and counted in ``Dataset.dropped`` with a warning (``on_bad_rows="drop"``, the
+default) or refused like the rest (``"refuse"``). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -39,12 +46,16 @@ import yaml
 
 from shoprec.data.schema import (
     CATALOG_SCHEMA,
+    DEFAULT_ON_BAD_ROWS,
     INTERACTION_SCHEMA,
+    ROW,
     Behavior,
     Catalog,
     Dataset,
     DropReport,
     Interactions,
+    OnBadRows,
+    RowChecks,
     Users,
 )
 from shoprec.errors import DataError
@@ -137,10 +148,28 @@ def read_table(path: str | Path, separator: str | None = None) -> pl.DataFrame:
                 truncate_ragged_lines=False,
             )
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as e:
-        raise DataError(f"cannot be read as {suffix.lstrip('.') or 'CSV'}: {e}", file=path) from e
+        hint = (
+            "Save it as UTF-8 text (most spreadsheet programs offer 'CSV UTF-8')."
+            if "utf-8" in str(e).lower()
+            else None
+        )
+        raise DataError(
+            f"cannot be read as {suffix.lstrip('.') or 'CSV'}: {e}", file=path, hint=hint
+        ) from e
     if df.height == 0:
         raise DataError("the file has a header but no data rows", file=path)
     return df
+
+
+def _separator_hint(df: pl.DataFrame) -> str | None:
+    """When the whole header is one column holding a separator, say so."""
+    seps = [s for s in (";", "\t", "|", ",") if df.width == 1 and s in df.columns[0]]
+    if not seps:
+        return None
+    return (
+        f"The header is one column holding {seps[0]!r}: the file seems separated by "
+        f"{seps[0]!r}; give separator: {seps[0]!r} in the config."
+    )
 
 
 def _rename(
@@ -161,6 +190,7 @@ def _rename(
                 f"column. Columns found: {df.columns}",
                 file=spec.path,
                 column=src,
+                hint=_separator_hint(df),
             )
     renames = {src: canon for canon, src in mapping.items() if src != canon}
     # A file column that already carries a canonical name but is not mapped stays as is.
@@ -176,6 +206,7 @@ def _rename(
                 f"--{col}-col flag",
                 file=spec.path,
                 column=col,
+                hint=_separator_hint(df),
             )
     return df
 
@@ -188,6 +219,24 @@ def _source_column(spec: FileSpec, canonical: str) -> str:
 def _first_bad(original: pl.Series, converted: pl.Series) -> int | None:
     bad = original.is_not_null() & converted.is_null()
     return int(bad.arg_max()) if bad.any() else None  # type: ignore[arg-type]
+
+
+def _row(df: pl.DataFrame, pos: int | None) -> int | None:
+    """The file's data row of frame position ``pos`` (rows may have been dropped before)."""
+    if pos is None or ROW not in df.columns:
+        return pos
+    return int(df[ROW][pos])
+
+
+def _checks(spec: FileSpec, on_bad_rows: OnBadRows, report: DropReport | None) -> RowChecks:
+    suffix = Path(spec.path).suffix.lower()
+    return RowChecks(
+        on_bad_rows=on_bad_rows,
+        report=report,
+        file=Path(spec.path),
+        columns=dict(spec.columns),
+        header_lines=0 if suffix in {".parquet", ".pq"} else 1,
+    )
 
 
 def _cast_column(df: pl.DataFrame, col: str, dtype: pl.DataType, spec: FileSpec) -> pl.DataFrame:
@@ -205,21 +254,69 @@ def _cast_column(df: pl.DataFrame, col: str, dtype: pl.DataType, spec: FileSpec)
         out = pl.select(pl.when(frac).then(None).otherwise(out)).to_series()
     else:
         out = text.cast(dtype, strict=False)
-    row = _first_bad(src, out)
-    if row is not None:
+    pos = _first_bad(src, out)
+    if pos is not None:
         raise DataError(
-            f"expected {dtype} values", file=file, column=colname, row=row, value=src[row]
+            f"expected {dtype} values",
+            file=file,
+            column=colname,
+            row=_row(df, pos),
+            value=src[pos],
         )
     return df.with_columns(out.alias(col))
+
+
+#: Formats tried, in order, when the timestamps are not all in the one format Polars infers
+#: from the first value: the one that reads the most rows wins, and the first row it cannot
+#: read is the one reported (so a bad row deep in a file is named, not the first row).
+TIMESTAMP_FORMATS: tuple[str, ...] = (
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d",
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M",
+    "%d/%m/%Y",
+    "%d.%m.%Y %H:%M:%S",
+    "%d.%m.%Y",
+    "%m/%d/%y %H:%M",
+)
+
+
+def _to_datetime(text: pl.Series, fmt: str | None) -> pl.Series | None:
+    """Text parsed with ``fmt`` (None: inferred from the first value), unreadable -> null;
+    time zones converted to UTC and dropped. None when Polars cannot use the format."""
+    try:
+        out = text.str.to_datetime(format=fmt, strict=False, time_unit="ms")
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        return None
+    if isinstance(out.dtype, pl.Datetime) and out.dtype.time_zone is not None:
+        out = out.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return out.cast(pl.Datetime("ms"))
 
 
 def _parse_timestamp(df: pl.DataFrame, spec: FileSpec) -> pl.DataFrame:
     src = df["timestamp"]
     file = Path(spec.path)
+    column = _source_column(spec, "timestamp")
     if src.dtype == pl.Datetime("ms"):
         return df
     if isinstance(src.dtype, pl.Datetime | pl.Date):
-        return df.with_columns(pl.col("timestamp").cast(pl.Datetime("ms")))
+        out = src.cast(pl.Datetime("ms"))
+        if isinstance(src.dtype, pl.Datetime) and src.dtype.time_zone is not None:
+            out = src.dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(pl.Datetime("ms"))
+        return df.with_columns(out.alias("timestamp"))
+    note = ""
     if src.dtype.is_integer() or src.dtype.is_float():
         out = _epoch(src)
     else:
@@ -228,58 +325,83 @@ def _parse_timestamp(df: pl.DataFrame, spec: FileSpec) -> pl.DataFrame:
         if numeric.null_count() == text.null_count():  # all numbers: Unix epoch
             out = _epoch(numeric)
         else:
-            try:
-                out = text.str.to_datetime(
-                    format=spec.timestamp_format, strict=False, time_unit="ms"
-                )
-            except pl.exceptions.ComputeError as e:
+            parsed = _to_datetime(text, spec.timestamp_format)
+            fmt = spec.timestamp_format or "the format inferred from the data"
+            if spec.timestamp_format is None and (
+                parsed is None or parsed.null_count() > text.null_count()
+            ):
+                named = False  # a named format that reads as many rows is shown instead
+                for candidate in TIMESTAMP_FORMATS:
+                    other = _to_datetime(text, candidate)
+                    if other is not None and (
+                        parsed is None
+                        or other.null_count() < parsed.null_count()
+                        or (other.null_count() == parsed.null_count() and not named)
+                    ):
+                        parsed, fmt, named = other, candidate, True
+            if parsed is None:
                 raise DataError(
-                    f"timestamps cannot be parsed ({e}). Give timestamp_format, e.g. "
-                    "'%Y-%m-%d %H:%M:%S'",
+                    f"timestamps cannot be parsed with the format {spec.timestamp_format!r}",
                     file=file,
-                    column=_source_column(spec, "timestamp"),
-                    row=0,
-                    value=text[0],
-                ) from e
-            if out.dtype != pl.Datetime("ms"):
-                out = out.dt.replace_time_zone(None).cast(pl.Datetime("ms"))
-    row = _first_bad(src, out)
-    if row is not None:
+                    column=column,
+                    hint="Give timestamp_format in strftime codes, e.g. '%Y-%m-%d %H:%M:%S'.",
+                )
+            out = parsed
+            readable = len(text) - text.null_count()
+            read = len(out) - out.null_count()
+            if 0 < read < readable:
+                note = (
+                    f"; {read} of {readable} timestamps read as {fmt!r}, this one does not "
+                    "(mixed formats)"
+                )
+    pos = _first_bad(src, out)
+    if pos is not None:
         raise DataError(
-            "unparseable timestamp",
+            f"unparseable timestamp{note}",
             file=file,
-            column=_source_column(spec, "timestamp"),
-            row=row,
-            value=src[row],
+            column=column,
+            row=_row(df, pos),
+            value=src[pos],
             hint="Give timestamp_format in the config (strftime codes).",
         )
     return df.with_columns(out.alias("timestamp"))
 
 
 def _epoch(values: pl.Series) -> pl.Series:
+    """Unix time as datetimes: seconds, or milliseconds when the typical value is that large.
+    A NaN, infinite or out-of-range number gives null (reported as unparseable)."""
     values = values.cast(pl.Float64)
-    big = values.abs().max()
-    scale = 1 if (big is not None and big > 1e11) else 1000  # ms when it looks like ms
-    return (values * scale).cast(pl.Int64).cast(pl.Datetime("ms"))
+    values = pl.select(pl.when(values.is_finite()).then(values)).to_series()
+    typical = values.abs().median()
+    scale = 1 if (typical is not None and typical > 1e11) else 1000  # ms when it looks like ms
+    millis = (values * scale).round()
+    in_range = millis.abs() < 2**62
+    millis = pl.select(pl.when(in_range).then(millis)).to_series()
+    return millis.cast(pl.Int64, strict=False).cast(pl.Datetime("ms"))
 
 
-def _check_not_null(df: pl.DataFrame, col: str, spec: FileSpec) -> None:
-    nulls = df[col].is_null()
-    if nulls.any():
-        raise DataError(
-            "null id", file=spec.path, column=_source_column(spec, col), row=int(nulls.arg_max())
-        )  # type: ignore[arg-type]
+def load_events(
+    spec: FileSpec,
+    report: DropReport | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
+) -> Interactions:
+    """Read an events file into canonical :class:`Interactions`.
 
+    Args:
+        spec: the file and its mapping.
+        report: where rows dropped on purpose are counted (unmapped event names with
+            ``drop_unmapped``, and bad rows under ``on_bad_rows="drop"``).
+        on_bad_rows: ``"drop"`` or ``"refuse"`` rows whose values cannot be right (see the
+            module docstring).
 
-def load_events(spec: FileSpec, report: DropReport | None = None) -> Interactions:
-    """Read an events file into canonical :class:`Interactions` (rows dropped on purpose,
-    e.g. unmapped event names with ``drop_unmapped``, are counted in ``report``)."""
+    Raises:
+        DataError: naming the file, the column and the first bad row.
+    """
     df = read_table(spec.path, spec.separator)
     file = Path(spec.path)
-    df = _rename(df, spec, list(INTERACTION_SCHEMA), ["user", "item"], "events")
+    df = _rename(df, spec, list(INTERACTION_SCHEMA), ["user", "item"], "events").with_row_index(ROW)
     for col in ("user", "item"):
         df = df.with_columns(pl.col(col).cast(pl.String).str.strip_chars())
-        _check_not_null(df, col, spec)
     if "behavior" in df.columns:
         beh = df["behavior"].cast(pl.String).str.strip_chars()
         table = {**{b: b for b in Behavior.values()}, **spec.behaviors}
@@ -304,14 +426,14 @@ def load_events(spec: FileSpec, report: DropReport | None = None) -> Interaction
                     beh.filter(~unmapped),
                     mapped.filter(~unmapped),
                 )
-        row = _first_bad(beh, mapped) if beh.null_count() == 0 else int(beh.is_null().arg_max())  # type: ignore[arg-type]
-        if row is not None:
+        pos = _first_bad(beh, mapped) if beh.null_count() == 0 else int(beh.is_null().arg_max())  # type: ignore[arg-type]
+        if pos is not None:
             raise DataError(
                 f"unknown behavior; known: {sorted(table)}",
                 file=file,
                 column=_source_column(spec, "behavior"),
-                row=row,
-                value=beh[row],
+                row=_row(df, pos),
+                value=beh[pos],
                 hint=(
                     "Map it with behaviors: {<your name>: view|click|cart|buy|return|...}, "
                     "or set drop_unmapped: true to drop (and count) such events."
@@ -328,37 +450,50 @@ def load_events(spec: FileSpec, report: DropReport | None = None) -> Interaction
     if "domain" in df.columns:
         df = df.with_columns(pl.col("domain").cast(pl.String))
     try:
-        return Interactions.from_frame(df)
+        return Interactions.from_frame(df, _checks(spec, on_bad_rows, report))
     except DataError as e:
-        e.file = str(file)
+        if e.file is not None:
+            raise
         raise DataError(str(e), file=file) from e
 
 
-def load_catalog(spec: FileSpec) -> Catalog:
-    """Read a product catalog file into a canonical :class:`Catalog`."""
+def load_catalog(
+    spec: FileSpec,
+    report: DropReport | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
+) -> Catalog:
+    """Read a product catalog file into a canonical :class:`Catalog` (a bad price or stock is
+    cleared and counted, or refused; see :func:`load_events` for the arguments)."""
     df = read_table(spec.path, spec.separator)
     file = Path(spec.path)
-    df = _rename(df, spec, list(CATALOG_SCHEMA), ["item"], "catalog")
+    df = _rename(df, spec, list(CATALOG_SCHEMA), ["item"], "catalog").with_row_index(ROW)
     df = df.with_columns(pl.col("item").cast(pl.String).str.strip_chars())
-    _check_not_null(df, "item", spec)
     for col in ("price", "stock"):
         if col in df.columns:
             df = _cast_column(df, col, _NUMERIC_KINDS[col](), spec)
     try:
-        return Catalog.from_frame(df)
+        return Catalog.from_frame(df, _checks(spec, on_bad_rows, report))
     except DataError as e:
+        if e.file is not None:
+            raise
         raise DataError(str(e), file=file) from e
 
 
-def load_users(spec: FileSpec) -> Users:
-    """Read a user-attributes file into :class:`Users`."""
+def load_users(
+    spec: FileSpec,
+    report: DropReport | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
+) -> Users:
+    """Read a user-attributes file into :class:`Users` (see :func:`load_events`)."""
     df = read_table(spec.path, spec.separator)
     file = Path(spec.path)
-    df = _rename(df, spec, ["user"], ["user"], "users")
-    _check_not_null(df, "user", spec)
+    df = _rename(df, spec, ["user"], ["user"], "users").with_row_index(ROW)
+    df = df.with_columns(pl.col("user").cast(pl.String).str.strip_chars())
     try:
-        return Users.from_frame(df)
+        return Users.from_frame(df, _checks(spec, on_bad_rows, report))
     except DataError as e:
+        if e.file is not None:
+            raise
         raise DataError(str(e), file=file) from e
 
 
@@ -368,25 +503,43 @@ def load_files(
     catalog: FileSpec | None = None,
     users: FileSpec | None = None,
     name: str | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
 ) -> Dataset:
-    """Load a shop's own events (and optional catalog and users) into a :class:`Dataset`."""
+    """Load a shop's own events (and optional catalog and users) into a :class:`Dataset`.
+
+    Args:
+        events: the events file.
+        catalog: the product file, if any.
+        users: the user-attributes file, if any.
+        name: the dataset's name (default: the events file's stem).
+        on_bad_rows: ``"drop"`` (default: drop, count in ``Dataset.dropped`` and warn) or
+            ``"refuse"`` rows whose values cannot be right.
+
+    Returns:
+        The dataset; ``raw_rows`` counts the events file's data rows, so
+        ``len(interactions) + dropped`` of the events equals it.
+    """
     dropped = DropReport()
-    inter = load_events(events, dropped)
+    inter = load_events(events, dropped, on_bad_rows)
+    raw_rows = len(inter) + dropped.total
     ds = Dataset(
         name=name or Path(events.path).stem,
         interactions=inter,
-        catalog=load_catalog(catalog) if catalog else None,
-        users=load_users(users) if users else None,
-        raw_rows=len(inter) + dropped.total,
+        catalog=load_catalog(catalog, dropped, on_bad_rows) if catalog else None,
+        users=load_users(users, dropped, on_bad_rows) if users else None,
+        raw_rows=raw_rows,
         dropped=dropped,
-        meta={"source": str(events.path)},
+        meta={"source": str(events.path), "on_bad_rows": on_bad_rows},
     )
     log.info("loaded %d events from %s", len(inter), events.path)
     return ds
 
 
-def load_config(path: str | Path) -> Dataset:
-    """Load a dataset described by a YAML config (see the module docstring)."""
+def load_config(path: str | Path, on_bad_rows: OnBadRows | None = None) -> Dataset:
+    """Load a dataset described by a YAML config (see the module docstring).
+
+    ``on_bad_rows`` overrides the file's own ``on_bad_rows`` key (default ``drop``).
+    """
     path = Path(path)
     try:
         cfg = yaml.safe_load(path.read_text())
@@ -394,16 +547,26 @@ def load_config(path: str | Path) -> Dataset:
         raise DataError(f"cannot read the config: {e}", file=path) from e
     if not isinstance(cfg, dict) or "events" not in cfg:
         raise DataError("the config needs an 'events:' entry with at least a path", file=path)
+    unknown = sorted(set(cfg) - {"name", "events", "catalog", "users", "on_bad_rows"})
+    if unknown:
+        raise DataError(
+            f"unknown keys {unknown}; allowed: name, events, catalog, users, on_bad_rows",
+            file=path,
+        )
+    policy = on_bad_rows or cfg.get("on_bad_rows") or DEFAULT_ON_BAD_ROWS
+    if policy not in ("drop", "refuse"):
+        raise DataError(f"on_bad_rows must be drop or refuse, not {policy!r}", file=path)
     base = path.parent
     return load_files(
         FileSpec.from_dict(cfg["events"], base),
         catalog=FileSpec.from_dict(cfg["catalog"], base) if cfg.get("catalog") else None,
         users=FileSpec.from_dict(cfg["users"], base) if cfg.get("users") else None,
         name=cfg.get("name"),
+        on_bad_rows=policy,
     )
 
 
-def load_folder(path: str | Path) -> Dataset:
+def load_folder(path: str | Path, on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS) -> Dataset:
     """Load a folder in shoprec's own layout: ``interactions.parquet`` (canonical columns), and
     optionally ``catalog.parquet`` and ``users.parquet`` (as ``shoprec data simulate`` writes).
     """
@@ -422,4 +585,5 @@ def load_folder(path: str | Path) -> Dataset:
         catalog=FileSpec(catalog) if catalog.exists() else None,
         users=FileSpec(users) if users.exists() else None,
         name=path.name,
+        on_bad_rows=on_bad_rows,
     )

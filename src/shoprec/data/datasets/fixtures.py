@@ -31,7 +31,14 @@ from dataclasses import dataclass
 import polars as pl
 
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import DropReport, TabularDataset
+from shoprec.data.schema import (
+    DEFAULT_ON_BAD_ROWS,
+    DropReport,
+    OnBadRows,
+    RowChecks,
+    TabularDataset,
+    check_finite,
+)
 from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -84,11 +91,13 @@ def _feature_lists(
     return categorical, numeric
 
 
-def load(name: str) -> TabularDataset:
+def load(name: str, on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS) -> TabularDataset:
     """Load one fixture set with a ``split`` column from its per-split files.
 
     Args:
         name: ``"aliexpress"`` or ``"ali_ccp"``.
+        on_bad_rows: a row with a NaN or infinite number is dropped and counted (``drop``)
+            or refused (``refuse``).
 
     Returns:
         A :class:`TabularDataset`; labels are 0/1 Int64 columns.
@@ -134,6 +143,8 @@ def load(name: str) -> TabularDataset:
     labels = list(spec.labels)
     categorical, numeric = _feature_lists(name, columns, spec.labels)
     frame = frame.with_columns(pl.col(labels).cast(pl.Int64), pl.col(numeric).cast(pl.Float64))
+    report = DropReport()
+    frame = check_finite(frame, numeric, RowChecks(on_bad_rows, report, root, header_lines=0))
     rows = {split: int((frame["split"] == split).sum()) for split in files}
     log.info("%s fixture: rows per split %s", name, rows)
     return TabularDataset(
@@ -142,8 +153,8 @@ def load(name: str) -> TabularDataset:
         categorical=categorical,
         numeric=numeric,
         labels=labels,
-        raw_rows=frame.height,
-        dropped=DropReport(),
+        raw_rows=frame.height + report.total,
+        dropped=report,
         meta={
             "source": SOURCE,
             "full_dataset": spec.source,

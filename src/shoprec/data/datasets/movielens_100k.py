@@ -33,7 +33,17 @@ from pathlib import Path
 import polars as pl
 
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import Behavior, Catalog, Dataset, DropReport, Interactions, Users
+from shoprec.data.schema import (
+    DEFAULT_ON_BAD_ROWS,
+    Behavior,
+    Catalog,
+    Dataset,
+    DropReport,
+    Interactions,
+    OnBadRows,
+    RowChecks,
+    Users,
+)
 from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -98,6 +108,8 @@ def cast_checked(df: pl.DataFrame, column: str, dtype: pl.DataType, path: Path) 
     """
     cast = df[column].str.strip_chars().cast(dtype, strict=False)
     bad = cast.is_null() & df[column].is_not_null()
+    if cast.dtype.is_float():  # "nan" and "inf" read as floats but are no rating or time
+        bad = bad | ~cast.is_finite().fill_null(True)
     if bad.any():
         row = int(bad.arg_max())  # type: ignore[arg-type]
         raise DataError(
@@ -106,8 +118,12 @@ def cast_checked(df: pl.DataFrame, column: str, dtype: pl.DataType, path: Path) 
     return cast
 
 
-def load() -> Dataset:
+def load(on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS) -> Dataset:
     """Load MovieLens 100K with its ratings, movie catalog and user attributes.
+
+    Args:
+        on_bad_rows: what the common checks (:mod:`shoprec.data.schema`) do with a row that
+            fails them: ``drop`` and count, or ``refuse``.
 
     Returns:
         A :class:`Dataset` with ``interactions`` (behavior ``rate``, extra ``rating``
@@ -132,7 +148,8 @@ def load() -> Dataset:
                 "behavior": pl.repeat(Behavior.RATE.value, inter.height, eager=True),
                 "rating": cast_checked(inter, "rating", pl.Float64(), inter_path),
             }
-        )
+        ),
+        RowChecks(on_bad_rows, report, inter_path, {"user": "user_id", "item": "item_id"}),
     )
 
     items = read_atomic(item_path, ("item_id", "movie_title", "release_year", "class"))
@@ -166,7 +183,8 @@ def load() -> Dataset:
                 "genres": genres,
                 "release_year": cast_checked(items, "release_year", pl.Int64(), item_path),
             }
-        )
+        ),
+        RowChecks(on_bad_rows, report, item_path, {"item": "item_id", "title": "movie_title"}),
     )
 
     users_raw = read_atomic(user_path, ("user_id", "age", "gender", "occupation", "zip_code"))
@@ -177,7 +195,8 @@ def load() -> Dataset:
             "gender",
             "occupation",
             "zip_code",
-        )
+        ),
+        RowChecks(on_bad_rows, report, user_path, {"user": "user_id"}),
     )
 
     unknown_items = interactions.df.join(catalog.df, on="item", how="anti").height

@@ -23,7 +23,8 @@ reason that matches, so ``len(interactions) + dropped.total == raw_rows``:
 3. ``non_product``: postage, carriage, packing, manual adjustments, discounts, bank and
    Amazon fees, charity commission, samples, bad-debt adjustments, gift vouchers, image
    licences and the token-priced cushion pads (:data:`NON_PRODUCT_DESCRIPTIONS`).
-4. ``non_positive_price``: ``UnitPrice <= 0`` (free goods, write-offs).
+4. ``non_finite_price``: ``UnitPrice`` NaN or infinite (none in the shipped files), then
+   ``non_positive_price``: ``UnitPrice <= 0`` (free goods, write-offs).
 5. ``zero_quantity`` and ``quantity_sign_mismatch`` (a cancellation invoice with a positive
    quantity or a sale with a negative one): defensive, none occur in the shipped files.
 6. ``cancelled_order_pair``: a purchase line and the line that cancels it in full (same
@@ -33,6 +34,14 @@ reason that matches, so ``len(interactions) + dropped.total == raw_rows``:
    of 2011-12-09 and the +74,215 / -74,215 "MEDIUM CERAMIC TOP STORAGE JAR" order of
    2011-01-18 are two such pairs). Later returns are kept as ``return`` events.
 7. ``country_not_selected``: outside ``countries``, when given.
+
+The kept lines then pass the checks every loader applies (:data:`~shoprec.data.schema.EVENT_RULES`:
+ids, prices, quantities, timestamps in range), under ``on_bad_rows``; none trips on the shipped
+files. One exception to the common policy, on purpose: identical lines (same customer,
+product, minute, quantity and price; 5,303 of the kept lines) are kept, not dropped as
+duplicates. The file has no line number and times only to the minute, and the file with
+codes shows such repeats inside one invoice (1,931 lines): the same product scanned twice
+on one order, whose quantities add up.
 
 Descriptions are cleaned by stripping outer whitespace and collapsing inner runs of it, so
 ``"X "``, ``" X"`` and ``"X"`` are one product (as are 8 pairs that differ only by a double
@@ -53,7 +62,17 @@ from pathlib import Path
 import polars as pl
 
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import Behavior, Catalog, Dataset, DropReport, Interactions
+from shoprec.data.schema import (
+    DEFAULT_ON_BAD_ROWS,
+    ROW,
+    Behavior,
+    Catalog,
+    Dataset,
+    DropReport,
+    Interactions,
+    OnBadRows,
+    RowChecks,
+)
 
 NAME = "online_retail"
 SOURCE = "https://archive.ics.uci.edu/dataset/352/online+retail"
@@ -100,6 +119,7 @@ _REASON_TEXT: dict[str, str] = {
     "missing_description": "null or blank description",
     "guest": "guest line without CustomerID",
     "non_product": "postage / fee / adjustment / voucher line, not a product",
+    "non_finite_price": "unit price NaN or infinite",
     "non_positive_price": "unit price zero or negative",
     "zero_quantity": "quantity zero",
     "quantity_sign_mismatch": "quantity sign disagrees with the invoice type",
@@ -110,7 +130,12 @@ _REASON_TEXT: dict[str, str] = {
 logger = logging.getLogger(__name__)
 
 
-def load(*, include_guests: bool = False, countries: list[str] | None = None) -> Dataset:
+def load(
+    *,
+    include_guests: bool = False,
+    countries: list[str] | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
+) -> Dataset:
     """Load all 541,909 lines of Online Retail in canonical form, cleaned as the module says.
 
     Args:
@@ -121,6 +146,8 @@ def load(*, include_guests: bool = False, countries: list[str] | None = None) ->
         countries: keep only these countries (as spelled in the data, e.g.
             ``["United Kingdom", "EIRE"]``); lines of the others are counted as
             ``country_not_selected``.
+        on_bad_rows: what the common checks do with a kept line that fails them
+            (``drop`` and count, or ``refuse``).
 
     Returns:
         The dataset: interactions with behaviors ``buy`` and ``return``, a catalog keyed by
@@ -161,6 +188,7 @@ def load(*, include_guests: bool = False, countries: list[str] | None = None) ->
         path=path,
         include_guests=include_guests,
         countries=countries,
+        on_bad_rows=on_bad_rows,
         notes={
             "item": "cleaned Description (outer whitespace stripped, inner runs collapsed)",
             "return": "negative Quantity (returns and cancellations)",
@@ -169,7 +197,12 @@ def load(*, include_guests: bool = False, countries: list[str] | None = None) ->
     )
 
 
-def load_with_codes(*, include_guests: bool = False, countries: list[str] | None = None) -> Dataset:
+def load_with_codes(
+    *,
+    include_guests: bool = False,
+    countries: list[str] | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
+) -> Dataset:
     """Load the first 240,007 lines (2010-12 .. 2011-06) with invoice numbers and stock codes.
 
     The item is the upper-cased ``StockCode`` (``85123a`` and ``85123A`` are one product),
@@ -183,6 +216,7 @@ def load_with_codes(*, include_guests: bool = False, countries: list[str] | None
         include_guests: keep guest lines, each guest invoice as pseudo user
             ``"guest:<InvoiceNo>"``.
         countries: keep only these countries (as spelled in the data).
+        on_bad_rows: as in :func:`load`.
 
     Returns:
         The dataset with ``raw_rows`` = 240,007.
@@ -222,6 +256,7 @@ def load_with_codes(*, include_guests: bool = False, countries: list[str] | None
         path=path,
         include_guests=include_guests,
         countries=countries,
+        on_bad_rows=on_bad_rows,
         notes={
             "item": "upper-cased StockCode; title = its most frequent cleaned Description",
             "return": "InvoiceNo with a 'C' prefix (cancellation)",
@@ -309,6 +344,7 @@ def _finish(
     include_guests: bool,
     countries: list[str] | None,
     notes: dict[str, str],
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
 ) -> Dataset:
     """Apply the drop rules to a normalised frame and build the :class:`Dataset`.
 
@@ -321,6 +357,7 @@ def _finish(
         include_guests: keep guest lines under their ``guest_user`` id.
         countries: countries to keep, or None for all.
         notes: file-specific notes for the meta.
+        on_bad_rows: what the common checks do with a kept line that fails them.
     """
     raw_rows = frame.height
     if countries is not None:
@@ -340,6 +377,8 @@ def _finish(
         .then(pl.lit("guest"))
         .when(pl.col("non_product"))
         .then(pl.lit("non_product"))
+        .when(~pl.col("price").is_finite())
+        .then(pl.lit("non_finite_price"))
         .when(pl.col("price").is_null() | (pl.col("price") <= 0))
         .then(pl.lit("non_positive_price"))
         .when(qty == 0)
@@ -377,19 +416,37 @@ def _finish(
 
     kept = frame.filter(pl.col("reason").is_null())
     extra = [c for c in ("invoice",) if c in kept.columns]
-    events = kept.select(
-        "user",
-        "item",
-        "timestamp",
-        pl.when(pl.col("is_return"))
-        .then(pl.lit(Behavior.RETURN.value))
-        .otherwise(pl.lit(Behavior.BUY.value))
-        .alias("behavior"),
-        qty.abs().alias("quantity"),
-        "price",
-        "domain",
-        *extra,
+    checks = RowChecks(
+        on_bad_rows=on_bad_rows,
+        report=dropped,
+        file=path,
+        columns={"user": "CustomerID", "item": "Description", "timestamp": "InvoiceDate"}
+        | {"quantity": "Quantity", "price": "UnitPrice", "domain": "Country"},
+        duplicates=False,  # identical lines are kept: see the module docstring
+        header_lines=0,
     )
+    checked = Interactions.from_frame(
+        kept.select(
+            "user",
+            "item",
+            "timestamp",
+            pl.when(pl.col("is_return"))
+            .then(pl.lit(Behavior.RETURN.value))
+            .otherwise(pl.lit(Behavior.BUY.value))
+            .alias("behavior"),
+            qty.abs().alias("quantity"),
+            "price",
+            "domain",
+            *extra,
+            "_row",
+            pl.col("_row").alias(ROW),
+        ),
+        checks,
+    ).df
+    if checked.height < kept.height:  # lines the common checks dropped leave the catalog too
+        kept = kept.filter(pl.col("_row").is_in(checked["_row"].implode()))
+    interactions = Interactions(checked.drop("_row"))
+    events = interactions.df
     titles = (
         kept.group_by("item", "title")
         .len()
@@ -410,8 +467,8 @@ def _finish(
     )
     return Dataset(
         name=name,
-        interactions=Interactions.from_frame(events),
-        catalog=Catalog.from_frame(catalog),
+        interactions=interactions,
+        catalog=Catalog.from_frame(catalog, RowChecks(on_bad_rows, dropped)),
         raw_rows=raw_rows,
         dropped=dropped,
         meta={

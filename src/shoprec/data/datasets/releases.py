@@ -41,7 +41,15 @@ from typing import Any
 
 import polars as pl
 
-from shoprec.data.schema import Behavior, Dataset, DropReport, Interactions
+from shoprec.data.schema import (
+    DEFAULT_ON_BAD_ROWS,
+    Behavior,
+    Dataset,
+    DropReport,
+    Interactions,
+    OnBadRows,
+    RowChecks,
+)
 from shoprec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,7 +59,7 @@ PathLike = str | Path
 #: Formats :func:`load_release` understands.
 FORMATS: tuple[str, ...] = ("behavior_lines", "domain_pairs")
 
-_ID = r"^\d+$"
+_ID = r"^\d{1,18}$"  # a non-negative integer that fits an Int64
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _MAX_LISTED = 20  # entries listed when a folder's content is shown in an error
 
@@ -77,8 +85,16 @@ def _not_found(path: Path, what: str) -> DataError:
     return DataError(f"{what} not found{found}", file=path)
 
 
+def _cut(value: object) -> object:
+    """A long text shown by its start and its length (a 1000-digit id, a runaway line)."""
+    if isinstance(value, str) and len(value) > 80:
+        return f"{value[:40]}... ({len(value)} characters)"
+    return value
+
+
 def _line_error(path: Path, row: int, message: str, line: str, value: object) -> DataError:
     """An error for one line: names the file, the 1-based line number and the line itself."""
+    line, value = _cut(line), _cut(value)
     err = DataError(f"line {row + 1}: {message}; the line reads {line!r}", file=path, value=value)
     err.row = row  # 0-based, for callers that inspect the error
     return err
@@ -155,7 +171,8 @@ def _check_fields(
     elif is_rating_field:
         message = f"field {pos + 1} ({value!r}) is not a number"
     else:
-        message = f"field {pos + 1} ({value!r}) is not a non-negative integer id"
+        shown = _cut(value)
+        message = f"field {pos + 1} ({shown!r}) is not a non-negative integer id of 1-18 digits"
     raise _line_error(path, row, message, line, value)
 
 
@@ -305,6 +322,7 @@ def load_behavior_lines(
     separator: str | None = None,
     target: str | None = None,
     root: PathLike | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
 ) -> Dataset:
     """Load a multi-behavior release: one ``user item item ...`` file per behavior.
 
@@ -320,6 +338,9 @@ def load_behavior_lines(
         target: the behavior benchmarks predict (``meta["target_behavior"]``); default: the
             last key of ``behaviors``.
         root: folder that relative paths are taken from (default: the current directory).
+        on_bad_rows: what the common checks (:mod:`shoprec.data.schema`) do with a pair that
+            fails them (``drop`` and count, or ``refuse``); ids are already checked as
+            integers of at most 18 digits, so none fails them today.
 
     Returns:
         A :class:`Dataset` with ``interactions`` from the train files (timestamp null, domain
@@ -362,7 +383,7 @@ def load_behavior_lines(
             )
             parts.append(pairs)
             raw_rows += n
-        return Interactions.from_frame(pl.concat(parts))
+        return Interactions.from_frame(pl.concat(parts), RowChecks(on_bad_rows, report))
 
     interactions = read(train_files)
     assert interactions is not None
@@ -496,6 +517,7 @@ def load_domain_pairs(
     separator: str | None = "\t",
     min_rating: float | None = None,
     qualify_items: bool | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
 ) -> Dataset:
     """Load a cross-domain (or cold-start) release: one sub-folder per domain.
 
@@ -518,6 +540,7 @@ def load_domain_pairs(
         qualify_items: write item ids as ``"<domain>:<id>"``. None (default) does so only
             when some item id occurs in more than one domain (then for every item, so ids
             look alike); True always; False never (the domains share one item id space).
+        on_bad_rows: as in :func:`load_behavior_lines`.
 
     Returns:
         A :class:`Dataset`: ``interactions`` from the train files, ``valid`` / ``test`` from
@@ -588,7 +611,9 @@ def load_domain_pairs(
         "domain",
     ]
     sets = {
-        kind: None if f is None else Interactions.from_frame(f.select(canonical))
+        kind: None
+        if f is None
+        else Interactions.from_frame(f.select(canonical), RowChecks(on_bad_rows, report))
         for kind, f in frames.items()
     }
     interactions = sets["train"]
@@ -645,7 +670,12 @@ def _mapping(spec: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     return {str(k): v for k, v in value.items()}
 
 
-def load_release(spec: Mapping[str, Any], *, base: PathLike | None = None) -> Dataset:
+def load_release(
+    spec: Mapping[str, Any],
+    *,
+    base: PathLike | None = None,
+    on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS,
+) -> Dataset:
     """Load a public release described by a plain mapping (a config's ``data.release``).
 
     Args:
@@ -655,6 +685,7 @@ def load_release(spec: Mapping[str, Any], *, base: PathLike | None = None) -> Da
             ``domain_pairs``, ``folder`` defaults to ``root``.
         base: where a relative ``root`` is taken from (the config file's folder); default:
             the current directory.
+        on_bad_rows: passed to the loader.
 
     Returns:
         The loaded :class:`Dataset`.
@@ -698,9 +729,10 @@ def load_release(spec: Mapping[str, Any], *, base: PathLike | None = None) -> Da
             separator=spec.get("separator"),
             target=spec.get("target"),
             root=root,
+            on_bad_rows=on_bad_rows,
         )
     options = {k: spec[k] for k in _FORMAT_KEYS[fmt] if k in spec and k != "folder"}
     if "domains" in options:
         options["domains"] = _mapping(spec, "domains")
     folder = _resolve(str(spec.get("folder", ".")), root)
-    return load_domain_pairs(folder, name=name, **options)
+    return load_domain_pairs(folder, name=name, on_bad_rows=on_bad_rows, **options)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from shoprec.data.datasets.releases import load_behavior_lines
 from shoprec.data.paths import dataset_dir
-from shoprec.data.schema import Behavior, Dataset
+from shoprec.data.schema import DEFAULT_ON_BAD_ROWS, Behavior, Dataset, OnBadRows
 
 NAME = "tmall"
 SOURCE = "https://github.com/SS-00-SS/MBCGCN"
@@ -41,11 +41,11 @@ FOLDER = "tmall_multibehavior"
 BEHAVIORS: tuple[Behavior, ...] = (Behavior.VIEW, Behavior.CART, Behavior.BUY)
 
 
-def load() -> Dataset:
+def load(on_bad_rows: OnBadRows = DEFAULT_ON_BAD_ROWS) -> Dataset:
     """Load Tmall view / cart / buy with the shipped per-behavior test files.
 
     A thin layer over :func:`~shoprec.data.datasets.releases.load_behavior_lines` that finds
-    the folder and names the source.
+    the folder and names the source. ``on_bad_rows`` is passed to it.
 
     Returns:
         A :class:`Dataset` whose ``interactions`` are the train pairs of all three behaviors
@@ -64,6 +64,7 @@ def load() -> Dataset:
         name=NAME,
         target=Behavior.BUY.value,
         root=root,
+        on_bad_rows=on_bad_rows,
     )
     ds.meta.update(
         source=SOURCE,
