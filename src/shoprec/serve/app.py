@@ -255,12 +255,17 @@ _ERROR_TEXT = {
 }
 
 
-def errors(*codes: int, shed: bool = True) -> dict[int | str, dict[str, Any]]:
+def errors(*codes: int, shed: bool = True, text: bool = False) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses (all with the :class:`ErrorOut` body)
-    plus 413, which any route can answer, and 503 where the route can be shed."""
+    plus 413, which any route can answer, and 503 where the route can be shed; ``text``: the
+    route answers text, its errors JSON all the same."""
     extra = {413, 503} if shed else {413}
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
     return {
-        c: {"model": s.ErrorOut, "description": _ERROR_TEXT[c]} for c in sorted({*codes, *extra})
+        c: {"content": ref, "description": _ERROR_TEXT[c]}
+        if text
+        else {"model": s.ErrorOut, "description": _ERROR_TEXT[c]}
+        for c in sorted({*codes, *extra})
     }
 
 
@@ -703,7 +708,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         )
 
     @app.get(
-        "/metrics", response_class=PlainTextResponse, tags=["ops"], responses=errors(shed=False)
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["ops"],
+        responses=errors(shed=False, text=True),
     )
     def prometheus(svc: Svc) -> PlainTextResponse:
         """Prometheus text format: requests, latency histograms, events, reloads, model."""
