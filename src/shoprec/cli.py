@@ -695,7 +695,7 @@ def demo(
     )
     logging.getLogger("shoprec").setLevel(logging.INFO)
     uvicorn.run(
-        create_app(ServeConfig(output, api_key=key)),
+        create_app(ServeConfig(output, api_key=key, private_reads=False)),  # simulated shop
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -759,6 +759,35 @@ def serve(
             "(default: the folder holding ARTIFACT)."
         ),
     ] = None,
+    read_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHOPREC_READ_KEY",
+            help="Key (X-API-Key) for reads that reveal shoppers: /history, /users, /audience; "
+            "the API key opens them too.",
+        ),
+    ] = None,
+    open_reads: Annotated[
+        bool,
+        typer.Option(
+            "--open-reads/--private-reads",
+            envvar="SHOPREC_OPEN_READS",
+            help="Let anyone read shoppers' histories and lists (a demo, a closed network).",
+        ),
+    ] = False,
+    max_body_bytes: Annotated[
+        int, typer.Option(envvar="SHOPREC_MAX_BODY_BYTES", help="Largest request body (413).")
+    ] = 1_000_000,
+    max_concurrency: Annotated[
+        int, typer.Option(envvar="SHOPREC_MAX_CONCURRENCY", help="Requests run at once.")
+    ] = 4,
+    max_queue: Annotated[
+        int, typer.Option(envvar="SHOPREC_MAX_QUEUE", help="Requests waiting; more get 503.")
+    ] = 32,
+    queue_timeout: Annotated[
+        float,
+        typer.Option(envvar="SHOPREC_QUEUE_TIMEOUT", help="Seconds a request may wait (503)."),
+    ] = 0.05,
 ) -> None:
     """Serve recommendations over HTTP, with a web page at /ui/ and API docs at /docs.
 
@@ -769,7 +798,7 @@ def serve(
     import uvicorn
 
     from shoprec.recommend import Retrieval, build_retrieval
-    from shoprec.serve import ServeConfig, create_app
+    from shoprec.serve import ServeConfig, ServeLimits, create_app
 
     if threads:
         import torch
@@ -800,9 +829,24 @@ def serve(
     if not api_key:
         err.print("[yellow]no --api-key / SHOPREC_API_KEY: a random key is logged at start.[/]")
     err.print(f"web page: http://{host}:{port}/ui/   API docs: http://{host}:{port}/docs")
+    if not open_reads:
+        err.print("shoppers' histories and lists need the read or API key (--open-reads opens).")
+    limits = ServeLimits(
+        max_body_bytes=max_body_bytes,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        queue_timeout=queue_timeout,
+    )
     app_ = create_app(
         ServeConfig(
-            artifact, db=db, api_key=api_key, recommender=rec_cfg, artifact_root=artifact_root
+            artifact,
+            db=db,
+            api_key=api_key,
+            recommender=rec_cfg,
+            artifact_root=artifact_root,
+            read_key=read_key,
+            private_reads=not open_reads,
+            limits=limits,
         )
     )
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
