@@ -190,3 +190,30 @@ def test_demand_recipe_trains_through_the_front_door(tmp_path: Path) -> None:
 
     art = Artifact.load(path)
     assert art.scorer.model.config.horizon == 3
+
+
+@pytest.fixture(scope="module")
+def market_panel():
+    from shoprec.data.simulate import simulate_shop
+
+    shop = simulate_shop(n_events=8_000, n_users=250, n_items=40, n_days=98, seed=2)
+    return build_panel(demand_from_simulation(shop), by_market=True)
+
+
+@pytest.mark.parametrize("mode", ["target_only", "joint", "fine_tune"])
+def test_market_transfer_modes_train_for_the_target_markets(mode: str, market_panel) -> None:
+    from shoprec.inventory.forecast import predict_windows
+    from shoprec.inventory.transfer import fit_market_transfer
+    from shoprec.train.loop import TrainConfig
+
+    panel = market_panel
+    assert len(panel.market_names) > 1
+    opts = ForecastOptions(history_len=4, horizon=2)
+    cfg = TrainConfig(epochs=1, batch_size=256, progress=False)
+    origin = panel.n_periods - 3
+    model = fit_market_transfer(panel, origin, opts, cfg, mode, lam=0.5)  # type: ignore[arg-type]
+    target = np.flatnonzero(panel.market != 0)
+    feats = panel_features(panel, opts)
+    win = make_windows(panel, np.array([origin]), opts, feats, series=target, launching=False)
+    pred = predict_windows(model, win)
+    assert pred["units"].shape == (len(win), 2) and np.isfinite(pred["units"]).all()

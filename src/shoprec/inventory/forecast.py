@@ -422,6 +422,7 @@ def train_forecaster(
     init: DemandForecaster | None = None,
     weighting: Any = None,
     feats: PanelFeatures | None = None,
+    valid_series: np.ndarray | None = None,
 ) -> tuple[DemandForecaster, FitResult]:
     """Train on the data up to period ``origin`` (inclusive) with the one fit loop.
 
@@ -441,6 +442,7 @@ def train_forecaster(
         init: a model to start from (fine-tuning); its config must match.
         weighting: a loss-balancing strategy (:mod:`shoprec.train.weighting`).
         feats: precomputed :func:`panel_features` (recomputed when None).
+        valid_series: select the epoch on these series only (default: ``series``).
 
     Returns:
         The trained model (eval mode) and the loop's result.
@@ -461,8 +463,14 @@ def train_forecaster(
             f"training needs more than {2 * H} (two horizons: targets and validation)"
         )
     train = make_windows(panel, train_origins, opts, feats, series=series)
-    valid = make_windows(panel, np.array([valid_origin]), opts, feats, series=series,
-                         launching=False)  # fmt: skip
+    valid = make_windows(
+        panel,
+        np.array([valid_origin]),
+        opts,
+        feats,
+        series=series if valid_series is None else valid_series,
+        launching=False,
+    )
     if weight is not None:
         train.columns["weight"] = torch.as_tensor(weight[train.series], dtype=torch.float32)
     torch.manual_seed(cfg.seed)
