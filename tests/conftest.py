@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,17 @@ def real_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real datasets not found at {root} (set SHOPREC_DATA)")
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def retrieval_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Retrieval files built for artifacts without them go to the session's temporary
+    folder, not the user's ~/.cache (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("shoprec_cache")
+    before = os.environ.get("SHOPREC_CACHE")
+    os.environ["SHOPREC_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("SHOPREC_CACHE", None)
+    else:
+        os.environ["SHOPREC_CACHE"] = before

@@ -2,7 +2,7 @@
 
 ::
 
-    manifest.json      format, version, recipe, tasks, target, sha256 of every file
+    manifest.json      format, version, recipe, tasks, target, size and sha256 of every file
     experiment.yaml    the config it was trained from (paths absolute)
     items.parquet      the catalog by position: item, title, category, brand, price, stock
     seen.parquet       training events: user, item, behavior (history and exclusion)
@@ -10,7 +10,13 @@
     scorer/            the recipe's own state (weights.safetensors, JSON, Parquet)
     retrieval/         candidate sources, built for serving (shoprec serve / Recommender)
 
-No pickle anywhere: weights are safetensors, everything else JSON or Parquet. :class:`Artifact`
+No pickle anywhere: weights are safetensors, everything else JSON or Parquet. An artifact is
+written into a temporary folder, every file synced, then renamed into place; its manifest
+names each file with its size and SHA-256, and :class:`Artifact` checks them before it reads
+anything (:class:`ArtifactError` names the missing, truncated or changed file). The
+retrieval files are in the manifest when they were built into the artifact
+(:func:`~shoprec.recommend.build_retrieval`); serving never writes into an artifact (it builds
+missing retrieval files into a cache folder elsewhere). :class:`Artifact`
 loads a folder; ``Artifact.recommender()`` is the one :class:`~shoprec.recommend.Recommender`
 that ``shoprec recommend``, ``evaluate --served``, ``serve`` and Python all use.
 
@@ -34,6 +40,7 @@ import polars as pl
 import yaml
 
 import shoprec
+from shoprec import atomic
 from shoprec.errors import ShoprecError
 
 if TYPE_CHECKING:
@@ -68,14 +75,61 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _files(directory: Path, skip: tuple[str, ...] = (MANIFEST, RETRIEVAL_DIR)) -> list[Path]:
+def _files(directory: Path, skip: tuple[str, ...] = (MANIFEST,)) -> list[Path]:
+    """The files a manifest covers: all but itself, the service's event store and
+    temporary files."""
     return sorted(
         p
         for p in directory.rglob("*")
         if p.is_file()
         and p.relative_to(directory).parts[0] not in skip
-        and not p.name.endswith((".sqlite", ".sqlite-wal", ".sqlite-shm"))
+        and not p.name.endswith((".sqlite", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal"))
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
     )
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def file_entries(directory: str | Path, under: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{relative path: {size, sha256}}`` of the files a manifest covers (those ``under`` a
+    sub-folder only, when given)."""
+    directory = Path(directory)
+    root = directory / under if under else directory
+    if not root.exists():
+        return {}
+    return {
+        p.relative_to(directory).as_posix(): _entry(p)
+        for p in _files(directory)
+        if root == directory or root in p.parents
+    }
+
+
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Replace ``manifest.json`` atomically (temp file, fsync, rename, fsync of the folder)."""
+    atomic.write_text(Path(directory) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def seal(directory: str | Path, under: str) -> dict[str, Any]:
+    """Put the files under ``directory/under`` into the manifest (replacing what it said of
+    that folder) after checking every other file; returns the new manifest.
+
+    Used after a step that adds files to a verified artifact (the retrieval files).
+
+    Raises:
+        ArtifactError: the rest of the artifact is already damaged.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    prefix = under.rstrip("/") + "/"
+    others = {k: v for k, v in manifest["files"].items() if not k.startswith(prefix)}
+    problems = _problems(directory, others)
+    if problems:
+        raise ArtifactError(_damaged(directory, problems))
+    manifest["files"] = {**others, **file_entries(directory, under)}
+    write_manifest(directory, manifest)
+    return manifest
 
 
 def item_table(items: pl.DataFrame) -> pl.DataFrame:
@@ -127,22 +181,15 @@ def save(
         "tasks": scorer.tasks,
         "target": scorer.target,
         "items": len(scorer.items),
-        "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
+        "files": file_entries(tmp),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    for p in [*_files(tmp), tmp / MANIFEST]:
-        with p.open("rb") as f:
-            os.fsync(f.fileno())
-    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     if directory.exists():
         # the service's event store lives beside the model: keep it (events are never lost);
-        # the retrieval files describe the old items and are rebuilt on the next serve
+        # the retrieval files describe the old items and are rebuilt when it is served
         for p in directory.glob("*.sqlite*"):
             shutil.copy2(p, tmp / p.name)
-        directory.rename(old)
-    tmp.rename(directory)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    atomic.replace_dir(tmp, directory)  # every file synced, renamed into place, folder synced
     log.info("artifact written to %s", directory)
     return directory
 
@@ -184,16 +231,62 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _problems(directory: Path, files: dict[str, Any]) -> list[str]:
+    """What is wrong with the listed files, one phrase per file (sizes first: cheap)."""
+    problems = []
+    for name, want in files.items():
+        size, digest = (
+            (want.get("size"), want["sha256"]) if isinstance(want, dict) else (None, want)
+        )
+        p = directory / name
+        if not p.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        have = p.stat().st_size
+        if size is not None and have != size:
+            how = "truncated" if have < size else "longer"
+            problems.append(f"{name} is {how} ({have:,} bytes; the manifest says {size:,})")
+        elif _sha256(p) != digest:
+            problems.append(f"{name} has changed (its SHA-256 differs from the manifest's)")
+    return problems
+
+
+def _damaged(directory: Path, problems: list[str]) -> str:
+    return (
+        f"{directory} is damaged: {'; '.join(problems)}. Restore the folder from a copy or "
+        "train it again."
+    )
+
+
+def problems(directory: str | Path) -> list[str]:
+    """Every file of the manifest that is missing, of another size or another SHA-256, as
+    readable phrases (``scorer/model.safetensors is truncated (10 bytes; ...)``).
+
+    Raises:
+        ArtifactError: no readable manifest.
+    """
+    directory = Path(directory)
+    return _problems(directory, read_manifest(directory)["files"])
+
+
 def verify(directory: str | Path) -> list[str]:
-    """Files whose checksum differs from the manifest's (or that are missing)."""
+    """Names of the files whose size or checksum differs from the manifest's (or that are
+    missing)."""
+    return [p.split(" ", 1)[0] for p in problems(directory)]
+
+
+def checked(directory: str | Path) -> dict[str, Any]:
+    """The manifest, after checking every file it lists.
+
+    Raises:
+        ArtifactError: no manifest, or a file missing, truncated or changed (named).
+    """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    bad = []
-    for name, digest in manifest["files"].items():
-        p = directory / name
-        if not p.exists() or _sha256(p) != digest:
-            bad.append(name)
-    return bad
+    bad = _problems(directory, manifest["files"])
+    if bad:
+        raise ArtifactError(_damaged(directory, bad))
+    return manifest
 
 
 class Artifact:
@@ -208,24 +301,40 @@ class Artifact:
         from shoprec import recipes
 
         self.directory = Path(directory)
-        self.manifest = read_manifest(self.directory)
-        if check:
-            bad = verify(self.directory)
-            if bad:
-                raise ArtifactError(
-                    f"{self.directory} is damaged: {', '.join(bad)} missing or changed since "
-                    "it was written; train it again or restore the folder"
-                )
+        self.manifest = checked(self.directory) if check else read_manifest(self.directory)
+        self.items = self._read(ITEMS_FILE, pl.read_parquet)
+        self.seen = self._read(SEEN_FILE, pl.read_parquet)
+        self.config_dict = self._read(CONFIG_FILE, lambda p: yaml.safe_load(p.read_text()))
+        self.metrics = self._read(METRICS_FILE, lambda p: json.loads(p.read_text()))
+        if not isinstance(self.config_dict, dict):
+            raise ArtifactError(f"{self.directory / CONFIG_FILE} holds no experiment config")
         try:
-            self.items = pl.read_parquet(self.directory / ITEMS_FILE)
-            self.seen = pl.read_parquet(self.directory / SEEN_FILE)
-            self.config_dict = yaml.safe_load((self.directory / CONFIG_FILE).read_text())
-            self.metrics = json.loads((self.directory / METRICS_FILE).read_text())
             recipe = recipes.get(self.manifest["recipe"])
-            self.scorer: Scorer = recipe.load_scorer(self.directory / SCORER_DIR)
-        except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as e:
-            raise ArtifactError(f"cannot load {self.directory}: {e}") from e
+        except (KeyError, ValueError, ShoprecError) as e:
+            raise ArtifactError(f"{self.directory}: {e}") from e
+        # a scorer's files can fail in many ways (a truncated safetensors header, weights of
+        # another shape than its config, ...): each becomes an ArtifactError naming the folder
+        self.scorer: Scorer = self._read(SCORER_DIR, recipe.load_scorer)
+        if list(self.items["item"].cast(pl.String)) != [str(i) for i in self.scorer.items]:
+            raise ArtifactError(
+                f"{self.directory}: {ITEMS_FILE} and the scorer in {SCORER_DIR}/ list "
+                "different items"
+            )
         self._recommender: Recommender | None = None
+
+    def _read(self, name: str, reader: Any) -> Any:
+        """``reader(directory / name)``, any failure an :class:`ArtifactError` naming it."""
+        path = self.directory / name
+        if not path.exists():
+            raise ArtifactError(f"{self.directory} is damaged: {name} is missing")
+        try:
+            return reader(path)
+        except ArtifactError:
+            raise
+        except Exception as e:  # every way a file can be broken
+            raise ArtifactError(
+                f"cannot load {path}: {type(e).__name__}: {str(e).strip()[:300]}"
+            ) from e
 
     @classmethod
     def load(cls, directory: str | Path, *, check: bool = True) -> Artifact:

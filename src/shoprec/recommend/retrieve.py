@@ -41,7 +41,15 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from shoprec.artifact import ITEMS_FILE, RETRIEVAL_DIR, SEEN_FILE, read_manifest
+from shoprec import atomic
+from shoprec.artifact import (
+    ITEMS_FILE,
+    RETRIEVAL_DIR,
+    SEEN_FILE,
+    ArtifactError,
+    read_manifest,
+    seal,
+)
 from shoprec.errors import ShoprecError
 from shoprec.models.two_tower import META_FILE, TwoTower, TwoTowerConfig
 from shoprec.recommend.two_tower import (
@@ -355,32 +363,40 @@ def retrieval_dir(directory: str | Path) -> Path:
 
 
 def build_retrieval(
-    directory: str | Path, config: TwoTowerConfig | None = None, *, n_neighbors: int = 50
+    directory: str | Path,
+    config: TwoTowerConfig | None = None,
+    *,
+    n_neighbors: int = 50,
+    out: str | Path | None = None,
 ) -> Path:
-    """Train the two-tower model and write the retrieval files into ``ARTIFACT/retrieval/``.
+    """Train the two-tower model and write the retrieval files into ``ARTIFACT/retrieval/``
+    (added to the artifact's manifest), or into the folder ``out`` (a cache elsewhere; the
+    artifact is then only read).
 
     Reads only the artifact's ``items.parquet`` and ``seen.parquet``: any recipe's artifact.
-    The files are written into a temporary folder and swapped in, so a service loading the
-    artifact meanwhile sees the old files or the new ones, never half of them.
+    The files are written into a temporary folder, synced and swapped in, so a service
+    loading the artifact meanwhile sees the old files or the new ones, never half of them.
 
     Args:
         directory: an artifact folder written by ``shoprec train``.
         config: the two-tower model's sizes and training knobs.
         n_neighbors: co-occurrence neighbours kept per item.
+        out: where to write the retrieval folder instead of into the artifact.
 
     Returns:
         The artifact folder.
 
     Raises:
-        ArtifactError: the folder is not an artifact.
+        ArtifactError: the folder is not an artifact, or is damaged.
     """
     directory = Path(directory)
     read_manifest(directory)
     start = time.perf_counter()
     items = pl.read_parquet(directory / ITEMS_FILE)
     seen = pl.read_parquet(directory / SEEN_FILE).select("user", "item", "behavior")
-    final = retrieval_dir(directory)
-    tmp = directory / f".{RETRIEVAL_DIR}.tmp-{os.getpid()}"
+    final = retrieval_dir(directory) if out is None else Path(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     features = RetrievalFeatures.fit(items, seen)
@@ -400,22 +416,54 @@ def build_retrieval(
         "seconds": round(time.perf_counter() - start, 3),
     }
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    old = directory / f".{RETRIEVAL_DIR}.old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic.replace_dir(tmp, final)
+    if out is None:
+        seal(directory, RETRIEVAL_DIR)  # the manifest now vouches for them too
     log.info("retrieval files written to %s in %.1f s", final, time.perf_counter() - start)
     return directory
 
 
-def has_retrieval(directory: str | Path) -> bool:
-    """Whether :func:`build_retrieval` has run on the artifact folder."""
-    d = retrieval_dir(directory)
+def has_retrieval(directory: str | Path, folder: str | Path | None = None) -> bool:
+    """Whether :func:`build_retrieval` has run on the artifact folder (or written
+    ``folder``)."""
+    d = retrieval_dir(directory) if folder is None else Path(folder)
     return all(
         (d / name).exists()
         for name in (INFO_FILE, META_FILE, USER_ENCODER_FILE, ITEM_ENCODER_FILE, COOC_FILE)
     )
+
+
+def cache_root() -> Path:
+    """Where retrieval files built for serving go when the artifact has none:
+    ``$SHOPREC_CACHE``, else ``$XDG_CACHE_HOME/shoprec``, else ``~/.cache/shoprec``."""
+    if os.environ.get("SHOPREC_CACHE"):
+        return Path(os.environ["SHOPREC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "shoprec"
+
+
+def cache_folder(art: Artifact, two_tower: TwoTowerConfig | None = None) -> Path:
+    """The cache folder of an artifact's retrieval files: named by what they are built from
+    (the SHA-256 of its item table and training events, the two-tower settings and the
+    shoprec version), so a changed artifact never meets stale files."""
+    import hashlib
+
+    import shoprec
+
+    files = art.manifest.get("files", {})
+    what = {
+        "items": files.get(ITEMS_FILE),
+        "seen": files.get(SEEN_FILE),
+        "two_tower": repr(two_tower),
+        "version": shoprec.__version__,
+    }
+    if what["items"] is None or what["seen"] is None:  # not checked: the files themselves
+        from shoprec.artifact import file_entries
+
+        entries = file_entries(art.directory)
+        what["items"], what["seen"] = entries.get(ITEMS_FILE), entries.get(SEEN_FILE)
+    key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return cache_root() / "retrieval" / key[:32]
 
 
 @dataclass
@@ -448,6 +496,8 @@ class Retrieval:
         directory: str | Path,
         items: pl.DataFrame | None = None,
         seen: pl.DataFrame | None = None,
+        *,
+        folder: str | Path | None = None,
     ) -> Retrieval:
         """Load what :func:`build_retrieval` wrote into an artifact folder.
 
@@ -455,9 +505,10 @@ class Retrieval:
             directory: the artifact folder.
             items: its item table (read from ``items.parquet`` when None).
             seen: its training events (read from ``seen.parquet`` when None).
+            folder: the retrieval files' folder (default: ``ARTIFACT/retrieval``).
         """
         directory = Path(directory)
-        d = retrieval_dir(directory)
+        d = retrieval_dir(directory) if folder is None else Path(folder)
         items = pl.read_parquet(directory / ITEMS_FILE) if items is None else items
         seen = pl.read_parquet(directory / SEEN_FILE) if seen is None else seen
         model = TwoTower.load(d)
@@ -484,14 +535,34 @@ class Retrieval:
     def of_artifact(
         cls, art: Artifact, *, build: bool = True, two_tower: TwoTowerConfig | None = None
     ) -> Retrieval:
-        """The retrieval of a loaded artifact, running :func:`build_retrieval` (with
-        ``two_tower``) first if it has no retrieval files and ``build`` is true."""
-        if not has_retrieval(art.directory):
-            if not build:
-                raise ShoprecError(f"{art.directory} has no retrieval files; run build_retrieval")
-            log.info("no retrieval files in %s yet: building them", art.directory)
-            build_retrieval(art.directory, two_tower)
-        return cls.load(art.directory, art.items, art.seen)
+        """The retrieval of a loaded artifact: its own files where its manifest lists them
+        (checked when it was loaded), else those in the cache folder
+        (:func:`cache_folder`), built there first (with ``two_tower``) if missing and
+        ``build`` is true. The artifact folder itself is never written."""
+        listed = any(k.startswith(f"{RETRIEVAL_DIR}/") for k in art.manifest.get("files", {}))
+        if listed:
+            folder = retrieval_dir(art.directory)
+        else:
+            folder = cache_folder(art, two_tower)
+            if not has_retrieval(art.directory, folder):
+                if not build:
+                    raise ShoprecError(
+                        f"{art.directory} has no retrieval files; run build_retrieval"
+                    )
+                log.info("no retrieval files in %s: building them into %s", art.directory, folder)
+                build_retrieval(art.directory, two_tower, out=folder)
+        try:
+            return cls.load(art.directory, art.items, art.seen, folder=folder)
+        except Exception as e:
+            if listed:
+                raise ArtifactError(
+                    f"cannot load the retrieval files in {folder}: {type(e).__name__}: {e}"
+                ) from e
+            # a damaged cache is only a cache: built again
+            log.warning("retrieval cache %s is unreadable (%s); building it again", folder, e)
+            shutil.rmtree(folder, ignore_errors=True)
+            build_retrieval(art.directory, two_tower, out=folder)
+            return cls.load(art.directory, art.items, art.seen, folder=folder)
 
     def user_vectors(self, users: list[str]) -> np.ndarray:
         """``(U, D)`` user-tower vectors (an unknown user gets the OOV user's)."""
