@@ -78,7 +78,15 @@ class LossWeighting(nn.Module, ABC):
     Subclasses implement :meth:`backward` and :meth:`weights`. Learnable state (loss weights,
     log-variances) lives in ``nn.Parameter`` s, reachable through the usual
     ``parameters()`` (possibly empty), which the loop hands to its optimizer.
+
+    ``supports_distributed`` says whether the strategy trains correctly under
+    DistributedDataParallel (several processes): strategies that only combine the losses
+    and call ``backward`` do (the loop averages their own parameters' gradients like DDP
+    averages the model's); those that take per-task gradients with ``torch.autograd.grad``
+    do not, since DDP averages only what ``backward`` accumulates.
     """
+
+    supports_distributed: bool = True
 
     @abstractmethod
     def backward(
@@ -276,6 +284,7 @@ class GradNorm(LossWeighting):
     """
 
     initial_losses: Tensor
+    supports_distributed = False  # per-task gradient norms of one process's rows only
 
     def __init__(self, tasks: Sequence[str], alpha: float = 1.5, min_weight: float = 1e-3):
         super().__init__()
@@ -389,6 +398,8 @@ class PCGrad(LossWeighting):
         last_conflicts: number of conflicting task pairs ``(i, j)``, ``i < j``, in the last
             call (original gradients), for logging.
     """
+
+    supports_distributed = False  # its surgery would replace DDP's averaged gradients
 
     def __init__(self, weights: Mapping[str, float] | None = None, seed: int = 0) -> None:
         super().__init__()
