@@ -343,3 +343,31 @@ def test_traffic_has_weekly_seasonality(events: pl.DataFrame) -> None:
     views = events.filter(pl.col("behavior") == "view")
     by_dow = dict(views.group_by(pl.col("timestamp").dt.weekday()).len().iter_rows())
     assert by_dow[7] > 1.2 * by_dow[3]  # Sunday peak, Wednesday trough
+
+
+# --------------------------------------------------------------------------- written in chunks
+
+
+def test_write_shop_in_chunks_gives_the_same_shop(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from shoprec.data.simulate import summarize_written, write_shop
+
+    cfg = SimConfig(n_users=300, n_items=120, n_events=20_000, n_days=30, n_markets=4, seed=3)
+    whole = simulate_shop(cfg)
+    out = write_shop(tmp_path / "shop", cfg, chunk_events=3_000)
+    meta = pq.ParquetFile(out / "interactions.parquet").metadata
+    assert meta.num_row_groups >= 6  # written piece by piece, not as one table
+    assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= 3_000
+    back = SimulatedShop.load(out)
+    key = ["timestamp", "user", "item", "behavior", "quantity"]
+    assert_frame_equal(
+        back.dataset.interactions.df.sort(key), whole.dataset.interactions.df.sort(key)
+    )
+    for a, b in zip(_frames(back)[1:], _frames(whole)[1:], strict=True):
+        assert_frame_equal(a, b)
+    summary = summarize_written(out)
+    assert summary["events"] == whole.dataset.interactions.df.height
+    assert len(summary["events_per_domain"]) == 4
+    with pytest.raises(ValueError, match="chunk_events"):
+        write_shop(tmp_path / "bad", cfg, chunk_events=0)

@@ -174,19 +174,37 @@ def data_simulate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the simulated shop into.")],
     events: Annotated[int, typer.Option(help="Approximate number of events.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    users: Annotated[int, typer.Option(help="Number of shoppers.")] = 2_000,
+    items: Annotated[int, typer.Option(help="Number of products.")] = 1_000,
+    markets: Annotated[int, typer.Option(help="Number of markets (domains), >= 2.")] = 3,
+    chunk_events: Annotated[
+        int, typer.Option(help="Events held in memory and written per Parquet row group.")
+    ] = 1_000_000,
 ) -> None:
-    """Simulate a seeded shop and save its tables, demand and planted ground truth."""
+    """Simulate a seeded shop and save its tables, demand and planted ground truth.
+
+    Events are written in chunks (memory holds one chunk, the buys and the per-user and
+    per-item arrays), so tens of millions of events fit on a laptop."""
     import time
 
-    from shoprec.data.describe import describe
-    from shoprec.data.simulate import simulate_shop
+    from shoprec.data.simulate import summarize_written, write_shop
 
     start = time.perf_counter()
-    with err.status(f"simulating {events:,} events..."):
-        shop = simulate_shop(n_events=events, seed=seed)
-        shop.save(out_dir)
+    try:
+        with err.status(f"simulating {events:,} events..."):
+            write_shop(
+                out_dir,
+                n_events=events,
+                seed=seed,
+                n_users=users,
+                n_items=items,
+                n_markets=markets,
+                chunk_events=chunk_events,
+            )
+    except ValueError as e:
+        _fail(str(e))
     err.print(f"simulated in {time.perf_counter() - start:.1f} s; written to {out_dir}")
-    _print_summary(describe(shop.dataset))
+    _print_summary(summarize_written(out_dir))
 
 
 _TRAIN_HELP = """Train from an experiment YAML: data -> split -> recipe -> test scores -> artifact.
@@ -343,6 +361,42 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _print_exposure(ev: dict[str, Any]) -> None:
+    """Share of exposure by popularity decile (ours, served, baselines, training events)."""
+    rows = {
+        "ours": ev.get("exposure") or {},
+        "served list": (ev.get("served") or {}).get("exposure") or {},
+    }
+    rows.update({n: b.get("exposure") or {} for n, b in (ev.get("baselines") or {}).items()})
+    rows = {n: e for n, e in rows.items() if e.get("by_popularity_decile")}
+    if not rows:
+        return
+    first = next(iter(rows.values()))
+    table = Table(
+        title=f"share of top-{first.get('k')} exposure by item popularity decile "
+        "(1 = least sold tenth of the catalog, 10 = best-sellers)"
+    )
+    table.add_column("lists", no_wrap=True)
+    for d in range(1, 11):
+        table.add_column(str(d), justify="right")
+    for name, e in rows.items():
+        table.add_row(name, *[_fmt(x) for x in e["by_popularity_decile"]["exposure"]])
+    table.add_row(
+        "training events", *[_fmt(x) for x in first["by_popularity_decile"]["events"]], style="dim"
+    )
+    out.print(table)
+    groups = (first.get("by_group") or {}).get("groups") or {}
+    if groups:
+        top = list(groups.items())[:8]
+        out.print(
+            f"top-{first.get('k')} exposure by {first['by_group'].get('column')} (ours): "
+            + ", ".join(
+                f"{g} {v['exposure']:.1%} (catalog {v['items']:.1%}, events {v['events']:.1%})"
+                for g, v in top
+            )
+        )
+
+
 def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
     """The ranking metrics with intervals, the slices, the served path, pointwise scores."""
     if not ev:
@@ -354,7 +408,7 @@ def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
             _print_metrics(f"{title}: pointwise test scores", pw)
         return
     # the main ones on screen (all of them are in --json and metrics.json)
-    names = [k for k in m if k.startswith(("hr@", "ndcg@")) or k == "mrr"]
+    names = [k for k in m if k.startswith(("hr@", "ndcg@", "coverage@", "gini@")) or k == "mrr"]
     counts = ev.get("counts", {})
     table = Table(
         title=f"{title}: {ev.get('protocol', '')} ranking of '{ev.get('target', '')}' "
@@ -387,7 +441,11 @@ def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
             _fmt(served.get("users")),
             style="cyan",
         )
+    for name, b in (ev.get("baselines") or {}).items():
+        bm = b.get("metrics", {})
+        table.add_row(name, *[_fmt(bm.get(n)) for n in names], _fmt(bm.get("users")), style="dim")
     out.print(table)
+    _print_exposure(ev)
     if counts.get("relevant_unknown_items"):
         out.print(
             f"[yellow]{counts['relevant_unknown_items']:,} held-out pairs name items the model "

@@ -85,7 +85,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,8 @@ __all__ = [
     "SimulatedShop",
     "id_index",
     "simulate_shop",
+    "summarize_written",
+    "write_shop",
 ]
 
 MS_PER_DAY = 86_400_000
@@ -474,25 +476,8 @@ def simulate_shop(config: SimConfig | None = None, **overrides: Any) -> Simulate
     """
     cfg = dataclasses.replace(config or SimConfig(), **overrides)
     t0 = time.perf_counter()
-    truth = _build_world(cfg, np.random.default_rng([cfg.seed, 0]))
-    sampler = _Sampler(cfg, truth)
-
-    _calibrate(cfg, truth, sampler, np.random.default_rng([cfg.seed, 1]))
-    pilot = sampler.simulate(_PILOT, np.random.default_rng([cfg.seed, 4]), 0)
-    per_exposure = max(pilot.n_events / _PILOT, 1e-9)
-    n_exposures = max(1, round(cfg.n_events / per_exposure))
-    logger.info(
-        "simulating %d exposures (%.3f events each) for ~%d events",
-        n_exposures,
-        per_exposure,
-        cfg.n_events,
-    )
-
-    parts = []
-    for k, lo in enumerate(range(0, n_exposures, _CHUNK)):
-        n = min(_CHUNK, n_exposures - lo)
-        parts.append(sampler.simulate(n, np.random.default_rng([cfg.seed, 2, k]), lo))
-    sim = _Chunk.concat(parts)
+    truth, sampler, n_exposures = _setup(cfg)
+    sim = _Chunk.concat(list(_exposure_chunks(cfg, sampler, n_exposures)))
     t1 = time.perf_counter()
 
     filled, demand, final_stock = _run_stock(cfg, truth, sim, np.random.default_rng([cfg.seed, 3]))
@@ -516,6 +501,159 @@ def simulate_shop(config: SimConfig | None = None, **overrides: Any) -> Simulate
         t2 - t1,
     )
     return SimulatedShop(dataset=dataset, truth=truth, demand=demand, config=cfg)
+
+
+def write_shop(
+    path: str | Path,
+    config: SimConfig | None = None,
+    *,
+    chunk_events: int = 1_000_000,
+    **overrides: Any,
+) -> Path:
+    """Simulate a shop straight to disk, holding about ``chunk_events`` events at a time.
+
+    The same events as :func:`simulate_shop` with the same config (row order aside), written
+    in the layout of :meth:`SimulatedShop.save`: ``interactions.parquet`` as one row group
+    per chunk (every reader, ``pl.scan_parquet`` included, streams it), ``catalog``,
+    ``users``, ``demand.parquet``, ``config.json`` and ``truth/``. Memory holds the world
+    (per user and item arrays), one chunk of events and the buys (a few percent of the
+    events: the stock simulation fills them in time order over the whole range), never all
+    events. Rows are grouped by chunk (every event but buys and returns, then those), each
+    chunk in time order; readers that need the global order sort.
+
+    Args:
+        path: the folder to write.
+        config: the configuration; defaults to ``SimConfig()``.
+        chunk_events: events per Parquet row group (and held in memory at once).
+        **overrides: fields replaced in ``config`` (e.g. ``n_events=50_000_000``).
+
+    Returns:
+        The folder written to.
+
+    Example:
+        >>> import tempfile
+        >>> out = write_shop(tempfile.mkdtemp(), n_events=3_000, n_users=200, n_items=80)
+        >>> pl.scan_parquet(out / "interactions.parquet").select(pl.len()).collect().item() > 0
+        True
+    """
+    import pyarrow.parquet as pq
+
+    if chunk_events < 1:
+        raise ValueError(f"chunk_events must be positive, got {chunk_events}")
+    cfg = dataclasses.replace(config or SimConfig(), **overrides)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    truth, sampler, n_exposures = _setup(cfg)
+    empty = np.zeros(0, dtype=np.int64)
+    writer: pq.ParquetWriter | None = None
+    target = path / "interactions.parquet"
+    rows = 0
+
+    def write(frame: pl.DataFrame) -> None:
+        nonlocal writer, rows
+        table = frame.to_arrow()
+        if writer is None:
+            writer = pq.ParquetWriter(target, table.schema)
+        writer.write_table(table, row_group_size=chunk_events)
+        rows += frame.height
+
+    buys: list[_Chunk] = []
+    pending: list[_Chunk] = []
+    held = 0
+    try:
+        for sim in _exposure_chunks(cfg, sampler, n_exposures):
+            buys.append(dataclasses.replace(sim, **{f: getattr(sim, f)[:0] for f in _EV_FIELDS}))
+            pending.append(
+                dataclasses.replace(sim, **{f: getattr(sim, f)[:0] for f in _BUY_FIELDS})
+            )
+            held += len(sim.ev_user)
+            if held >= chunk_events:
+                write(_events_frame(cfg, truth, _Chunk.concat(pending), empty))
+                pending, held = [], 0
+        if pending:
+            write(_events_frame(cfg, truth, _Chunk.concat(pending), empty))
+        bought = _Chunk.concat(buys)
+        del buys
+        filled, demand, final_stock = _run_stock(
+            cfg, truth, bought, np.random.default_rng([cfg.seed, 3])
+        )
+        for lo in range(0, len(filled), chunk_events):
+            part = slice(lo, lo + chunk_events)
+            one = dataclasses.replace(bought, **{f: getattr(bought, f)[part] for f in _BUY_FIELDS})
+            write(_events_frame(cfg, truth, one, filled[part]))
+    finally:
+        if writer is not None:
+            writer.close()
+    catalog, users = _tables(cfg, truth, final_stock)
+    catalog.write_parquet(path / "catalog.parquet")
+    users.write_parquet(path / "users.parquet")
+    demand.write_parquet(path / "demand.parquet")
+    (path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    truth.save(path / "truth")
+    logger.info(
+        "wrote %d simulated events to %s in %.2fs (chunks of %d)",
+        rows,
+        path,
+        time.perf_counter() - t0,
+        chunk_events,
+    )
+    return path
+
+
+def summarize_written(path: str | Path) -> dict[str, Any]:
+    """Counts of a folder :func:`write_shop` wrote, from streamed scans (no full load).
+
+    Returns:
+        ``name``, ``events``, ``users``, ``items``, ``start``, ``end``,
+        ``events_per_behavior`` and ``events_per_domain``.
+    """
+    lf = pl.scan_parquet(Path(path) / "interactions.parquet")
+    head = lf.select(
+        pl.len().alias("events"),
+        pl.col("user").n_unique().alias("users"),
+        pl.col("item").n_unique().alias("items"),
+        pl.col("timestamp").min().alias("start"),
+        pl.col("timestamp").max().alias("end"),
+    ).collect(engine="streaming")
+
+    def counts(col: str) -> dict[str, int]:
+        df = lf.group_by(col).len().sort("len", descending=True).collect(engine="streaming")
+        return dict(zip(df[col].to_list(), df["len"].to_list(), strict=True))
+
+    row = head.row(0, named=True)
+    return {
+        "name": "simulated",
+        **{k: row[k] for k in ("events", "users", "items")},
+        "start": str(row["start"]),
+        "end": str(row["end"]),
+        "events_per_behavior": counts("behavior"),
+        "events_per_domain": counts("domain"),
+    }
+
+
+def _setup(cfg: SimConfig) -> tuple[SimTruth, _Sampler, int]:
+    """The world, the calibrated sampler and the number of exposures for ``cfg.n_events``."""
+    truth = _build_world(cfg, np.random.default_rng([cfg.seed, 0]))
+    sampler = _Sampler(cfg, truth)
+    _calibrate(cfg, truth, sampler, np.random.default_rng([cfg.seed, 1]))
+    pilot = sampler.simulate(_PILOT, np.random.default_rng([cfg.seed, 4]), 0)
+    per_exposure = max(pilot.n_events / _PILOT, 1e-9)
+    n_exposures = max(1, round(cfg.n_events / per_exposure))
+    logger.info(
+        "simulating %d exposures (%.3f events each) for ~%d events",
+        n_exposures,
+        per_exposure,
+        cfg.n_events,
+    )
+    return truth, sampler, n_exposures
+
+
+def _exposure_chunks(cfg: SimConfig, sampler: _Sampler, n_exposures: int) -> Iterator[_Chunk]:
+    """The exposures' events, ``_CHUNK`` exposures at a time, each chunk seeded by its index."""
+    for k, lo in enumerate(range(0, n_exposures, _CHUNK)):
+        n = min(_CHUNK, n_exposures - lo)
+        yield sampler.simulate(n, np.random.default_rng([cfg.seed, 2, k]), lo)
 
 
 # --------------------------------------------------------------------------- world
@@ -751,6 +889,13 @@ class _Chunk:
                 for f in dataclasses.fields(cls)
             }
         )
+
+
+_EV_FIELDS = tuple(f"ev_{x}" for x in ("user", "item", "market", "time", "code", "exposure"))
+_BUY_FIELDS = tuple(
+    [f"buy_{x}" for x in ("user", "item", "market", "time", "qty", "exposure")]
+    + ["ret_time", "ret_kept"]
+)
 
 
 class _Alias:
