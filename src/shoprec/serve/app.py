@@ -243,7 +243,8 @@ async def require_read(svc: Svc, key: Annotated[str | None, Security(_key_header
 
 #: What each error status means, for the OpenAPI document.
 _ERROR_TEXT = {
-    400: "the request cannot be served as asked (e.g. a fusion formula it cannot compute)",
+    400: "the request cannot be served as asked (a fusion formula it cannot compute, a body "
+    "that is not UTF-8)",
     401: f"the {API_KEY_HEADER} header is needed",
     403: "wrong API key",
     404: "unknown item",
@@ -605,7 +606,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         status_code=201,
         dependencies=[Depends(require_key)],
         tags=["events"],
-        responses=errors(401, 403, 422),
+        responses=errors(400, 401, 403, 422),
     )
     def post_event(svc: Svc, event: s.EventIn) -> s.EventAck:
         """Store an event (committed to SQLite before this returns); the shopper's next
@@ -627,7 +628,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         response_model=s.StockOut,
         dependencies=[Depends(require_key)],
         tags=["admin"],
-        responses=errors(401, 403, 422),
+        responses=errors(400, 401, 403, 422),
     )
     def put_stock(svc: Svc, body: s.StockIn) -> s.StockOut:
         """Set live stock levels; items at 0 are no longer recommended. All or nothing: the
@@ -641,7 +642,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         status_code=201,
         dependencies=[Depends(require_key)],
         tags=["admin"],
-        responses=errors(401, 403, 409, 422),
+        responses=errors(400, 401, 403, 409, 422),
     )
     async def add_catalog(svc: Svc, body: s.CatalogIn) -> s.CatalogOut:
         """Add products at run time: they are scored from their attributes, join the

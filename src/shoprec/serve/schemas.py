@@ -10,10 +10,12 @@ from shoprec.data.schema import Behavior
 
 #: A user or item id: 1 to 128 characters, no whitespace.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
-#: Seconds since the epoch, finite, up to 1e10 (the year 2286).
-Timestamp = Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False)]
-#: Units in stock: 0 to a billion (a 30-digit number is refused, never stored).
-Stock = Annotated[int, Field(ge=0, le=1_000_000_000)]
+#: Seconds since the epoch, finite, up to 1e10 (the year 2286); a JSON number (not a string
+#: or a boolean).
+Timestamp = Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False, strict=True)]
+#: Units in stock: a JSON integer from 0 to a billion (a 30-digit number is refused, never
+#: stored; 1.5, "5" and true too).
+Stock = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
 #: Error codes by status (``ErrorOut.error``).
 ERROR_CODES = {
     400: "bad_request",
@@ -157,7 +159,7 @@ class EventIn(BaseModel):
     user: Id
     item: Id
     behavior: Behavior
-    quantity: int = Field(1, ge=1, le=10_000)
+    quantity: int = Field(1, ge=1, le=10_000, strict=True)
     timestamp: Timestamp | None = Field(None, description="seconds since the epoch; now if null")
 
 
