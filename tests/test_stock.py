@@ -184,3 +184,16 @@ def test_reorder_table_refuses_bad_tables():
     stock = pl.DataFrame({"item": ["a"], "stock": [1], "lead_time_weeks": [9.0]})
     with pytest.raises(InventoryError, match="lead_time_weeks of item 'a'"):
         reorder_table(fc, stock)
+
+
+def test_daily_forecast_counts_lead_time_and_cover_in_weeks():
+    fc = _forecast({"a": [(1.5, 1.0, 2.0)] * 14})  # 14 days ahead
+    row = lead_time_demand(fc, 1.0, periods_per_week=7).row(0, named=True)
+    assert (row["demand_p50_lead"], row["demand_p90_lead"]) == (7.0, 14.0)
+    assert row["mean_weekly"] == pytest.approx(10.5)
+    table = reorder_table(fc, {"a": 21}, lead_time_weeks=2.0, periods_per_week=7)
+    r = table.row(0, named=True)
+    assert r["lead_time_weeks"] == 2.0 and r["demand_p90_lead"] == 28.0
+    assert r["weeks_of_cover"] == pytest.approx(2.0) and r["reorder_qty"] == 7.0
+    with pytest.raises(InventoryError, match=r"horizon of 2\.0 weeks"):
+        reorder_table(fc, {"a": 21}, lead_time_weeks=3.0, periods_per_week=7)

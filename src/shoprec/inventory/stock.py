@@ -139,29 +139,34 @@ def check_lead_time(
         )
 
 
-def lead_time_demand(forecast: pl.DataFrame, lead_time: pl.DataFrame | float) -> pl.DataFrame:
+def lead_time_demand(
+    forecast: pl.DataFrame, lead_time: pl.DataFrame | float, *, periods_per_week: int = 1
+) -> pl.DataFrame:
     """Expected demand, P50, P90 and P(no sale) over each item's lead time.
 
     Uses each item's latest origin. Horizons ``1..ceil(L)`` are summed with weights
-    ``clip(L - (h - 1), 0, 1)`` (see the module docstring for why quantiles may be summed).
+    ``clip(L - (h - 1), 0, 1)`` (see the module docstring for why quantiles may be summed),
+    ``L`` the lead time in forecast periods (weeks x ``periods_per_week``).
 
     Args:
         forecast: forecast rows with ``item, horizon, mean, p50, p90`` (``origin`` and
             ``p_no_sale`` optional).
         lead_time: one lead time in weeks for every item, or a frame ``item,
             lead_time_weeks`` (items it lacks get none: drop them before or join a default).
+        periods_per_week: forecast periods in a week (1 for weekly, 7 for daily forecasts).
 
     Returns:
         One row per item: ``item, lead_time_weeks, demand_mean_lead, demand_p50_lead,
         demand_p90_lead, p_no_sale_lead, mean_weekly`` (``mean_weekly``: the mean of
-        ``mean`` over all horizons, for weeks of cover).
+        ``mean`` over all horizons, per week, for weeks of cover).
 
     Raises:
         InventoryError: a missing column, a negative lead time or one beyond the horizon.
     """
     _check_columns(forecast, _FORECAST_NEEDS, "forecast")
     fc = latest_origin(forecast)
-    horizon = forecast_horizon(fc) if fc.height else math.inf
+    ppw = int(periods_per_week)
+    horizon = forecast_horizon(fc) / ppw if fc.height else math.inf  # in weeks
     if isinstance(lead_time, pl.DataFrame):
         _check_columns(lead_time, ("item", "lead_time_weeks"), "lead-time table")
         lt = lead_time.select("item", pl.col("lead_time_weeks").cast(pl.Float64))
@@ -183,7 +188,7 @@ def lead_time_demand(forecast: pl.DataFrame, lead_time: pl.DataFrame | float) ->
         check_lead_time(float(lead_time), horizon)
         fc = fc.with_columns(pl.lit(float(lead_time)).alias("lead_time_weeks"))
     has_zero = "p_no_sale" in fc.columns
-    w = (pl.col("lead_time_weeks") - (pl.col("horizon") - 1)).clip(0.0, 1.0)
+    w = (pl.col("lead_time_weeks") * ppw - (pl.col("horizon") - 1)).clip(0.0, 1.0)
     log_p0 = (
         (w * pl.col("p_no_sale").cast(pl.Float64).clip(_EPS, 1.0).log()).sum()
         if has_zero
@@ -197,7 +202,7 @@ def lead_time_demand(forecast: pl.DataFrame, lead_time: pl.DataFrame | float) ->
             (w * pl.col("p50").clip(0.0)).sum().alias("demand_p50_lead"),
             (w * pl.col("p90").clip(0.0)).sum().alias("demand_p90_lead"),
             log_p0.exp().alias("p_no_sale_lead"),
-            pl.col("mean").clip(0.0).mean().alias("mean_weekly"),
+            (pl.col("mean").clip(0.0).mean() * ppw).alias("mean_weekly"),
         )
         .with_columns(
             # P90 below P50 (a quantile crossing in the forecast) is read as P90 = P50.
@@ -292,6 +297,7 @@ def reorder_table(
     lead_time_weeks: float = 2.0,
     service_level: float = 0.9,
     risk_threshold: float = 0.5,
+    periods_per_week: int = 1,
 ) -> pl.DataFrame:
     """Reorder advice per item: lead-time demand, cover, stock-out risk and quantity to order.
 
@@ -307,6 +313,8 @@ def reorder_table(
             the forecast's horizon).
         service_level: P(no stock-out before a reorder arrives) the quantity aims for.
         risk_threshold: ``p_stockout`` at or above which an item is ``at_risk``.
+        periods_per_week: forecast periods in a week (7 for a daily forecast); lead times
+            and weeks of cover stay in weeks.
 
     Returns:
         The :data:`REORDER_COLUMNS`, sorted: at-risk first, then by ``p_stockout`` and
@@ -336,7 +344,11 @@ def reorder_table(
         )
     _check_columns(forecast, _FORECAST_NEEDS, "forecast")
     # An empty forecast bounds no lead time (it gives an empty table).
-    horizon = forecast_horizon(latest_origin(forecast)) if forecast.height else math.inf
+    horizon = (
+        forecast_horizon(latest_origin(forecast)) / periods_per_week
+        if forecast.height
+        else math.inf
+    )
     check_lead_time(float(lead_time_weeks), horizon)
     default_lt = pl.lit(float(lead_time_weeks))
     if "lead_time_weeks" in st.columns:
@@ -345,7 +357,9 @@ def reorder_table(
         lt_col = default_lt
     st = st.select("item", "stock", lt_col.alias("lead_time_weeks"))
     fc = forecast.with_columns(pl.col("item").cast(pl.String))
-    demand = lead_time_demand(fc, st.select("item", "lead_time_weeks"))
+    demand = lead_time_demand(
+        fc, st.select("item", "lead_time_weeks"), periods_per_week=periods_per_week
+    )
     table = demand.join(st.select("item", "stock"), on="item", how="inner")
     s = table["stock"].to_numpy()
     p50 = table["demand_p50_lead"].to_numpy()
@@ -397,9 +411,14 @@ class ForecastTables:
 
     @property
     def horizon(self) -> int:
-        """The forecast's horizon in weeks (``forecast.json``'s, else the table's largest)."""
+        """The forecast's horizon in periods (``forecast.json``'s, else the table's largest)."""
         h = self.meta.get("horizon")
         return int(h) if isinstance(h, int | float) and h > 0 else forecast_horizon(self.forecast)
+
+    @property
+    def periods_per_week(self) -> int:
+        """7 for a daily forecast (``forecast.json``'s ``freq: day``), else 1."""
+        return 7 if self.meta.get("freq") == "day" else 1
 
     @property
     def latest(self) -> pl.DataFrame:
@@ -471,7 +490,8 @@ class StockSignals:
         self.tables = tables
         self.lead_time_weeks = float(lead_time_weeks)
         fc = tables.latest
-        check_lead_time(self.lead_time_weeks, forecast_horizon(fc) if fc.height else math.inf)
+        ppw = tables.periods_per_week
+        check_lead_time(self.lead_time_weeks, forecast_horizon(fc) / ppw if fc.height else math.inf)
         items = fc.select(pl.col("item").unique())
         lt = items.with_columns(pl.lit(self.lead_time_weeks).alias("lead_time_weeks"))
         rt = tables.reorder
@@ -482,7 +502,7 @@ class StockSignals:
                 .with_columns(pl.coalesce("own", "lead_time_weeks").alias("lead_time_weeks"))
                 .drop("own")
             )
-        demand = lead_time_demand(fc, lt)
+        demand = lead_time_demand(fc, lt, periods_per_week=ppw)
         n = len(ids)
         pos = pl.DataFrame(
             {"item": ids, "_pos": np.arange(n)}, schema={"item": pl.String, "_pos": pl.Int64}
@@ -546,3 +566,113 @@ class StockSignals:
             "p_no_sale_lead": float(self.p_zero[i]),
             "mean_weekly": float(self.weekly[i]),
         }
+
+
+class NoForecastError(InventoryError):
+    """Asked for forecasts or reorder advice while no forecast is loaded."""
+
+
+class NoItemForecastError(InventoryError):
+    """The forecast has no rows for the item asked for."""
+
+
+@dataclass
+class ItemForecast:
+    """One item's history, forecast band and reorder advice (``GET /forecast/{item}``).
+
+    Attributes:
+        item: the item id.
+        origin: the forecast's origin (the last week of data it saw), or None.
+        horizon: weeks ahead shown.
+        trend: down / flat / up from the forecaster's trend head, or None.
+        history: ``{week, units, returns}`` rows, oldest first (up to 52 weeks).
+        forecast: ``{week, horizon, mean, p50, p90, p_no_sale, returns}`` rows by horizon.
+        reorder: the item's :func:`reorder_table` row at its live stock (None: stock unknown).
+    """
+
+    item: str
+    origin: Any
+    horizon: int
+    trend: str | None
+    history: list[dict[str, Any]]
+    forecast: list[dict[str, Any]]
+    reorder: dict[str, Any] | None
+
+
+def item_forecast(
+    tables: ForecastTables,
+    item: str,
+    stock: float | None,
+    *,
+    horizon: int | None = None,
+    lead_time_weeks: float | None = None,
+    default_lead_time_weeks: float = 2.0,
+    service_level: float = 0.9,
+    risk_threshold: float = 0.5,
+    history_weeks: int = 52,
+) -> ItemForecast:
+    """One item's history, forecast up to ``horizon`` and reorder advice at ``stock``.
+
+    Args:
+        tables: the loaded forecast.
+        item: the item id.
+        stock: its stock now (None: unknown, no reorder advice).
+        horizon: weeks ahead to show (default: all the forecast has).
+        lead_time_weeks: the lead time (default: the item's own from ``reorder.parquet``,
+            else ``default_lead_time_weeks``).
+        default_lead_time_weeks: the lead time of an item without its own.
+        service_level: as :func:`reorder_table`.
+        risk_threshold: as :func:`reorder_table`.
+        history_weeks: weeks of history to show.
+
+    Raises:
+        InventoryError: no forecast for the item, a horizon beyond the forecast's, or a bad
+            lead time or service level.
+    """
+    rows = tables.latest.filter(pl.col("item") == item).sort("horizon")
+    if rows.height == 0:
+        raise NoItemForecastError(
+            f"No forecast for item {item!r} in {tables.directory} (it had no sales in the "
+            "data the forecast was made from, or it was added later)."
+        )
+    h_max = int(rows["horizon"].max())
+    if horizon is not None and not 1 <= horizon <= h_max:
+        raise InventoryError(
+            f"horizon = {horizon} weeks is beyond the forecast's {h_max} weeks (ask for 1 to "
+            f"{h_max}, or forecast further ahead with the forecaster's horizon setting)."
+        )
+    shown = rows.filter(pl.col("horizon") <= (horizon or h_max))
+    cols = [
+        c
+        for c in ("week", "horizon", "mean", "p50", "p90", "p_no_sale", "returns")
+        if c in shown.columns
+    ]
+    history: list[dict[str, Any]] = []
+    if tables.history is not None:
+        hist = tables.history.filter(pl.col("item") == item).sort("week").tail(history_weeks)
+        keep = [c for c in ("week", "units", "returns") if c in hist.columns]
+        history = hist.select(keep).to_dicts()
+    lead = lead_time_weeks
+    if lead is None and tables.reorder is not None and "lead_time_weeks" in tables.reorder.columns:
+        own = tables.reorder.filter(pl.col("item") == item)["lead_time_weeks"]
+        lead = float(own[0]) if own.len() and own[0] is not None else None
+    lead = default_lead_time_weeks if lead is None else float(lead)
+    advice = None
+    if stock is not None and stock >= 0:
+        table = reorder_table(
+            rows, {item: float(stock)}, lead_time_weeks=lead, service_level=service_level,
+            risk_threshold=risk_threshold, periods_per_week=tables.periods_per_week,
+        )  # fmt: skip
+        advice = table.row(0, named=True) if table.height else None
+    else:
+        check_lead_time(lead, h_max / tables.periods_per_week)
+    first = rows.row(0, named=True)
+    return ItemForecast(
+        item=item,
+        origin=first.get("origin"),
+        horizon=int(horizon or h_max),
+        trend=first.get("trend"),
+        history=history,
+        forecast=shown.select(cols).to_dicts(),
+        reorder=advice,
+    )

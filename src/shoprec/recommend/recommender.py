@@ -31,7 +31,15 @@ import polars as pl
 
 from shoprec.artifact import Artifact
 from shoprec.errors import ShoprecError
-from shoprec.inventory.stock import ForecastTables, StockSignals, load_forecast
+from shoprec.inventory.stock import (
+    ForecastTables,
+    ItemForecast,
+    NoForecastError,
+    StockSignals,
+    item_forecast,
+    load_forecast,
+    reorder_table,
+)
 from shoprec.models.two_tower import TwoTowerConfig
 from shoprec.recommend import rerank
 from shoprec.recommend.candidates import CandidateSources, query_vector, similar_items
@@ -97,6 +105,8 @@ class Recommender:
         self.merchant = Merchant(self)
         self._anyone = retrieval.user_vectors(["\x00unknown"])[0]  # the OOV user's vector
         self.merchant.user_vectors()  # known shoppers' query vectors, before the first request
+        if c.group_floor > 0:
+            self.floor_groups()  # an unknown floor_groups column fails here, not per request
 
     @classmethod
     def from_artifact(
@@ -220,6 +230,77 @@ class Recommender:
             k: np.nan_to_num(v, nan=neutral.get(k, 1.0)) for k, v in st.items() if k in VARIABLES
         }
 
+    def _need_forecast(self) -> ForecastTables:
+        if self.forecast is None:
+            raise NoForecastError(
+                f"No demand forecast is loaded for {self.artifact.directory}: run `shoprec "
+                "forecast CONFIG --out <artifact>/forecast` (or set serve.forecast to its "
+                "folder) and reload."
+            )
+        return self.forecast
+
+    def reorder(
+        self, *, lead_time_weeks: float | None = None, service_level: float | None = None
+    ) -> pl.DataFrame:
+        """Reorder advice at the live stock for every item with a forecast and a known stock
+        (:func:`~shoprec.inventory.stock.reorder_table`, at-risk items first).
+
+        Args:
+            lead_time_weeks: one lead time for all (default: each item's own from the
+                forecast's reorder list, else ``config.lead_time_weeks``).
+            service_level: default ``config.service_level``.
+
+        Raises:
+            NoForecastError: no forecast is loaded.
+            InventoryError: a negative lead time, one beyond the horizon, a bad level.
+        """
+        fc = self._need_forecast()
+        known = np.flatnonzero(self.catalog.stock >= 0)
+        stock = pl.DataFrame(
+            {"item": [self.catalog.ids[p] for p in known], "stock": self.catalog.stock[known]},
+            schema={"item": pl.String, "stock": pl.Float64},
+        )
+        rt = fc.reorder
+        if lead_time_weeks is None and rt is not None and "lead_time_weeks" in rt.columns:
+            own = rt.select("item", pl.col("lead_time_weeks").cast(pl.Float64))
+            stock = stock.join(own, on="item", how="left")
+        c = self.config
+        return reorder_table(
+            fc.latest, stock,
+            lead_time_weeks=c.lead_time_weeks if lead_time_weeks is None else lead_time_weeks,
+            service_level=c.service_level if service_level is None else service_level,
+            risk_threshold=c.stockout_risk, periods_per_week=fc.periods_per_week,
+        )  # fmt: skip
+
+    def item_forecast(
+        self,
+        item: str,
+        *,
+        horizon: int | None = None,
+        lead_time_weeks: float | None = None,
+        service_level: float | None = None,
+    ) -> ItemForecast:
+        """One item's history, forecast band and reorder advice at its live stock.
+
+        Raises:
+            UnknownItemError: an item neither the catalog nor the forecast knows.
+            NoForecastError: no forecast is loaded.
+            InventoryError: no forecast for the item, a horizon beyond the forecast's, a
+                bad lead time or service level.
+        """
+        fc = self._need_forecast()
+        p = self.catalog.pos.get(item)
+        if p is None and fc.latest.filter(pl.col("item") == item).height == 0:
+            raise UnknownItemError(f"unknown item '{item}'")
+        known = p is not None and self.catalog.stock[p] >= 0
+        stock = float(self.catalog.stock[p]) if known else None
+        return item_forecast(
+            fc, item, stock, horizon=horizon, lead_time_weeks=lead_time_weeks,
+            default_lead_time_weeks=self.config.lead_time_weeks,
+            service_level=self.config.service_level if service_level is None else service_level,
+            risk_threshold=self.config.stockout_risk,
+        )  # fmt: skip
+
     def add_items(self, items: pl.DataFrame | Sequence[Mapping[str, Any]]) -> list[str]:
         """Add products at run time (:meth:`Catalog.add_items`; ``CatalogError`` if the
         recipe cannot score them); returns their ids."""
@@ -314,6 +395,9 @@ class Recommender:
         stock = self.stock_term(cand)  # risk of running out (down), overstock (up); 0: none
         total = fused + boost + stock
         order = rerank.mmr(total, cat.categories[cand], k, c.diversity)
+        if c.group_floor > 0:  # a minimum share of the list per exposure group
+            groups = self.floor_groups()[cand]
+            order = rerank.group_floor(order, total, groups, k, c.group_floor)
         # a slot for new items only where the recipe scores them from their content; others
         # would fill it with an item scored by the untrained unknown-item embedding
         n_slots = c.new_item_slots if hasattr(self.scorer, "add_items") else 0
@@ -324,6 +408,16 @@ class Recommender:
             for r in out:
                 r.explanation = self.explainer.explain(user, cat.pos[r.item], f, live, ref)
         return Ranking(out, len(cand))
+
+    def floor_groups(self) -> np.ndarray:
+        """``(N,)`` exposure group of every catalog item (:func:`.rerank.exposure_groups`),
+        recomputed when products were added at run time."""
+        cached = getattr(self, "_floor_groups", None)
+        if cached is None or len(cached) != self.catalog.n_items:
+            popularity = np.bincount(self.training.positions, minlength=self.catalog.n_items)
+            cached = rerank.exposure_groups(self.catalog, popularity, self.config.floor_groups)
+            self._floor_groups = cached
+        return cached
 
     def explain(self, user: str, item: str, *, fusion: str | Fusion | None = None) -> Explanation:
         """Why ``item`` would be recommended to ``user`` (``UnknownItemError`` if unknown)."""

@@ -10,6 +10,7 @@ events reach it through ``scorer.score(..., events=...)``.
     GET  /explain/{user}/{item}
     GET  /history/{user}          GET /users          GET /items/new      GET /audience/{item}
     POST /events                  (API key) stored in SQLite (WAL) before it is acknowledged
+    GET  /forecast/{item}         GET /inventory/reorder   (merchant: serve/inventory.py)
     PUT  /admin/stock             (API key) live stock levels
     POST /admin/catalog           (API key) add products at run time (recipes that can score
                                   new products from their attributes; 422 otherwise)
@@ -74,6 +75,7 @@ from shoprec.recommend import (
     UnknownItemError,
 )
 from shoprec.recommend.explain import Explanation, sentence
+from shoprec.serve import inventory
 from shoprec.serve import schemas as s
 from shoprec.serve.limits import BodyLimit, ConcurrencyLimit, RateLimit
 from shoprec.serve.metrics import Metrics, MetricsMiddleware
@@ -739,5 +741,6 @@ def create_app(config: ServeConfig) -> FastAPI:
             svc.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    app.include_router(inventory.router)  # GET /forecast/{item}, GET /inventory/reorder
     app.mount("/ui", StaticFiles(directory=str(STATIC), html=True), name="ui")
     return app

@@ -217,6 +217,7 @@ class HealthOut(BaseModel):
     new_items: int
     users: int
     index: str
+    forecast: str | None = None  # the demand forecast's folder (None: none loaded)
     events_stored: int
     journal_mode: str
     loaded_at: float
