@@ -4,7 +4,8 @@ It never asks which model it has: a model gives ``forward``, ``task_losses`` and
 loss balancing is a strategy object (:mod:`shoprec.train.weighting`) that turns per-task
 losses into gradients. The loop adds batching from tensors, early stopping on a validation
 metric with the best weights restored, a Rich progress display, seeding, and checkpoints it
-can resume from.
+can resume from. Under torchrun it trains with DistributedDataParallel, each process on its
+share of every global batch (:mod:`shoprec.train.distributed`), on ``train.device``.
 
 Checkpoints are written once per epoch into a new folder (``epoch-0003/``: model, best
 weights, optimizer, loss weighting, every random state, the loop's counters), synced, and
