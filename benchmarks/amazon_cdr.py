@@ -195,18 +195,18 @@ def cold_start(data: Data, share: float, seed: int) -> tuple[Data, dict[int, np.
     return reduced, cold
 
 
-def domain_csr(p: Pairs, k: int, index: DomainIndex, users: np.ndarray) -> metrics.CSR:
+def domain_csr(p: Pairs, k: int, index: DomainIndex, users: np.ndarray) -> metrics.Sparse:
     """Per listed user, their domain-``k`` items as columns of the domain."""
     sel = p.d == k
     lo = index.starts[k] + 1
-    all_rows = metrics.CSR.from_pairs(p.u[sel], p.i[sel] - lo, index.n_users + 1)
-    return metrics.CSR.from_lists(
-        [all_rows.indices[all_rows.indptr[x] : all_rows.indptr[x + 1]] for x in users]
+    all_rows = metrics.csr_from_pairs(
+        p.u[sel], p.i[sel] - lo, index.n_users + 1, int(index.domain_sizes[k])
     )
+    return all_rows[np.asarray(users, dtype=np.int64)]
 
 
 def sampled_negatives(
-    users: np.ndarray, seen: metrics.CSR, targets: np.ndarray, n_items: int, n: int, seed: int
+    users: np.ndarray, seen: metrics.Sparse, targets: np.ndarray, n_items: int, n: int, seed: int
 ) -> np.ndarray:
     """``(U, n)`` uniform item columns the user never touched (train or test), per user."""
     rng = np.random.default_rng(seed)
@@ -259,7 +259,7 @@ class Target:
     k: int
     users: np.ndarray
     items: np.ndarray  # columns of the domain
-    exclude: metrics.CSR
+    exclude: metrics.Sparse
     negatives: np.ndarray | None = None  # (U, 999) columns, test only
 
 
@@ -278,7 +278,7 @@ def ranks(scorer: ScoreFn, t: Target, chunk: int = 2048) -> tuple[np.ndarray, np
     for lo in range(0, len(t.users), chunk):
         sl = slice(lo, lo + chunk)
         s = scorer(t.users[sl]).float()
-        ex = t.exclude.slice_rows(lo, min(lo + chunk, len(t.users)))
+        ex = t.exclude[lo : min(lo + chunk, len(t.users))]
         full.append(metrics.rank_of_targets(s, t.items[sl], ex))
         if t.negatives is not None:
             rows = torch.arange(s.shape[0]).unsqueeze(1)
@@ -369,7 +369,7 @@ def direction(
 class Fit:
     """One row of ours: the served scorer and what its fit reported."""
 
-    scorer: CrossDomainScorer
+    scorer: Any  # the artifact's scorer (CrossDomainScorer, SequenceScorer)
     valid: float  # the monitored validation score of the chosen trial
     best_epoch: int | None
     info: dict[str, Any]
@@ -402,7 +402,6 @@ def fit_ours(
     _, run, chosen = best
     path = save_experiment(chosen, run, ds, split, out)
     scorer = Artifact.load(path).scorer
-    assert isinstance(scorer, CrossDomainScorer)
     test = json.loads((path / "metrics.json").read_text()).get("test", {}).get("metrics", {})
     return Fit(
         scorer, run.valid_score, run.best_epoch, run.info, dict(chosen.recipe.model_extra or {}),
@@ -410,7 +409,7 @@ def fit_ours(
     )  # fmt: skip
 
 
-def ours_fn(scorer: CrossDomainScorer, data: Data, k: int) -> ScoreFn:
+def ours_fn(scorer: Any, data: Data, k: int) -> ScoreFn:
     """The scorer's target-item scores in the benchmark's column order (an item the scorer
     does not know scores 0, below every item it ranks)."""
     names = np.asarray(data.index.users)
@@ -440,6 +439,9 @@ def _note(f: Fit) -> str:
             head += f"; frozen: {f.recipe.get('freeze') or 'nothing'}"
         if f.recipe.get("method") in ("joint", "experts"):
             head += f"; lambda {f.recipe.get('lambda', 1.0)}"
+        if "blend_tried" in f.info:  # sequence recipe: the neighbour share picked on validation
+            head += (f"; neighbour blend {f.scorer.settings.get('blend')} picked from "
+                     f"{f.info['blend_tried']}")  # fmt: skip
     fd = f.front_door.get("ndcg@10")
     return head if fd is None else f"{head}; `shoprec train` test NDCG@10 {fd:.4f}"
 
@@ -900,6 +902,272 @@ Training facts: `{facts}`
 """
 
 
+# --------------------------------------------------------------------------- issue 13: neural
+
+
+#: The neural part (``--part neural``): our HistoryEncoder rows beside EASE, item-kNN, ALS and
+#: our item neighbours, warm and cold start, in one run.
+HISTORY = ROOT / "benchmarks" / "configs" / "amazon_cdr_history.yaml"
+HISTORY_JOINT = ROOT / "benchmarks" / "configs" / "amazon_cdr_history_joint.yaml"
+NEURAL: dict[str, Any] = {
+    # ALS and our item neighbours: the settings the full run (section amazon_cdr) picked on
+    # validation, per target (refitting their grids here would double the run's time)
+    "als": {
+        "target_only": [{"factors": 256, "regularization": 1.0, "alpha": 20},
+                        {"factors": 128, "regularization": 1.0, "alpha": 10}],
+        "merged": [{"factors": 256, "regularization": 1.0, "alpha": 20}] * 2,
+    },
+    "neighbours": {"shrink": 5, "alpha": 0.9, "top_k": 5, "popularity_tiebreak": True},
+    "ease": {"lambdas": [50.0, 200.0, 1000.0], "max_items": 10000},
+    "itemknn": {"ks": [20, 100, 400]},
+    "warm_gain": 0.0,  # neural base >= ALS and >= EASE (target only)
+}  # fmt: skip
+#: Our neural rows: label -> (config, values replaced).
+OURS_NEURAL: list[tuple[str, Path, dict[str, Any]]] = [
+    ("Ours, neural base (history encoder, target only)", HISTORY, {}),
+    ("Ours, neural cross-domain (joint, history of both domains)", HISTORY_JOINT, {}),
+    ("Ours, neural cross-domain (pretrain -> freeze -> fine-tune)", HISTORY_JOINT,
+     {"recipe.method": "finetune", "recipe.freeze": ["item_embeddings"]}),
+]  # fmt: skip
+
+
+def _matrix(data: Data, pairs: Pairs) -> Any:
+    import scipy.sparse as sp
+
+    shape = (data.index.n_users + 1, data.index.n_items + 1)
+    return sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs.u, pairs.i)), shape=shape)
+
+
+def _linear_scorer(data: Data, model: Any, matrix: Any, k: int) -> ScoreFn:
+    """A fitted EASE / ItemKNN as a ScoreFn over domain ``k``'s items."""
+    lo = data.index.starts[k] + 1
+    hi = lo + data.index.domain_sizes[k]
+    return lambda u: torch.from_numpy(np.ascontiguousarray(model.score(matrix[u])[:, lo:hi]))
+
+
+def select_linear(
+    data: Data, make: Callable[[Any], Any], grid_values: list[Any], merged: bool, k: int,
+    name: str,
+) -> tuple[Any, list[dict[str, Any]]]:  # fmt: skip
+    """Pick a setting of EASE / item-kNN on validation NDCG@10 (full ranking)."""
+    pairs = data.fit if merged else data.fit.where(data.fit.d == k)
+    x = _matrix(data, pairs)
+    val = make_target(data, data.fit, data.valid, k, None)
+    tried = []
+    for v in grid_values:
+        full, _ = ranks(_linear_scorer(data, make(v).fit(x), x, k), val)
+        tried.append({"value": v, "val_NDCG": metrics.ndcg_at_k(full, K)})
+        log.info("%s %s k=%d %s -> %.4f", name, "merged" if merged else "target", k, v,
+                 tried[-1]["val_NDCG"])  # fmt: skip
+    return max(tried, key=lambda r: r["val_NDCG"])["value"], tried
+
+
+def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
+               quick: bool) -> dict[str, Any]:  # fmt: skip
+    """Warm (main) and cold-start tables of issue 13: popularity, ALS, EASE, item-kNN, our
+    item neighbours and our HistoryEncoder rows (sequence recipe), each domain the target."""
+    from benchmarks._ease import EASE
+    from benchmarks._itemknn import ItemKNN
+
+    s, n = SETTINGS, NEURAL
+    seed = int(s["seed"])
+    als_iters = int(s["quick"]["als_iterations"] if quick else s["als"]["iterations"])
+    cfgs = {p: load_config(p) for p in {HISTORY, HISTORY_JOINT}}
+    if quick:
+        cfgs = {p: c.with_values({"train.epochs": 1}) for p, c in cfgs.items()}
+    reduced, cold = cold_start(data, s["cold_share"], s["cold_seed"])
+    reduced_ds = drop_target_history(ds, data, cold)
+    res: dict[str, Any] = {"main": {}, "cold": {}, "facts": {}}
+    lin_params: dict[str, Any] = {}
+    for k in (0, 1):
+        dname = data.index.domains[k]
+        warm_t = make_target(data, data.full, data.test, k, None)
+        cold_t = make_target(reduced, reduced.full, data.test, k, cold[k])
+        main_rows: list[dict[str, Any]] = []
+        cold_rows: list[dict[str, Any]] = []
+
+        def add(rows: list[dict[str, Any]], t: Target, name: str, fn: ScoreFn, note: str = "",
+                secs: float | None = None) -> None:  # fmt: skip
+            full, _ = ranks(fn, t)
+            row = {"name": name, "full_HR": metrics.hit_rate_at_k(full, K),
+                   "full_NDCG": metrics.ndcg_at_k(full, K), "note": note, "train_s": secs}  # fmt: skip
+            rows.append(row)
+            log.info("neural %s %s: %s %.4f", dname, "cold" if rows is cold_rows else "warm",
+                     name, row["full_NDCG"])  # fmt: skip
+
+        add(main_rows, warm_t, "Popularity (target train count)", popularity(data, data.full, k))
+        add(cold_rows, cold_t, "Popularity (target train count)",
+            popularity(reduced, reduced.full, k))  # fmt: skip
+        for merged in (False, True):
+            what = "both domains merged" if merged else "target only"
+            params = {**n["als"]["merged" if merged else "target_only"][k], "iterations": als_iters}
+            pairs = data.full if merged else data.full.where(data.full.d == k)
+            model, secs = als(data, pairs, params, seed)
+            note = f"{_als_params(params)} (picked on validation by the full run)"
+            add(main_rows, warm_t, f"implicit ALS, {what}", als_scorer(data, model, k), note, secs)
+            if merged:
+                model, secs = als(reduced, reduced.full, params, seed)
+                add(cold_rows, cold_t, f"implicit ALS, {what}", als_scorer(reduced, model, k),
+                    note, secs)  # fmt: skip
+            for label, make, values, key in (
+                ("EASE (Steck 2019)", lambda v: EASE(v, n["ease"]["max_items"]),
+                 n["ease"]["lambdas"], "lambda"),
+                ("item-kNN (cosine)", lambda v: ItemKNN(v), n["itemknn"]["ks"], "k"),
+            ):  # fmt: skip
+                best, tried = select_linear(data, make, values, merged, k, label)
+                lin_params[f"{label}_{what}_{dname}"] = tried
+                tick = time.perf_counter()
+                x = _matrix(data, pairs)
+                m = make(best).fit(x)
+                secs = time.perf_counter() - tick
+                val = max(r["val_NDCG"] for r in tried)
+                extra = f", top {n['ease']['max_items']:,} items" if "EASE" in label else ""
+                note = f"{key} {best}{extra} (val NDCG@10 {val:.4f})"
+                add(main_rows, warm_t, f"{label}, {what}", _linear_scorer(data, m, x, k), note,
+                    secs)  # fmt: skip
+                if merged:
+                    xr = _matrix(reduced, reduced.full)
+                    tick = time.perf_counter()
+                    m = make(best).fit(xr)
+                    add(cold_rows, cold_t, f"{label}, {what}", _linear_scorer(reduced, m, xr, k),
+                        note + " (picked on validation of the warm scenario)",
+                        time.perf_counter() - tick)  # fmt: skip
+        # ours: item neighbours (both domains), then the neural rows, all through the front door
+        nb_values = {"recipe.neighbours": n["neighbours"]}
+        for scen, dset, rows, t, d in (("warm", ds, main_rows, warm_t, data),
+                                       ("cold", reduced_ds, cold_rows, cold_t, reduced)):  # fmt: skip
+            f = fit_ours(direction(nb_cfg, data, k, nb_values), dset, out / f"nb_{scen}_{dname}")
+            add(rows, t, "Ours, item neighbours, both domains", ours_fn(f.scorer, d, k),
+                _note(f) + " (settings picked on validation by the full run)",
+                f.info.get("fit_s"))  # fmt: skip
+            res["facts"][f"neighbours_{scen}_{dname}"] = _facts(f)
+            for label, path, values in OURS_NEURAL:
+                if scen == "cold" and "target only" in label:
+                    continue  # a target-only model has nothing to encode a cold user with
+                base = cfgs[path]
+                space = base.search.space if base.search is not None else None
+                cfg = base.with_values({**values, "recipe.target": dname,
+                                        **({"recipe.sources": [data.index.domains[1 - k]]}
+                                           if "cross-domain" in label else {})})  # fmt: skip
+                slug = f"{_slug(label)}_{values.get('recipe.method', 'joint')}_{scen}_{dname}"
+                f = fit_ours(cfg, dset, out / slug, space)
+                add(rows, t, label, ours_fn(f.scorer, d, k), _note(f), f.info.get("fit_s"))
+                res["facts"][slug] = _facts(f)
+        res["main"][dname] = {"n_test": len(warm_t.users), "rows": main_rows}
+        res["cold"][dname] = {"n_test": len(cold_t.users), "n_cold": len(cold[k]),
+                              "rows": cold_rows}  # fmt: skip
+    res["facts"]["linear"] = lin_params
+    return res
+
+
+def _neural_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | full HR@10 | full NDCG@10 | train time | notes |", "|---|---|---|---|---|"]
+    for r in rows:
+        t = "-" if not r["train_s"] else f"{r['train_s']:.0f} s"
+        lines.append(f"| {r['name']} | {r['full_HR']:.4f} | {r['full_NDCG']:.4f} | {t} | "
+                     f"{r['note']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def neural_verdicts(res: dict[str, Any]) -> list[str]:
+    """The issue-13 target lines, met or not met, with their numbers."""
+    out = []
+    for dname, t in res["cold"].items():
+        rows = t["rows"]
+        neural = [r for r in rows if r["name"].startswith("Ours, neural")]
+        if not neural:
+            continue
+        best = max(neural, key=lambda r: r["full_NDCG"])
+        for peer in ("Ours, item neighbours, both domains", "implicit ALS, both domains merged"):
+            p = next(r for r in rows if r["name"] == peer)
+            gain = best["full_NDCG"] / p["full_NDCG"] - 1 if p["full_NDCG"] > 0 else float("nan")
+            out.append(
+                f"- cold-start users, target **{dname}**: best neural ({best['name']}) NDCG@10 "
+                f"{best['full_NDCG']:.4f} vs {peer} {p['full_NDCG']:.4f}: {gain:+.1%} -> "
+                f"**{'met' if gain >= TARGET_GAIN else 'not met'}** (needs >= +{TARGET_GAIN:.0%})."
+            )
+    for dname, t in res["main"].items():
+        rows = {r["name"]: r for r in t["rows"]}
+        base = next((r for r in t["rows"] if r["name"].startswith("Ours, neural base")), None)
+        if base is None:
+            continue
+        for peer in ("implicit ALS, target only", "EASE (Steck 2019), target only"):
+            p = rows[peer]
+            ok = base["full_NDCG"] >= p["full_NDCG"]
+            out.append(
+                f"- warm, target only, **{dname}**: neural base NDCG@10 {base['full_NDCG']:.4f} "
+                f"vs {peer} {p['full_NDCG']:.4f} -> **{'met' if ok else 'not met'}**."
+            )
+    return out
+
+
+def neural_markdown(res: dict[str, Any]) -> str:
+    """The "neural base and cross-domain" section from a ``--part neural`` run."""
+    parts = []
+    for dname, t in res["main"].items():
+        parts.append(f"#### Warm: target {dname}, {t['n_test']:,} test users\n\n"
+                     + _neural_table(t["rows"]))  # fmt: skip
+    for dname, t in res["cold"].items():
+        parts.append(f"#### Cold start: target {dname}, {t['n_cold']:,} users lost all "
+                     f"{dname} history; {t['n_test']:,} of them have a test item\n\n"
+                     + _neural_table(t["rows"]))  # fmt: skip
+    verdicts = "\n".join(neural_verdicts(res))
+    short = ("valid", "best_epoch", "fit_s", "recipe")
+    facts = json.dumps({k: {x: v[x] for x in short if x in v} for k, v in res["facts"].items()
+                        if isinstance(v, dict) and "valid" in v}, default=str)  # fmt: skip
+    return f"""## Amazon Sport <-> Cloth: neural base and neural cross-domain (amazon_cdr, issue 13)
+
+{res.get("stamp", "")}- torch threads: 1; {load_note(1, res.get("load_end", float("nan")))}.
+  Whole run: {res.get("total_s", 0):.0f} s.
+- ours: `benchmarks/configs/amazon_cdr_history.yaml` (neural base) and
+  `benchmarks/configs/amazon_cdr_history_joint.yaml` (neural cross-domain), recipe `sequence`
+  (`shoprec.models.history_encoder.HistoryEncoder`); our item neighbours:
+  `benchmarks/configs/amazon_cdr_neighbours.yaml`; peers: `NEURAL` in `benchmarks/amazon_cdr.py`.
+
+Same data, test pairs and full-ranking protocol as the section above (all target items less
+the user's target train items; one held-out item per user); cold start: the same seeded 20%
+of users per target lose all target train history and every row is refit without it.
+Validation: ours, one random target train item per user with two or more (the recipe's
+hold-out); EASE and item-kNN, the ALS peers' hold-out (one random train item per (user,
+domain) with two or more).
+
+{(chr(10) * 2).join(parts)}
+
+Targets (issue 13; the best neural row is picked on test among our neural rows, each of
+which was selected on validation):
+{verdicts}
+
+Training facts: `{facts}`
+"""
+
+
+def main_neural(quick: bool, out: Path | None) -> dict[str, Any]:
+    """``--part neural``: run, save the JSON, write the section."""
+    torch.set_num_threads(int(SETTINGS["threads"]))
+    started = time.perf_counter()
+    nb = load_config(NEIGHBOURS)
+    ds = load_dataset(nb.data)
+    assert isinstance(ds, Dataset)
+    if quick:
+        ds = subsample(ds, int(SETTINGS["quick"]["users"]))
+    o = nb.recipe.options
+    data = load_data(ds, [o.target, o.sources[0]], int(SETTINGS["valid_seed"]))
+    suffix = "_quick" if quick else ""
+    res = run_neural(ds, data, nb, OUT / f"amazon_cdr_neural{suffix}", quick)
+    res["total_s"] = time.perf_counter() - started
+    res["stamp"] = stamp()
+    res["load_end"] = os.getloadavg()[0]
+    path = OUT / f"amazon_cdr_neural{suffix}.json"
+    path.write_text(json.dumps(res, default=_json_default, indent=1))
+    md = neural_markdown(res)
+    if out is not None:
+        out.write_text(md)
+    elif not quick and nb.data.dataset == OWNED:
+        write_section("amazon_cdr_neural", md)
+    print(md)
+    return res
+
+
 # --------------------------------------------------------------------------- entry
 
 
@@ -1023,7 +1291,8 @@ def report(quick: bool, out: Path | None = None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run on a user sample")
-    parser.add_argument("--part", choices=["main", "cold", "all"], default="all")
+    parser.add_argument("--part", choices=["main", "cold", "all", "neural"], default="all",
+                        help="neural: the issue-13 tables (HistoryEncoder, EASE, item-kNN)")
     parser.add_argument(
         "--report", action="store_true", help="only write the section from saved parts"
     )
@@ -1033,6 +1302,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("shoprec.data").setLevel(logging.WARNING)
+    if args.part == "neural":
+        main_neural(args.quick, args.out)
+        return
     if not args.report:
         for part in ("main", "cold") if args.part == "all" else (args.part,):
             run(part, args.quick, args.neighbours, args.model)

@@ -58,7 +58,7 @@ from shoprec.data import datasets
 from shoprec.data.schema import Dataset
 from shoprec.data.split import check_no_leakage, time_split
 from shoprec.evaluate import metrics
-from shoprec.evaluate.metrics import CSR
+from shoprec.evaluate.metrics import Sparse, csr_from_pairs
 from shoprec.recipes import retail
 
 log = logging.getLogger("benchmarks.online_retail")
@@ -68,7 +68,15 @@ CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.yaml"
 SINGLE_TASK = {"hidden_dims": [64, 32]}
 PLE = {"n_levels": 1, "n_task_experts": 1, "n_shared_experts": 2, "expert_dims": [64]}
 KS = (10, 20)
-RANK_COLS = ("HR@10", "Recall@10", "Recall@20", "NDCG@10", "MRR")
+RANK_COLS = ("hr@10", "recall@10", "recall@20", "ndcg@10", "mrr")
+#: The tables' headings of the metric keys.
+LABELS = {
+    "hr@10": "HR@10",
+    "recall@10": "Recall@10",
+    "recall@20": "Recall@20",
+    "ndcg@10": "NDCG@10",
+    "mrr": "MRR",
+}
 #: ``TrainingRun.test`` keys -> the quantity table's columns.
 QTY_KEYS = {
     "RMSE": "quantity/rmse",
@@ -78,12 +86,12 @@ QTY_KEYS = {
 }
 
 
-def csr(pairs: pl.DataFrame, users: pl.Series, items: pl.Series) -> CSR:
+def csr(pairs: pl.DataFrame, users: pl.Series, items: pl.Series) -> Sparse:
     """(user, item) pairs as rows of item indices, one row per user of ``users``."""
     u = pl.DataFrame({"user": users, "_u": np.arange(len(users))})
     i = pl.DataFrame({"item": items, "_i": np.arange(len(items))})
     idx = pairs.join(u, on="user").join(i, on="item")
-    return CSR.from_pairs(idx["_u"].to_numpy(), idx["_i"].to_numpy(), len(users))
+    return csr_from_pairs(idx["_u"].to_numpy(), idx["_i"].to_numpy(), len(users), len(items))
 
 
 def quantity_metrics(y: np.ndarray, p: np.ndarray, p_log: np.ndarray | None = None) -> dict:
@@ -460,7 +468,7 @@ def _verdict(results: dict[str, dict[str, Any]]) -> list[str]:
         for c in RANK_COLS:
             checks.append(
                 (
-                    f"buy {c} ({'all items' if scope == 'all' else 'new to user'})",
+                    f"buy {LABELS[c]} ({'all items' if scope == 'all' else 'new to user'})",
                     lambda r, s=scope, c=c: r["rank"][s][c] if "rank" in r else None,
                     True,
                 )

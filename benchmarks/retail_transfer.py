@@ -81,7 +81,7 @@ def pooled(cfg: ExperimentConfig) -> Dataset:
 
 def held_out(
     index: DomainIndex, before: pl.DataFrame, window: pl.DataFrame, k: int
-) -> tuple[np.ndarray, metrics.CSR]:
+) -> tuple[np.ndarray, metrics.Sparse]:
     """Users of domain k who bought before and in the window; their window items (columns)."""
     name = index.domains[k]
     w = window.filter(pl.col("domain") == name)
@@ -92,12 +92,12 @@ def held_out(
     u, i = u[ok], i[ok] - (index.starts[k] + 1)
     users = np.unique(u)
     pos = np.searchsorted(users, u)
-    return users, metrics.CSR.from_pairs(pos, i, len(users))
+    return users, metrics.csr_from_pairs(pos, i, len(users))
 
 
-def ndcg_per_user(scores: torch.Tensor, relevant: metrics.CSR) -> np.ndarray:
+def ndcg_per_user(scores: torch.Tensor, relevant: metrics.Sparse) -> np.ndarray:
     per = metrics.ranking_metrics(scores, relevant, ks=(K,), per_user=True)
-    return np.asarray(per[f"NDCG@{K}"])
+    return np.asarray(per[f"ndcg@{K}"])
 
 
 def bootstrap(values: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:

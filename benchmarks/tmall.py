@@ -311,8 +311,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         t = "-" if not r["train_s"] else f"{r['train_s']:.0f} s"
         lines.append(
-            f"| {r['name']} | {r['HR@10']:.4f} | {r['NDCG@10']:.4f} | {r['HR@20']:.4f} | "
-            f"{r['NDCG@20']:.4f} | {t} | {r['note']} |"
+            f"| {r['name']} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['hr@20']:.4f} | "
+            f"{r['ndcg@20']:.4f} | {t} | {r['note']} |"
         )
     return "\n".join(lines)
 
@@ -320,14 +320,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def _markdown(out: dict[str, Any], cfg: ExperimentConfig) -> str:
     rows = out["rows"]
     ours = rows[-2]
-    met = ours["HR@10"] >= TARGET_HR and ours["NDCG@10"] >= TARGET_NDCG
+    met = ours["hr@10"] >= TARGET_HR and ours["ndcg@10"] >= TARGET_NDCG
     verdict = (
-        f"**Target met**: HR@10 {ours['HR@10']:.4f} >= {TARGET_HR} and NDCG@10 "
-        f"{ours['NDCG@10']:.4f} >= {TARGET_NDCG}."
+        f"**Target met**: HR@10 {ours['hr@10']:.4f} >= {TARGET_HR} and NDCG@10 "
+        f"{ours['ndcg@10']:.4f} >= {TARGET_NDCG}."
         if met
-        else f"**Target not met**: HR@10 {ours['HR@10']:.4f} (target {TARGET_HR}, short by "
-        f"{max(TARGET_HR - ours['HR@10'], 0):.4f}), NDCG@10 {ours['NDCG@10']:.4f} (target "
-        f"{TARGET_NDCG}, short by {max(TARGET_NDCG - ours['NDCG@10'], 0):.4f})."
+        else f"**Target not met**: HR@10 {ours['hr@10']:.4f} (target {TARGET_HR}, short by "
+        f"{max(TARGET_HR - ours['hr@10'], 0):.4f}), NDCG@10 {ours['ndcg@10']:.4f} (target "
+        f"{TARGET_NDCG}, short by {max(TARGET_NDCG - ours['ndcg@10'], 0):.4f})."
     )
     facts = out["facts"]
     fit_lines = "\n".join(

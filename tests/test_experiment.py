@@ -81,6 +81,27 @@ def test_evaluate_prints_the_ranking_table(artifact: Path) -> None:
     assert "ndcg@10" in result.stdout and "95%" in result.stdout and "warm users" in result.stdout
 
 
+def test_evaluate_reports_exposure_beside_accuracy_for_every_model(artifact: Path) -> None:
+    test = json.loads((artifact / "metrics.json").read_text())["test"]
+    n_items = len(Artifact.load(artifact).scorer.items)
+    for name, ev in [("ours", test), ("popularity", test["baselines"]["popularity"])]:
+        m, e = ev["metrics"], ev["exposure"]
+        assert {"hr@10", "ndcg@10", "coverage@10", "gini@10", "coverage@20"} <= set(m), name
+        assert 10 / n_items <= m["coverage@10"] <= m["coverage@20"] <= 1.0
+        assert 0.0 <= m["gini@10"] <= 1.0
+        shares = e["by_popularity_decile"]["exposure"]
+        assert len(shares) == 10 and sum(shares) == pytest.approx(1.0)
+        groups = e["by_group"]  # the simulated catalog has categories
+        assert groups["column"] == "category" and groups["groups"]
+        assert sum(g["exposure"] for g in groups["groups"].values()) == pytest.approx(1.0)
+    # popularity shows (nearly) one list to everyone: less of the catalog than the model
+    assert test["baselines"]["popularity"]["metrics"]["coverage@10"] <= 0.5
+    result = runner.invoke(app, ["evaluate", str(artifact), "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert "coverage@10" in result.stdout and "popularity decile" in result.stdout
+    assert "popularity" in result.stdout and "training events" in result.stdout
+
+
 def test_recommend_excludes_bought_items_and_serves_unknown_users(artifact: Path) -> None:
     art = Artifact.load(artifact)
     buyers = art.seen.filter(art.seen["behavior"] == "buy")["user"]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from sklearn.metrics import (
     accuracy_score,
@@ -18,9 +19,10 @@ from sklearn.metrics import (
 )
 
 from shoprec.evaluate.metrics import (
-    CSR,
     accuracy,
     auc,
+    csr_from_lists,
+    csr_from_pairs,
     gauc,
     grouped_auc,
     hit_rate_at_k,
@@ -166,7 +168,7 @@ def test_rank_of_targets_hand_cases() -> None:
         ]
     )
     targets = np.array([2, 2, 0, 0, 3])
-    exclude = CSR.from_lists([[], [1], [], [1], [3, 0]])
+    exclude = csr_from_lists([[], [1], [], [1], [3, 0]])
     assert rank_of_targets(scores, targets).tolist() == [1, 1, 2, 2, 1]
     assert rank_of_targets(scores, targets, exclude).tolist() == [1, 0, 2, 1, 1]
 
@@ -174,7 +176,7 @@ def test_rank_of_targets_hand_cases() -> None:
 def test_excluded_item_above_target_does_not_hurt() -> None:
     scores = np.array([[5.0, 1.0, 0.0]])
     assert rank_of_targets(scores, np.array([1])).tolist() == [1]
-    assert rank_of_targets(scores, np.array([1]), exclude=CSR.from_lists([[0]])).tolist() == [0]
+    assert rank_of_targets(scores, np.array([1]), exclude=csr_from_lists([[0]])).tolist() == [0]
 
 
 def test_rank_of_targets_random_vs_brute_force_all_input_kinds() -> None:
@@ -184,11 +186,11 @@ def test_rank_of_targets_random_vs_brute_force_all_input_kinds() -> None:
     targets = rng.integers(0, i, u)
     mask = rng.random((u, i)) < 0.2
     rows, cols = np.nonzero(mask)
-    csr = CSR.from_pairs(rows, cols, u)
+    csr = csr_from_pairs(rows, cols, u)
     want = _brute_ranks(scores, targets, mask)
     assert rank_of_targets(scores, targets, mask, chunk_size=8).tolist() == want.tolist()
     assert rank_of_targets(scores, targets, csr, chunk_size=8).tolist() == want.tolist()
-    assert rank_of_targets(scores, targets, (csr.indptr, csr.indices)).tolist() == want.tolist()
+    assert rank_of_targets(scores, targets, sp.csr_matrix(csr)).tolist() == want.tolist()
     got = rank_of_targets(torch.from_numpy(scores), targets, torch.from_numpy(mask))
     assert got.tolist() == want.tolist()
 
@@ -251,16 +253,16 @@ def test_ranking_metrics_random_vs_brute_force_and_sklearn() -> None:
     relevant = _random_lists(rng, u, i, 0, 6)  # some users have none
     exclude = _random_lists(rng, u, i, 0, 15)
     m = ranking_metrics(
-        scores, CSR.from_lists(relevant), CSR.from_lists(exclude), ks=(5, 10), chunk_size=16
+        scores, csr_from_lists(relevant), csr_from_lists(exclude), ks=(5, 10), chunk_size=16
     )
     for k in (5, 10):
         prec: list[float] = []
         hr, rec, ndcg, rr = _brute_multi(scores, relevant, exclude, k, prec)
-        assert m[f"HR@{k}"] == pytest.approx(np.mean(hr))
-        assert m[f"Recall@{k}"] == pytest.approx(np.mean(rec))
-        assert m[f"NDCG@{k}"] == pytest.approx(np.mean(ndcg))
-        assert m["MRR"] == pytest.approx(np.mean(rr))
-        assert m[f"Precision@{k}"] == pytest.approx(np.mean(prec))
+        assert m[f"hr@{k}"] == pytest.approx(np.mean(hr))
+        assert m[f"recall@{k}"] == pytest.approx(np.mean(rec))
+        assert m[f"ndcg@{k}"] == pytest.approx(np.mean(ndcg))
+        assert m["mrr"] == pytest.approx(np.mean(rr))
+        assert m[f"precision@{k}"] == pytest.approx(np.mean(prec))
 
         # scikit-learn's NDCG: excluded items pushed to the bottom (relevant ones kept).
         has = np.array([len(r) > 0 for r in relevant])
@@ -271,8 +273,8 @@ def test_ranking_metrics_random_vs_brute_force_and_sklearn() -> None:
             y_true[v, relevant[v]] = 1
             sk_scores[v, relevant[v]] = scores[v, relevant[v]]
         want = ndcg_score(y_true[has], sk_scores[has], k=k)
-        assert m[f"NDCG@{k}"] == pytest.approx(want, abs=1e-12)
-        assert recall_at_k(scores, CSR.from_lists(relevant), k, CSR.from_lists(exclude)) == (
+        assert m[f"ndcg@{k}"] == pytest.approx(want, abs=1e-12)
+        assert recall_at_k(scores, csr_from_lists(relevant), k, csr_from_lists(exclude)) == (
             pytest.approx(np.mean(rec))
         )
 
@@ -284,12 +286,12 @@ def test_ranking_metrics_single_target_agrees_with_rank_functions() -> None:
     targets = rng.integers(0, i, u)
     mask = rng.random((u, i)) < 0.3
     ranks = rank_of_targets(scores, targets, mask)
-    m = ranking_metrics(scores, CSR.from_lists([[t] for t in targets]), mask, ks=(1, 5, 100))
+    m = ranking_metrics(scores, csr_from_lists([[t] for t in targets]), mask, ks=(1, 5, 100))
     for k in (1, 5, 100):
-        assert m[f"HR@{k}"] == pytest.approx(hit_rate_at_k(ranks, k))
-        assert m[f"Recall@{k}"] == pytest.approx(hit_rate_at_k(ranks, k))
-        assert m[f"NDCG@{k}"] == pytest.approx(ndcg_at_k(ranks, k))
-    assert m["MRR"] == pytest.approx(mrr(ranks))
+        assert m[f"hr@{k}"] == pytest.approx(hit_rate_at_k(ranks, k))
+        assert m[f"recall@{k}"] == pytest.approx(hit_rate_at_k(ranks, k))
+        assert m[f"ndcg@{k}"] == pytest.approx(ndcg_at_k(ranks, k))
+    assert m["mrr"] == pytest.approx(mrr(ranks))
 
 
 def test_ranking_metrics_ties_and_exclusion_hand_case() -> None:
@@ -300,70 +302,70 @@ def test_ranking_metrics_ties_and_exclusion_hand_case() -> None:
             [0.3, 0.2, 0.1, 0.0],  # no relevant items
         ]
     )
-    relevant = CSR.from_lists([[0, 1], [3], []])
-    exclude = CSR.from_lists([[], [0, 1], [0]])
+    relevant = csr_from_lists([[0, 1], [3], []])
+    exclude = csr_from_lists([[], [0, 1], [0]])
     per = ranking_metrics(scores, relevant, exclude, ks=(2,), per_user=True)
     # User 0, pessimistic: item 2 first, then the two relevant at positions 1 and 2.
     d = 1 / math.log2(3)
-    assert per["HR@2"][0] == 1.0
-    assert per["Recall@2"][0] == 0.5
-    assert per["NDCG@2"][0] == pytest.approx(d / (1 + d))
-    assert per["MRR"][0] == 0.5
+    assert per["hr@2"][0] == 1.0
+    assert per["recall@2"][0] == 0.5
+    assert per["ndcg@2"][0] == pytest.approx(d / (1 + d))
+    assert per["mrr"][0] == 0.5
     # User 1: only item 2 (0.7) is above item 3 after exclusion.
-    assert per["Recall@2"][1] == 1.0 and per["MRR"][1] == 0.5
-    assert per["NDCG@2"][1] == pytest.approx(d)
-    assert per["Precision@2"][0] == 0.5  # one of the two top places holds a relevant item
-    assert per["Precision@2"][1] == 0.5
+    assert per["recall@2"][1] == 1.0 and per["mrr"][1] == 0.5
+    assert per["ndcg@2"][1] == pytest.approx(d)
+    assert per["precision@2"][0] == 0.5  # one of the two top places holds a relevant item
+    assert per["precision@2"][1] == 0.5
     assert all(math.isnan(v[2]) for v in per.values())
     means = ranking_metrics(scores, relevant, exclude, ks=(2,))
-    assert means["Recall@2"] == pytest.approx(0.75)  # user 2 left out of the mean
-    assert means["Precision@2"] == pytest.approx(0.5)
+    assert means["recall@2"] == pytest.approx(0.75)  # user 2 left out of the mean
+    assert means["precision@2"] == pytest.approx(0.5)
 
 
 def test_ranking_metrics_k_beyond_items_and_chunking() -> None:
     rng = np.random.default_rng(8)
     scores = rng.random((33, 7)).astype(np.float32)
-    relevant = CSR.from_lists(_random_lists(rng, 33, 7, 1, 4))
+    relevant = csr_from_lists(_random_lists(rng, 33, 7, 1, 4))
     a = ranking_metrics(scores, relevant, ks=(3, 50), chunk_size=5)
     b = ranking_metrics(torch.from_numpy(scores), relevant, ks=(3, 50), chunk_size=1000)
     assert a == pytest.approx(b)
-    assert a["HR@50"] == 1.0 and a["Recall@50"] == 1.0 and a["NDCG@50"] <= 1.0
+    assert a["hr@50"] == 1.0 and a["recall@50"] == 1.0 and a["ndcg@50"] <= 1.0
     # Precision divides by k even when k exceeds the catalog (as RecBole).
     n_rel = np.diff(relevant.indptr)
-    assert a["Precision@50"] == pytest.approx(np.mean(n_rel / 50))
+    assert a["precision@50"] == pytest.approx(np.mean(n_rel / 50))
 
 
 def test_precision_keys_and_existing_metrics_unchanged() -> None:
-    """Precision@k is added next to the other keys; the other values do not move."""
+    """precision@k is added next to the other keys; the other values do not move."""
     rng = np.random.default_rng(10)
     scores = np.round(rng.random((40, 30)), 1)  # ties
-    relevant = CSR.from_lists(_random_lists(rng, 40, 30, 0, 5))
-    exclude = CSR.from_lists(_random_lists(rng, 40, 30, 0, 8))
+    relevant = csr_from_lists(_random_lists(rng, 40, 30, 0, 5))
+    exclude = csr_from_lists(_random_lists(rng, 40, 30, 0, 8))
     per = ranking_metrics(scores, relevant, exclude, ks=(3, 10), per_user=True)
     assert list(per) == [
-        *(f"{m}@{k}" for m in ("HR", "Recall", "NDCG", "Precision") for k in (3, 10)),
-        "MRR",
+        *(f"{m}@{k}" for m in ("hr", "recall", "ndcg", "precision") for k in (3, 10)),
+        "mrr",
     ]
     for k in (3, 10):
         n_rel = np.diff(relevant.indptr).astype(float)
         has = n_rel > 0
         # hits in the top k = Recall * n_relevant = Precision * k
         np.testing.assert_allclose(
-            per[f"Precision@{k}"][has] * k, per[f"Recall@{k}"][has] * n_rel[has], atol=1e-12
+            per[f"precision@{k}"][has] * k, per[f"recall@{k}"][has] * n_rel[has], atol=1e-12
         )
-        assert np.isnan(per[f"Precision@{k}"][~has]).all()
+        assert np.isnan(per[f"precision@{k}"][~has]).all()
     # Single target: Precision@k = HR@k / k.
     targets = rng.integers(0, 30, 40)
-    m = ranking_metrics(scores, CSR.from_lists([[t] for t in targets]), ks=(5,))
-    assert m["Precision@5"] == pytest.approx(m["HR@5"] / 5)
+    m = ranking_metrics(scores, csr_from_lists([[t] for t in targets]), ks=(5,))
+    assert m["precision@5"] == pytest.approx(m["hr@5"] / 5)
 
 
 def test_ranking_metrics_medium_scale_is_fast() -> None:
     rng = np.random.default_rng(9)
     u, i = 2000, 5000
     scores = torch.from_numpy(rng.random((u, i)).astype(np.float32))
-    relevant = CSR.from_pairs(np.arange(u).repeat(3), rng.integers(0, i, 3 * u), u)
-    exclude = CSR.from_pairs(np.arange(u).repeat(20), rng.integers(0, i, 20 * u), u)
+    relevant = csr_from_pairs(np.arange(u).repeat(3), rng.integers(0, i, 3 * u), u)
+    exclude = csr_from_pairs(np.arange(u).repeat(20), rng.integers(0, i, 20 * u), u)
     m = ranking_metrics(scores, relevant, exclude, ks=(10, 20))
-    assert 0.0 <= m["NDCG@10"] <= m["NDCG@20"] <= 1.0  # random scores: small but valid
-    assert m["Recall@10"] <= m["Recall@20"]
+    assert 0.0 <= m["ndcg@10"] <= m["ndcg@20"] <= 1.0  # random scores: small but valid
+    assert m["recall@10"] <= m["recall@20"]

@@ -20,7 +20,7 @@ import torch
 from shoprec.data.simulate import simulate_shop
 from shoprec.data.split import time_split
 from shoprec.evaluate import metrics
-from shoprec.evaluate.protocol import evaluated_users, item_lists
+from shoprec.evaluate.protocols import evaluated_users, item_lists
 from shoprec.models import build_model
 from shoprec.pipeline import RankingData, prepare_ranking
 from shoprec.train.loop import TrainConfig, fit
@@ -63,7 +63,7 @@ def test_multi_task_beats_single_task_on_sparse_buy() -> None:
 
     def evaluator(model: torch.nn.Module) -> dict[str, float]:
         ranked = _ranking(data, model, valid_users, valid_rel, valid_past)
-        return {"buy/ndcg@50": ranked["NDCG@50"]}
+        return {"buy/ndcg@50": ranked["ndcg@50"]}
 
     config = TrainConfig(
         epochs=20, batch_size=1024, lr=3e-3, seed=0, patience=4, monitor="buy/ndcg@50",
@@ -78,5 +78,5 @@ def test_multi_task_beats_single_task_on_sparse_buy() -> None:
 
     single = test["single_task"]
     for name in ("shared_bottom", "mmoe"):
-        assert test[name]["NDCG@50"] > single["NDCG@50"] + 0.02, (name, test)
-        assert test[name]["Recall@50"] > single["Recall@50"], (name, test)
+        assert test[name]["ndcg@50"] > single["ndcg@50"] + 0.02, (name, test)
+        assert test[name]["recall@50"] > single["recall@50"], (name, test)

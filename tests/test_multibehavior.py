@@ -174,7 +174,7 @@ def test_candidates_scores_and_metrics(small: BehaviorLog) -> None:
         target="buy",
         ks=(1,),
     )
-    assert perfect["HR@1"] == pytest.approx(0.75)  # the unknown user counts as a miss
+    assert perfect["hr@1"] == pytest.approx(0.75)  # the unknown user counts as a miss
     assert perfect["users"] == 4
 
 
@@ -246,4 +246,4 @@ def test_model_learns_the_planted_signal() -> None:
         target="buy",
         ks=(4,),
     )
-    assert base["HR@4"] > 0.4
+    assert base["hr@4"] > 0.4

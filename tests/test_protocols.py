@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from shoprec.evaluate.metrics import CSR, auc, gauc, logloss, ranking_metrics, sampled_ranks
+from shoprec.evaluate.metrics import (
+    Sparse,
+    auc,
+    csr_from_lists,
+    gauc,
+    logloss,
+    ranking_metrics,
+    sampled_ranks,
+)
 from shoprec.evaluate.protocols import (
     RankingResult,
     bootstrap_ci,
@@ -45,8 +53,8 @@ def _fn(scores: np.ndarray, calls: list[tuple[int, int]] | None = None):
     return score
 
 
-def _random_csr(rng: np.random.Generator, u: int, i: int, lo: int, hi: int) -> CSR:
-    return CSR.from_lists(
+def _random_csr(rng: np.random.Generator, u: int, i: int, lo: int, hi: int) -> Sparse:
+    return csr_from_lists(
         [np.sort(rng.choice(i, int(rng.integers(lo, hi)), replace=False)) for _ in range(u)]
     )
 
@@ -63,8 +71,8 @@ def test_full_ranking_hand_case() -> None:
             [0.3, 0.2, 0.1, 0.0, 0.4],  # nothing relevant: left out of the means
         ]
     )
-    relevant = CSR.from_lists([[1, 3], [0], [2], []])
-    exclude = CSR.from_lists([[0], [], [], []])
+    relevant = csr_from_lists([[1, 3], [0], [2], []])
+    exclude = csr_from_lists([[0], [], [], []])
     r = full_ranking(_fn(scores), 4, 5, relevant, exclude, ks=(1, 3))
     d2 = 1 / math.log2(4)  # discount of position 2
     ideal2 = 1 + 1 / math.log2(3)
@@ -124,10 +132,10 @@ def test_full_ranking_chunking_does_not_change_results() -> None:
 def test_full_ranking_checks_shapes() -> None:
     scores = np.zeros((3, 4))
     with pytest.raises(ValueError, match="rows"):
-        full_ranking(_fn(scores), 2, 4, CSR.from_lists([[0], [1], [2]]))
+        full_ranking(_fn(scores), 2, 4, csr_from_lists([[0], [1], [2]]))
     with pytest.raises(ValueError, match="shape"):
-        full_ranking(_fn(scores), 3, 5, CSR.from_lists([[0], [1], [2]]))
-    empty = full_ranking(_fn(scores), 0, 4, CSR.from_lists([]), ks=(2,))
+        full_ranking(_fn(scores), 3, 5, csr_from_lists([[0], [1], [2]]))
+    empty = full_ranking(_fn(scores), 0, 4, csr_from_lists([]), ks=(2,))
     assert empty.metrics["users"] == 0 and math.isnan(empty.metrics["hr@2"])
 
 
@@ -137,8 +145,8 @@ def test_full_ranking_checks_shapes() -> None:
 def test_sampled_ranking_hand_case() -> None:
     # 6 items; user 0: relevant {0, 2}, item 1 excluded -> negatives are exactly {3, 4, 5}.
     scores = np.array([[0.5, 9.0, 0.2, 0.4, 0.6, 0.5], [0.0, 0.3, 0.2, 0.9, 0.1, 0.0]])
-    relevant = CSR.from_lists([[0, 2], [3]])
-    exclude = CSR.from_lists([[1], [0, 5]])  # user 1: negatives {1, 2, 4}
+    relevant = csr_from_lists([[0, 2], [3]])
+    exclude = csr_from_lists([[1], [0, 5]])  # user 1: negatives {1, 2, 4}
     r = sampled_ranking(_fn(scores), 2, 6, relevant, exclude, n_negatives=3, ks=(1, 2))
     # user 0: item 0 (0.5) vs {0.4, 0.6, 0.5}: 0.6 and the tie above -> rank 2;
     #         item 2 (0.2) vs all three above -> rank 3.   user 1: item 3 first -> rank 0.
@@ -150,7 +158,7 @@ def test_sampled_ranking_hand_case() -> None:
     assert "3 uniform negatives" in r.protocol
 
 
-def _setup(seed: int = 2, u: int = 60, i: int = 400) -> tuple[CSR, CSR, np.ndarray]:
+def _setup(seed: int = 2, u: int = 60, i: int = 400) -> tuple[Sparse, Sparse, np.ndarray]:
     rng = np.random.default_rng(seed)
     relevant = _random_csr(rng, u, i, 0, 4)
     exclude = _random_csr(rng, u, i, 0, 30)
@@ -161,7 +169,7 @@ def _setup(seed: int = 2, u: int = 60, i: int = 400) -> tuple[CSR, CSR, np.ndarr
 @pytest.mark.parametrize("sampling", ["uniform", "popularity"])
 def test_sampled_perfect_and_constant_scorers(sampling: str) -> None:
     relevant, exclude, popularity = _setup()
-    u, i = relevant.n_rows, 400
+    u, i = relevant.shape[0], 400
     is_rel = np.zeros((u, i))
     is_rel[np.repeat(np.arange(u), np.diff(relevant.indptr)), relevant.indices] = 1.0
     kw = dict(n_negatives=99, sampling=sampling, popularity=popularity, ks=(1, 10))
@@ -226,7 +234,7 @@ def test_negatives_avoid_relevant_and_excluded_and_are_distinct(
         max_block=5000,
     )
     assert neg.shape == (len(relevant.indices), 99)
-    users = np.repeat(np.arange(relevant.n_rows), np.diff(relevant.indptr))
+    users = np.repeat(np.arange(relevant.shape[0]), np.diff(relevant.indptr))
     forbidden = union(relevant, exclude)
     keys = set(np.repeat(np.arange(60), np.diff(forbidden.indptr)) * 400 + forbidden.indices)
     drawn = (users[:, None] * 400 + neg).ravel()
@@ -239,7 +247,7 @@ def test_negatives_avoid_relevant_and_excluded_and_are_distinct(
 def test_popularity_sampling_prefers_popular_items_and_seed_is_fixed() -> None:
     n_items = 200
     popularity = np.arange(1, n_items + 1, dtype=float) ** 2
-    relevant = CSR.from_lists([[0]] * 500)
+    relevant = csr_from_lists([[0]] * 500)
     neg = sample_negatives(relevant, n_items, 10, None, "popularity", popularity, seed=0)
     counts = np.bincount(neg.ravel(), minlength=n_items)
     assert counts[-50:].sum() > 5 * counts[:50].sum()
@@ -265,7 +273,7 @@ def test_popularity_sampling_prefers_popular_items_and_seed_is_fixed() -> None:
 
 
 def test_sampling_errors() -> None:
-    relevant = CSR.from_lists([[0, 1], [2]])
+    relevant = csr_from_lists([[0, 1], [2]])
     with pytest.raises(ValueError, match="only 3 items"):
         sample_negatives(relevant, 5, 4)  # user 0 has 3 items left
     with pytest.raises(ValueError, match="only 2 items"):  # item 4 has weight 0
@@ -308,10 +316,10 @@ def test_slice_equals_recomputation_on_the_subset() -> None:
     full = full_ranking(_fn(scores), u, i, relevant, exclude)
     mask = rng.random(u) < 0.4
     idx = np.flatnonzero(mask)
-    sub_rel = CSR.from_lists(
+    sub_rel = csr_from_lists(
         [relevant.indices[relevant.indptr[j] : relevant.indptr[j + 1]] for j in idx]
     )
-    sub_exc = CSR.from_lists(
+    sub_exc = csr_from_lists(
         [exclude.indices[exclude.indptr[j] : exclude.indptr[j + 1]] for j in idx]
     )
     direct = full_ranking(_fn(scores[idx]), len(idx), i, sub_rel, sub_exc)
@@ -346,16 +354,16 @@ def test_with_ci_and_to_dict_are_json() -> None:
 
 
 def test_restrict_and_union() -> None:
-    rel = CSR.from_lists([[0, 2, 3], [1], [], [3, 1]])
+    rel = csr_from_lists([[0, 2, 3], [1], [], [3, 1]])
     keep = np.array([True, False, True, False])
     r = restrict(rel, keep)
     assert r.indptr.tolist() == [0, 2, 2, 2, 2] and r.indices.tolist() == [0, 2]
     dropped = restrict(rel, ~keep)
     assert dropped.indptr.tolist() == [0, 1, 2, 2, 4]
-    u = union(CSR.from_lists([[3, 1], [], [2]]), CSR.from_lists([[1, 0], [4], []]))
+    u = union(csr_from_lists([[3, 1], [], [2]]), csr_from_lists([[1, 0], [4], []]))
     assert u.indptr.tolist() == [0, 3, 4, 5] and u.indices.tolist() == [0, 1, 3, 4, 2]
     with pytest.raises(ValueError, match="rows"):
-        union(CSR.from_lists([[0]]), CSR.from_lists([[0], [1]]))
+        union(csr_from_lists([[0]]), csr_from_lists([[0], [1]]))
 
 
 def test_item_slices_rerun_with_restricted_relevant_items() -> None:
@@ -366,7 +374,7 @@ def test_item_slices_rerun_with_restricted_relevant_items() -> None:
     exclude = _random_csr(rng, u, i, 0, 5)
     cold = rng.random(i) < 0.3
 
-    def run(rel: CSR, exc: CSR | None) -> object:
+    def run(rel: Sparse, exc: Sparse | None) -> object:
         return full_ranking(_fn(scores), u, i, rel, exc, ks=(5,))
 
     out = item_slices(run, relevant, exclude, {"cold items": cold, "warm items": ~cold})

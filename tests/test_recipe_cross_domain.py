@@ -163,7 +163,7 @@ def _test_ndcg(scorer: CrossDomainScorer, test: pl.DataFrame, known: pl.DataFram
     cols = np.array([pos[x] for x in test["item"].to_list()])
     mine = known.filter(pl.col("item").is_in(list(pos)))
     have = {u: [pos[i] for i in g["item"]] for (u,), g in mine.group_by("user")}
-    exclude = metrics.CSR.from_lists(have.get(u, []) for u in users)
+    exclude = metrics.csr_from_lists(have.get(u, []) for u in users)
     ranks = metrics.rank_of_targets(scorer.rank_scores(users), cols, exclude)
     return metrics.ndcg_at_k(ranks, 10)
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from shoprec.evaluate.metrics import CSR
+from shoprec.evaluate.fairness import exposure_summary
+from shoprec.evaluate.metrics import csr_from_pairs
 from shoprec.evaluate.protocols import evaluate_slices, full_ranking
 from shoprec.evaluate.report import (
     Report,
@@ -50,11 +51,11 @@ def one_thread() -> Iterator[None]:
 
 
 def _full_report() -> Report:
-    """A report with every part: four plots (slices, curves, calibration, coverage)."""
+    """A report with every part: five plots (slices, curves, calibration, coverage, exposure)."""
     rng = np.random.default_rng(0)
     u, i = 120, 80
     scores = rng.random((u, i))
-    relevant = CSR.from_pairs(np.arange(u).repeat(2), rng.integers(0, i, 2 * u), u)
+    relevant = csr_from_pairs(np.arange(u).repeat(2), rng.integers(0, i, 2 * u), u)
 
     def fn(users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         return scores[users]
@@ -78,6 +79,12 @@ def _full_report() -> Report:
         "ours": np.argsort(-scores, axis=1)[:, :10],
         "popularity": np.tile(np.argsort(-popularity)[:10], (u, 1)),
     }
+    groups = rng.integers(0, 5, i)
+    names = [f"cat {EVIL} {j}" for j in range(5)]
+    exposure = {
+        name: exposure_summary(lists, popularity, (10,), groups, names, "category")
+        for name, lists in recs.items()
+    }
     return Report.from_results(
         f"Report {EVIL}",
         {"ours (mmoe)": ours, f"peer {EVIL}": peer},
@@ -88,6 +95,7 @@ def _full_report() -> Report:
         calibration={"buy": (rng.random(1000) < p, p), "click": (rng.random(1000) < p**2, p)},
         recommendations=recs,
         popularity=popularity,
+        exposure=exposure,
         trials=[{"lr": 0.001, "dim": 32, "ndcg@10": 0.1}, {"lr": 0.01, "dim": 64, "ndcg@10": 0.2}],
         trials_metric="ndcg@10",
         notes=[f"note {EVIL}", "second paragraph"],
@@ -107,9 +115,9 @@ def test_report_file_is_self_contained_with_one_svg_per_plot(
     report, path = full_report_file
     assert path.exists() and path.suffix == ".html"
     text = path.read_text(encoding="utf-8")
-    assert report.n_plots == 4
-    assert len(re.findall(r"<svg\b", text)) == 4
-    assert text.count("<figure>") == 4
+    assert report.n_plots == 5
+    assert len(re.findall(r"<svg\b", text)) == 5
+    assert text.count("<figure>") == 5
     assert not EXTERNAL.search(text), EXTERNAL.search(text)
     assert "<script" not in text.lower() and "<link" not in text.lower()
     assert "@import" not in text and "@font-face" not in text
@@ -117,7 +125,14 @@ def test_report_file_is_self_contained_with_one_svg_per_plot(
     assert "<title>Report &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;" in text
     assert text.count("&lt;script&gt;") >= 5
     # Text stays text in the SVGs (svg.fonttype none): axis titles are searchable.
-    for label in ("epoch", "observed rate", "catalog coverage@k", "ndcg@10 by slice"):
+    for label in (
+        "epoch",
+        "observed rate",
+        "catalog coverage@k",
+        "ndcg@10 by slice",
+        "exposure by popularity decile",
+        "training events",
+    ):
         assert f">{label}<" in text
     # The metrics table highlights our row; the best trial row is marked.
     assert '<tr class="ours">' in text and '<tr class="best">' in text
@@ -168,7 +183,7 @@ def test_report_renders_in_chromium(full_report_file: tuple[Report, Path], tmp_p
             )
             page.goto(path.as_uri())
             svgs = page.locator("main figure > svg")
-            assert svgs.count() == report.n_plots == 4
+            assert svgs.count() == report.n_plots == 5
             for k in range(svgs.count()):
                 box = svgs.nth(k).bounding_box()
                 assert box is not None and box["width"] > 100 and box["height"] > 100

@@ -96,10 +96,10 @@ class Shop:
         vecs = user_vectors(model, self.test_users, history[self.test_users], self.k)
         scores = score_items(model, vecs, self.k)
         sel = self.d == self.k
-        train_items = metrics.CSR.from_pairs(
+        train_items = metrics.csr_from_pairs(
             self.u[sel], self.i[sel] - self.lo, self.index.n_users + 1
         )
-        exclude = metrics.CSR.from_lists(
+        exclude = metrics.csr_from_lists(
             [
                 train_items.indices[train_items.indptr[x] : train_items.indptr[x + 1]]
                 for x in self.test_users
@@ -242,8 +242,8 @@ def _neighbour_ndcg(shop: Shop, model: ItemNeighbours, u: np.ndarray, i: np.ndar
     hist = ItemNeighbours.histories(u, i, shop.index.n_users + 1, n_items)
     scores = model.score(hist[shop.test_users], shop.lo, shop.lo + shop.index.domain_sizes[1])
     sel = shop.d == shop.k
-    seen = metrics.CSR.from_pairs(shop.u[sel], shop.i[sel] - shop.lo, shop.index.n_users + 1)
-    exclude = metrics.CSR.from_lists(
+    seen = metrics.csr_from_pairs(shop.u[sel], shop.i[sel] - shop.lo, shop.index.n_users + 1)
+    exclude = metrics.csr_from_lists(
         [seen.indices[seen.indptr[x] : seen.indptr[x + 1]] for x in shop.test_users]
     )
     ranks = metrics.rank_of_targets(scores, shop.test_items - shop.lo, exclude)

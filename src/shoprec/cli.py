@@ -362,7 +362,8 @@ def _fmt(v: Any) -> str:
 
 
 def _print_exposure(ev: dict[str, Any]) -> None:
-    """Share of exposure by popularity decile (ours, served, baselines, training events)."""
+    """Coverage, Gini and the share of exposure by popularity decile of every model's lists
+    (ours, the served list, the baselines) beside the training events."""
     rows = {
         "ours": ev.get("exposure") or {},
         "served list": (ev.get("served") or {}).get("exposure") or {},
@@ -372,17 +373,29 @@ def _print_exposure(ev: dict[str, Any]) -> None:
     if not rows:
         return
     first = next(iter(rows.values()))
+    keys = list(first.get("metrics", {}))
+    table = Table(title="exposure: catalog coverage@k, Gini index of exposure (0 = even)")
+    table.add_column("lists", no_wrap=True)
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, e in rows.items():
+        table.add_row(name, *[_fmt(e.get("metrics", {}).get(key)) for key in keys])
+    out.print(table)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}"
+
     table = Table(
-        title=f"share of top-{first.get('k')} exposure by item popularity decile "
-        "(1 = least sold tenth of the catalog, 10 = best-sellers)"
+        title=f"% of top-{first.get('k')} exposure by item popularity decile (1: least sold "
+        "tenth of the catalog, 10: best-sellers)"
     )
     table.add_column("lists", no_wrap=True)
     for d in range(1, 11):
         table.add_column(str(d), justify="right")
     for name, e in rows.items():
-        table.add_row(name, *[_fmt(x) for x in e["by_popularity_decile"]["exposure"]])
+        table.add_row(name, *[pct(x) for x in e["by_popularity_decile"]["exposure"]])
     table.add_row(
-        "training events", *[_fmt(x) for x in first["by_popularity_decile"]["events"]], style="dim"
+        "training events", *[pct(x) for x in first["by_popularity_decile"]["events"]], style="dim"
     )
     out.print(table)
     groups = (first.get("by_group") or {}).get("groups") or {}
@@ -408,7 +421,7 @@ def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
             _print_metrics(f"{title}: pointwise test scores", pw)
         return
     # the main ones on screen (all of them are in --json and metrics.json)
-    names = [k for k in m if k.startswith(("hr@", "ndcg@", "coverage@", "gini@")) or k == "mrr"]
+    names = [k for k in m if k.startswith(("hr@", "ndcg@")) or k == "mrr"]
     counts = ev.get("counts", {})
     table = Table(
         title=f"{title}: {ev.get('protocol', '')} ranking of '{ev.get('target', '')}' "
@@ -717,6 +730,51 @@ def recommend(
             *why,
         )
     out.print(table)
+
+
+@app.command("forget")
+def forget(
+    artifact: Annotated[Path, typer.Argument(help="Artifact folder written by train.")],
+    users: Annotated[list[str], typer.Argument(help="The shoppers' ids.")],
+    db: Annotated[
+        Path | None,
+        typer.Option(help="SQLite event store (default: ARTIFACT/events.sqlite, if there)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Forget shoppers: their events in the event store (securely deleted), their training
+    events, user-table rows and ids in the artifact and their embedding rows (zeroed, out of
+    retrieval) until the next training; the manifest is rewritten. A running service also
+    holds live events in memory: use DELETE /users/USER there (it does all of this)."""
+    from shoprec.forget import forget_users
+    from shoprec.serve.store import EventStore
+
+    store_path = db if db is not None else artifact / "events.sqlite"
+    try:
+        if db is not None and not db.exists():
+            raise ShoprecError(f"no event store at {db}")
+        deleted = dict.fromkeys(users, 0)
+        if store_path.exists():
+            store = EventStore(store_path)
+            try:
+                deleted = {u: store.forget(u) for u in users}
+            finally:
+                store.close()
+        report = forget_users(artifact, users)
+    except (ShoprecError, ValueError, OSError) as e:
+        _fail(str(e))
+        return
+    result = {**report.to_dict(), "events_deleted": deleted, "event_store": str(store_path)}
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    unknown = [u for u in users if u not in report.known and not deleted.get(u)]
+    out.print(
+        f"forgot {', '.join(users)} in {artifact}: {sum(deleted.values()):,} stored events, "
+        f"{report.seen_rows:,} training events, scorer {report.scorer}, "
+        f"retrieval {report.retrieval or 'none built'}"
+        + (f" ([yellow]unknown here: {', '.join(unknown)}[/])" if unknown else "")
+    )
 
 
 @app.command("demo")

@@ -54,7 +54,7 @@ from shoprec.data.split import (
     time_split,
 )
 from shoprec.errors import DataError
-from shoprec.evaluate.metrics import CSR
+from shoprec.evaluate.metrics import Sparse, csr_from_pairs
 
 if TYPE_CHECKING:
     from shoprec.recipes.base import Scorer, TrainingRun
@@ -286,8 +286,8 @@ class RankingSpec:
     """Who is evaluated and what counts: rows of ``users``, columns = the scorer's items."""
 
     users: list[str]
-    relevant: CSR
-    exclude: CSR | None
+    relevant: Sparse
+    exclude: Sparse | None
     unknown_relevant: int  # relevant (user, item) pairs whose item the scorer cannot rank
     user_has_history: np.ndarray  # (U,) the user has training events
     item_is_warm: np.ndarray  # (I,) the item has training events
@@ -306,14 +306,10 @@ class RankingSpec:
         if len(rows) == len(self.users):
             return self
 
-        def take(csr: CSR | None) -> CSR | None:
-            if csr is None:
-                return None
-            lists = [csr.indices[csr.indptr[r] : csr.indptr[r + 1]] for r in rows]
-            lengths = np.array([len(x) for x in lists], dtype=np.int64)
-            indptr = np.concatenate([[0], np.cumsum(lengths)])
-            indices = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-            return CSR(indptr, indices)
+        from shoprec.evaluate.protocols import take_rows
+
+        def take(csr: Sparse | None) -> Sparse | None:
+            return None if csr is None else take_rows(csr, rows)
 
         new_row = np.full(len(self.users), -1)
         new_row[rows] = np.arange(len(rows))
@@ -355,7 +351,9 @@ def ranking_spec(
         item_frame, on="item", how="left"
     )
     known = pairs.filter(pl.col("col").is_not_null())
-    relevant = CSR.from_pairs(known["row"].to_numpy(), known["col"].to_numpy(), len(users))
+    relevant = csr_from_pairs(
+        known["row"].to_numpy(), known["col"].to_numpy(), len(users), len(items)
+    )
     excl = None
     if exclude is None:
         exclude = [target]
@@ -367,7 +365,9 @@ def ranking_spec(
             .join(pl.DataFrame({"user": users, "row": np.arange(len(users))}), on="user")
             .join(item_frame, on="item")
         )
-        excl = CSR.from_pairs(seen["row"].to_numpy(), seen["col"].to_numpy(), len(users))
+        excl = csr_from_pairs(
+            seen["row"].to_numpy(), seen["col"].to_numpy(), len(users), len(items)
+        )
     warm_items = item_frame.join(train.df.select("item").unique(), on="item", how="semi")[
         "col"
     ].to_numpy()
@@ -399,6 +399,8 @@ class Evaluation:
     served: dict[str, Any] = field(default_factory=dict)
     pointwise: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    exposure: dict[str, Any] = field(default_factory=dict)  # fairness.exposure_summary
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> same keys
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -411,7 +413,72 @@ class Evaluation:
             "served": self.served,
             "pointwise": self.pointwise,
             "seconds": self.seconds,
+            "exposure": self.exposure,
+            "baselines": self.baselines,
         }
+
+
+def item_popularity(events: Interactions, items: Sequence[str]) -> np.ndarray:
+    """``(I,)`` float64 events per item of ``items`` in ``events`` (0 for items without any)."""
+    counts = events.df.group_by("item").len()
+    return (
+        pl.DataFrame({"item": list(items)}, schema={"item": pl.String})
+        .join(counts, on="item", how="left", maintain_order="left")["len"]
+        .fill_null(0)
+        .to_numpy()
+        .astype(np.float64)
+    )
+
+
+def item_groups(
+    table: pl.DataFrame | None, items: Sequence[str], column: str | None = None
+) -> tuple[np.ndarray, list[str], str] | None:
+    """Group code of every item of ``items`` by a catalog column, for exposure by group.
+
+    Args:
+        table: the item table (``item`` plus attribute columns), or None.
+        items: the scorer's items (the order of the codes).
+        column: the column (``evaluate.group``); default ``category`` where the table has it.
+
+    Returns:
+        ``(codes (I,), names, column)`` with code ``-1`` for items without a value, or None
+        when there is no table or no default column.
+
+    Raises:
+        DataError: ``column`` is not a column of the table.
+    """
+    if table is None:
+        return None
+    col = column or ("category" if "category" in table.columns else None)
+    if col is None:
+        return None
+    if col not in table.columns or col == "item":
+        raise DataError(
+            f"evaluate.group '{col}' is not a column of the item table; columns: "
+            f"{[c for c in table.columns if c != 'item']}"
+        )
+    values = pl.DataFrame({"item": list(items)}, schema={"item": pl.String}).join(
+        table.select(pl.col("item").cast(pl.String), pl.col(col).cast(pl.String)).unique(
+            "item", keep="first"
+        ),
+        on="item",
+        how="left",
+        maintain_order="left",
+    )[col]
+    names = sorted(values.drop_nulls().unique().to_list())
+    codes = (
+        values.to_frame("v")
+        .join(
+            pl.DataFrame(
+                {"v": names, "c": np.arange(len(names))}, schema_overrides={"v": pl.String}
+            ),
+            on="v",
+            how="left",
+            maintain_order="left",
+        )
+        .select(pl.col("c").fill_null(-1))
+    )
+    return codes["c"].to_numpy().astype(np.int64), names, col
 
 
 def _score_fn(scorer: Scorer, users: Sequence[str]) -> Any:
@@ -445,8 +512,15 @@ def evaluate_scorer(
     *,
     part: str = "test",
     exclude: Sequence[str] | None = None,
+    item_table: pl.DataFrame | None = None,
 ) -> Evaluation:
     """Rank the scorer's items for every user with a target event in ``part``.
+
+    Beside accuracy (overall and per slice) it measures what the lists expose (unless
+    ``cfg.exposure`` is off): catalog coverage@k, the Gini index of exposure, and the share of
+    exposure by popularity decile and by a catalog group (:mod:`shoprec.evaluate.fairness`),
+    from every user's top ``max(ks)`` items over the whole catalog (training items excluded as
+    in the ranking). With ``cfg.baselines`` popularity is ranked the same way beside it.
 
     Args:
         scorer: a trained scorer.
@@ -455,8 +529,10 @@ def evaluate_scorer(
         part: ``test`` or ``valid``.
         exclude: behaviors whose training items are left out of each user's ranking
             (default: the target's, as in the papers; ``[]`` keeps repeat purchases).
+        item_table: the catalog (``item`` and attribute columns) the exposure groups come
+            from (``cfg.group``, default ``category``); no groups without it.
     """
-    from shoprec.evaluate import protocols
+    from shoprec.evaluate import fairness, protocols
 
     start = time.perf_counter()
     events = split.test if part == "test" else split.valid
@@ -470,35 +546,43 @@ def evaluate_scorer(
     fn = _score_fn(scorer, sub.users)
     ks = tuple(cfg.ks)
 
-    def run(relevant: CSR, exclude: CSR | None = sub.exclude) -> Any:
+    popularity = item_popularity(known_before(split, part), scorer.items)
+    top_k = max(ks) if cfg.exposure else 0
+
+    def run(
+        relevant: Sparse, exclude: Sparse | None = sub.exclude, score: Any = fn, lists: int = 0
+    ) -> Any:
         if cfg.protocol == "full":
             return protocols.full_ranking(
-                fn, len(sub.users), scorer.n_items, relevant, exclude, ks=ks
+                score, len(sub.users), scorer.n_items, relevant, exclude, ks=ks, top_k=lists
             )
-        popularity = None
-        if cfg.sampling == "popularity":
-            counts = known_before(split, part).df.group_by("item").len()
-            popularity = (
-                pl.DataFrame({"item": scorer.items})
-                .join(counts, on="item", how="left")["len"]
-                .fill_null(0)
-                .to_numpy()
-                .astype(np.float64)
-            )
-        return protocols.sampled_ranking(
-            fn,
+        result = protocols.sampled_ranking(
+            score,
             len(sub.users),
             scorer.n_items,
             relevant,
             exclude,
             n_negatives=cfg.n_negatives,
             sampling=cfg.sampling,
-            popularity=popularity,
+            popularity=popularity if cfg.sampling == "popularity" else None,
             seed=cfg.seed,
             ks=ks,
         )
+        if lists:  # exposure is of the lists a shopper would see: the whole catalog ranked
+            result.top_items = protocols.top_k_lists(
+                score, len(sub.users), scorer.n_items, lists, exclude
+            )
+        return result
 
-    result = run(sub.relevant)
+    groups = item_groups(item_table, scorer.items, cfg.group) if cfg.exposure else None
+
+    def exposure_of(result: Any) -> dict[str, Any]:
+        if result.top_items is None:
+            return {}
+        codes, names, column = groups if groups is not None else (None, None, None)
+        return fairness.exposure_summary(result.top_items, popularity, ks, codes, names, column)
+
+    result = run(sub.relevant, lists=top_k)
     if cfg.bootstrap:
         result = result.with_ci(cfg.bootstrap, seed=cfg.seed)
     slices: dict[str, dict[str, Any]] = {}
@@ -535,26 +619,43 @@ def evaluate_scorer(
                     sub.pairs.filter(mine),
                     sub.pairs.filter(~mine & pl.col("col").is_not_null()),
                 )
-                rel = CSR.from_pairs(
-                    pairs["row"].to_numpy(), pairs["col"].to_numpy(), len(sub.users)
+                rel = csr_from_pairs(
+                    pairs["row"].to_numpy(), pairs["col"].to_numpy(), len(sub.users), scorer.n_items
                 )
-                dropped = CSR.from_pairs(
-                    other["row"].to_numpy(), other["col"].to_numpy(), len(sub.users)
+                dropped = csr_from_pairs(
+                    other["row"].to_numpy(), other["col"].to_numpy(), len(sub.users), scorer.n_items
                 )
                 excl = dropped if sub.exclude is None else protocols.union(sub.exclude, dropped)
                 s = run(rel, excl)
                 if cfg.bootstrap:
                     s = s.with_ci(cfg.bootstrap, seed=cfg.seed)
                 slices[f"domain {d}"] = s.to_dict()
+    exposure = exposure_of(result)
+    baselines: dict[str, dict[str, Any]] = {}
+    if cfg.baselines:
+
+        def pop_fn(rows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+            row = popularity if positions is None else popularity[positions]
+            return np.repeat(row[None, :], len(rows), axis=0)
+
+        pop_result = run(sub.relevant, score=pop_fn, lists=top_k)
+        pop_exposure = exposure_of(pop_result)
+        baselines["popularity"] = {
+            **pop_result.to_dict(),
+            "metrics": {**pop_result.to_dict()["metrics"], **pop_exposure.get("metrics", {})},
+            "exposure": pop_exposure,
+        }
     out = result.to_dict()
     return Evaluation(
         protocol=cfg.protocol
         if cfg.protocol == "full"
         else f"sampled ({cfg.n_negatives} {cfg.sampling})",
         target=target,
-        metrics=out["metrics"],
+        metrics={**out["metrics"], **exposure.get("metrics", {})},
         ci={k: tuple(v) for k, v in out.get("ci", {}).items()},
         slices=slices,
+        exposure=exposure,
+        baselines=baselines,
         counts={
             "users": len(sub.users),
             "users_total": len(users),
@@ -645,7 +746,13 @@ def save_experiment(
     if evaluate_test and run.scorer.n_items == 0:  # rows, not items: the recipe's own scores
         metrics["test"] = {"protocol": "pointwise", "pointwise": run.test}
     elif evaluate_test:
-        ev = evaluate_scorer(run.scorer, split, cfg.evaluate, exclude=exclusions(cfg))
+        ev = evaluate_scorer(
+            run.scorer,
+            split,
+            cfg.evaluate,
+            exclude=exclusions(cfg),
+            item_table=_item_table(ds, run.scorer.items),
+        )
         ev.pointwise = run.test
         metrics["test"] = ev.to_dict()
     artifacts.save(
@@ -695,7 +802,7 @@ def evaluate_artifact(
     ev_cfg = EvaluateSection.model_validate(ev_cfg.model_dump())
     ds = load_dataset(cfg.data)
     split = make_split(ds, cfg.split, art.target)
-    ev = evaluate_scorer(art.scorer, split, ev_cfg, exclude=exclusions(cfg))
+    ev = evaluate_scorer(art.scorer, split, ev_cfg, exclude=exclusions(cfg), item_table=art.items)
     ev.pointwise = art.metrics.get("test", {}).get("pointwise", {})
     if served if served is not None else ev_cfg.served:
         ev.served = evaluate_served(art, split, ev_cfg)
@@ -712,7 +819,8 @@ def evaluate_served(
     users: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """HR@k / NDCG@k of the lists the Recommender serves (retrieval, ranking, fusion, MMR,
-    new-item slot) to the test users (a seeded sample of ``max_users``, or ``users``).
+    new-item slot, group floors) to the test users (a seeded sample of ``max_users``, or
+    ``users``), with the coverage / Gini / exposure shares of those lists (``cfg.exposure``).
 
     Args:
         art: the artifact.
@@ -734,6 +842,7 @@ def evaluate_served(
     rec = recommender if recommender is not None else art.recommender()
     pos = {item: i for i, item in enumerate(art.scorer.items)}
     hits = np.zeros((len(rows), k), dtype=bool)
+    lists = np.full((len(rows), k), -1, dtype=np.int64)
     n_rel = np.zeros(len(rows))
     start = time.perf_counter()
     for j, r in enumerate(rows):
@@ -741,6 +850,7 @@ def evaluate_served(
         n_rel[j] = len(relevant)
         listed = [pos.get(x.item, -1) for x in rec.recommend(spec.users[r], k)]
         hits[j, : len(listed)] = [p in relevant for p in listed]
+        lists[j, : len(listed)] = listed
     seconds = time.perf_counter() - start
     has = n_rel > 0
     out: dict[str, Any] = {"users": int(has.sum()), "seconds": seconds}
@@ -752,6 +862,15 @@ def evaluate_served(
         out[f"ndcg@{kk}"] = (
             float(((h * discount[:kk]).sum(axis=1) / ideal).mean()) if has.any() else float("nan")
         )
+    if cfg.exposure:  # of every sampled user's list (products added at run time left out)
+        from shoprec.evaluate import fairness
+
+        groups = item_groups(art.items, art.scorer.items, cfg.group)
+        codes, names, column = groups if groups is not None else (None, None, None)
+        popularity = item_popularity(known_before(split), art.scorer.items)
+        exposure = fairness.exposure_summary(lists, popularity, cfg.ks, codes, names, column)
+        out.update(exposure["metrics"])
+        out["exposure"] = exposure
     return out
 
 
@@ -823,17 +942,24 @@ def write_report(
     table: dict[str, dict[str, Any]] = {"ours (offline ranking)": _cells(ev.to_dict())}
     if ev.served:
         table["ours (served list)"] = {
-            k2: v for k2, v in ev.served.items() if k2 not in ("seconds",)
+            k2: v for k2, v in ev.served.items() if k2 not in ("seconds", "exposure")
         }
     from shoprec.evaluate import protocols
 
     def pop_fn(rr: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
         return np.tile(pop if pos is None else pop[pos], (len(rr), 1))
 
-    pop_res = protocols.full_ranking(
-        pop_fn, len(spec.users), len(pop), spec.relevant, spec.exclude, ks=ks
-    ).with_ci(200, seed=0)
-    table["popularity"] = _cells(pop_res.to_dict())
+    if "popularity" in ev.baselines:  # ranked by the evaluation, beside ours
+        table["popularity"] = _cells(ev.baselines["popularity"])
+    else:
+        pop_res = protocols.full_ranking(
+            pop_fn, len(spec.users), len(pop), spec.relevant, spec.exclude, ks=ks
+        ).with_ci(200, seed=0)
+        table["popularity"] = _cells(pop_res.to_dict())
+    exposure = {"ours": ev.exposure} if ev.exposure else {}
+    if (ev.served or {}).get("exposure"):
+        exposure["ours (served list)"] = ev.served["exposure"]
+    exposure.update({n: b["exposure"] for n, b in ev.baselines.items() if b.get("exposure")})
     report = Report(
         title=f"{cfg.name}: {art.recipe} recipe",
         subtitle=(
@@ -849,6 +975,7 @@ def write_report(
         calibration=calibration or None,
         recommendations={"ours": ours_top, "popularity": pop_top},
         popularity=pop,
+        exposure=exposure or None,
         trials=(art.metrics.get("search") or {}).get("trials"),
         trials_metric="valid" if art.metrics.get("search") else None,
         notes=[

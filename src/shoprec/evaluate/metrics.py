@@ -15,6 +15,10 @@ Three families:
 * **Sampled candidates** (the positive against N sampled negatives): :func:`sampled_ranks`,
   then the same rank metrics.
 
+Metric keys are spelled one way everywhere in shoprec: lower case, ``hr@10``, ``ndcg@10``,
+``recall@20``, ``precision@10``, ``mrr``, ``auc``; per task ``<task>/<metric>`` (``buy/auc``,
+``buy/ndcg@10``).
+
 Ranks are 0-based (0 = top of the list) and **pessimistic on ties**: an item that scores the
 same as the target counts as ranked above it. A model that gives every item the same score
 therefore gets the worst possible rank, never a flattering one, and the result does not depend
@@ -22,14 +26,15 @@ on how a sort breaks ties. (Pointwise AUC is different: it averages ties, exactl
 ``sklearn.metrics.roc_auc_score``.)
 
 Items already seen in training can be excluded from a user's ranking, given either as a
-boolean ``(U, I)`` mask or as a :class:`CSR` pair ``(indptr, indices)`` (the same layout as
-``scipy.sparse.csr_matrix``, without needing scipy). Exclusion never applies to the items
-being ranked (a target that also appears in the user's training history is still ranked).
+boolean ``(U, I)`` mask or as a ``scipy.sparse`` CSR array or matrix with one row per user
+(:func:`csr_from_lists` / :func:`csr_from_pairs` build one; only the sparsity pattern is read).
+Exclusion never applies to the items being ranked (a target that also appears in the
+user's training history is still ranked).
 
 Example:
     >>> import numpy as np
     >>> scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
-    >>> ranks = rank_of_targets(scores, np.array([2, 1]), exclude=CSR.from_lists([[0], []]))
+    >>> ranks = rank_of_targets(scores, np.array([2, 1]), exclude=csr_from_lists([[0], []]))
     >>> ranks.tolist()  # user 0's item 0 is excluded, so item 2 comes first
     [0, 0]
     >>> hit_rate_at_k(ranks, 1)
@@ -39,15 +44,19 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 __all__ = [
-    "CSR",
+    "Sparse",
     "accuracy",
+    "as_csr",
     "auc",
+    "csr_from_lists",
+    "csr_from_pairs",
     "gauc",
     "grouped_auc",
     "hit_rate_at_k",
@@ -61,72 +70,83 @@ __all__ = [
     "recall_at_k",
     "rmse",
     "sampled_ranks",
+    "top_k_items",
 ]
 
 Scores = np.ndarray | torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------
-# Sparse rows without scipy
+# Item lists per user as scipy CSR
 # --------------------------------------------------------------------------------------------
 
+Sparse = sp.csr_array | sp.csr_matrix
+"""Rows of item indices (users x items) in scipy's compressed sparse row layout: row ``u``
+holds ``indices[indptr[u]:indptr[u + 1]]``; the stored values are ignored."""
 
-class CSR(NamedTuple):
-    """Rows of item indices in compressed sparse row layout (like ``scipy.sparse.csr_matrix``).
 
-    Row ``u`` holds ``indices[indptr[u]:indptr[u + 1]]``. A plain ``(indptr, indices)`` tuple
-    is accepted anywhere a ``CSR`` is.
+def csr_from_pairs(
+    rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int | None = None
+) -> sp.csr_array:
+    """A boolean ``(n_rows, n_cols)`` :class:`scipy.sparse.csr_array` from parallel ``(nnz,)``
+    row and column indices (any order; a repeated pair is stored once, columns sorted).
 
-    Attributes:
-        indptr: ``(U + 1,)`` int array, non-decreasing, ``indptr[0] == 0``.
-        indices: ``(nnz,)`` int array of item indices.
+    Args:
+        rows: row (user) index of each pair.
+        cols: column (item) index of each pair.
+        n_rows: number of rows.
+        n_cols: number of columns (default: the largest column index + 1).
 
     Example:
-        >>> CSR.from_lists([[3, 1], [], [0]]).indptr.tolist()
+        >>> csr_from_pairs(np.array([1, 0, 0]), np.array([0, 3, 1]), 3).indptr.tolist()
+        [0, 2, 3, 3]
+    """
+    rows = np.asarray(rows, dtype=np.int64).ravel()
+    cols = np.asarray(cols, dtype=np.int64).ravel()
+    if len(rows) != len(cols):
+        raise ValueError(f"got {len(rows)} row indices but {len(cols)} column indices")
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ValueError(f"row index out of range for n_rows={n_rows}")
+    if n_cols is None:
+        n_cols = int(cols.max()) + 1 if len(cols) else 0
+    data = np.ones(len(rows), dtype=bool)
+    m = sp.csr_array((data, (rows, cols)), shape=(int(n_rows), int(n_cols)))
+    m.sum_duplicates()
+    return m
+
+
+def csr_from_lists(rows: Iterable[Sequence[int]], n_cols: int | None = None) -> sp.csr_array:
+    """A boolean :class:`scipy.sparse.csr_array` with one list of item indices per row.
+
+    Example:
+        >>> csr_from_lists([[3, 1], [], [0]]).indptr.tolist()
         [0, 2, 2, 3]
     """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-
-    @property
-    def n_rows(self) -> int:
-        """Number of rows ``U``."""
-        return len(self.indptr) - 1
-
-    @classmethod
-    def from_lists(cls, rows: Iterable[Sequence[int]]) -> CSR:
-        """Build from one list of item indices per row."""
-        rows = [np.asarray(r, dtype=np.int64).ravel() for r in rows]
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        indices = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        return cls(indptr, indices.astype(np.int64))
-
-    @classmethod
-    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> CSR:
-        """Build from parallel ``(nnz,)`` arrays of row and column indices (any order)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        counts = np.bincount(rows, minlength=n_rows)
-        if len(counts) > n_rows:
-            raise ValueError(f"row index {rows.max()} out of range for n_rows={n_rows}")
-        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(indptr, cols[order])
-
-    def slice_rows(self, start: int, stop: int) -> CSR:
-        """Rows ``start:stop`` as a new CSR (indptr re-based to 0)."""
-        ptr = self.indptr[start : stop + 1]
-        return CSR(ptr - ptr[0], self.indices[ptr[0] : ptr[-1]])
+    arrays = [np.asarray(r, dtype=np.int64).ravel() for r in rows]
+    lengths = np.array([len(r) for r in arrays], dtype=np.int64)
+    cols = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    return csr_from_pairs(np.repeat(np.arange(len(arrays)), lengths), cols, len(arrays), n_cols)
 
 
-ExcludeSpec = CSR | tuple[np.ndarray, np.ndarray] | np.ndarray | torch.Tensor | None
+def as_csr(x: Sparse | sp.sparray | sp.spmatrix) -> sp.csr_array | sp.csr_matrix:
+    """``x`` in CSR layout (a CSR array or matrix is returned as it is).
+
+    Raises:
+        TypeError: ``x`` is not a scipy sparse array or matrix.
+    """
+    if isinstance(x, sp.csr_array | sp.csr_matrix):
+        return x
+    if sp.issparse(x):
+        return x.tocsr()
+    raise TypeError(f"expected a scipy.sparse CSR array of item lists, got {type(x).__name__}")
 
 
-def _as_csr(x: CSR | tuple[np.ndarray, np.ndarray]) -> CSR:
-    indptr, indices = x
-    return CSR(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64))
+def _ptr_idx(x: Sparse) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, indices)`` of a CSR as int64 arrays."""
+    return x.indptr.astype(np.int64, copy=False), x.indices.astype(np.int64, copy=False)
+
+
+ExcludeSpec = Sparse | np.ndarray | torch.Tensor | None
 
 
 def _rows_mask(
@@ -140,11 +160,12 @@ def _rows_mask(
         if tuple(spec.shape) != (n_rows, n_items):
             raise ValueError(f"mask must have shape {(n_rows, n_items)}, got {tuple(spec.shape)}")
         return torch.as_tensor(spec[start:stop], device=device).to(torch.bool)
-    csr = _as_csr(spec)
-    if csr.n_rows != n_rows:
-        raise ValueError(f"CSR has {csr.n_rows} rows, scores have {n_rows}")
-    ptr = csr.indptr[start : stop + 1]
-    cols = csr.indices[ptr[0] : ptr[-1]]
+    csr = as_csr(spec)
+    if csr.shape[0] != n_rows:
+        raise ValueError(f"CSR has {csr.shape[0]} rows, scores have {n_rows}")
+    indptr, indices = _ptr_idx(csr)
+    ptr = indptr[start : stop + 1]
+    cols = indices[ptr[0] : ptr[-1]]
     if len(cols) and (cols.min() < 0 or cols.max() >= n_items):
         raise ValueError(f"CSR item index out of range [0, {n_items})")
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(ptr))
@@ -432,7 +453,7 @@ def rank_of_targets(
         scores: ``(U, I)`` scores, numpy or torch (any device); higher is better. No NaN.
         targets: ``(U,)`` item index of each user's held-out target.
         exclude: items to leave out of each user's ranking (e.g. training items): a
-            ``(U, I)`` boolean mask or a :class:`CSR` / ``(indptr, indices)`` pair.
+            ``(U, I)`` boolean mask or a scipy CSR array (one row per user).
         chunk_size: users per chunk (bounds memory at a few ``(chunk_size, I)`` arrays).
 
     Returns:
@@ -573,7 +594,7 @@ def _chunk_ranking(
     best_pos = ((s >= rel_s[:, :1]) & other).sum(dim=1)  # (C,) full position of best relevant
     has = n_rel > 0
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=dev)
-    out = {"MRR": torch.where(has, 1.0 / (best_pos.double() + 1.0), nan)}
+    out = {"mrr": torch.where(has, 1.0 / (best_pos.double() + 1.0), nan)}
 
     disc = 1.0 / torch.log2(pos.double() + 2.0)  # (C, M)
     ideal = torch.cumsum(1.0 / torch.log2(torch.arange(max(ks), device=dev).double() + 2.0), 0)
@@ -583,16 +604,16 @@ def _chunk_ranking(
         hits = in_k.sum(dim=1).double()
         dcg = (disc * in_k).sum(dim=1)
         idcg = ideal[(torch.clamp(n_rel, max=k) - 1).clamp(min=0)]
-        out[f"HR@{k}"] = torch.where(has, (hits > 0).double(), nan)
-        out[f"Recall@{k}"] = torch.where(has, hits / n_rel_f.clamp(min=1), nan)
-        out[f"NDCG@{k}"] = torch.where(has, dcg / idcg, nan)
-        out[f"Precision@{k}"] = torch.where(has, hits / k, nan)
+        out[f"hr@{k}"] = torch.where(has, (hits > 0).double(), nan)
+        out[f"recall@{k}"] = torch.where(has, hits / n_rel_f.clamp(min=1), nan)
+        out[f"ndcg@{k}"] = torch.where(has, dcg / idcg, nan)
+        out[f"precision@{k}"] = torch.where(has, hits / k, nan)
     return out
 
 
 def ranking_metrics(
     scores: Scores,
-    relevant: CSR | tuple[np.ndarray, np.ndarray],
+    relevant: Sparse,
     exclude: ExcludeSpec = None,
     ks: Sequence[int] = (10, 20),
     chunk_size: int = 1024,
@@ -603,14 +624,14 @@ def ranking_metrics(
     For each user the non-excluded items are sorted by score (ties pessimistic, see
     :func:`_chunk_ranking`); relevant items are always ranked, even if also excluded. Then:
 
-    * ``HR@k``: 1 if any relevant item is in the top k.
-    * ``Recall@k``: relevant items in the top k / number of relevant items.
-    * ``NDCG@k``: ``DCG@k / IDCG@k`` with binary gains, ``DCG = sum 1/log2(pos + 2)`` over
+    * ``hr@k``: 1 if any relevant item is in the top k.
+    * ``recall@k``: relevant items in the top k / number of relevant items.
+    * ``ndcg@k``: ``DCG@k / IDCG@k`` with binary gains, ``DCG = sum 1/log2(pos + 2)`` over
       relevant items at 0-based positions ``pos < k`` and ``IDCG`` the DCG of the
       ``min(n_relevant, k)`` relevant items placed first.
-    * ``Precision@k``: relevant items in the top k / k (always over ``k``, also when a user
+    * ``precision@k``: relevant items in the top k / k (always over ``k``, also when a user
       has fewer than ``k`` relevant items or the catalog fewer than ``k`` items, as RecBole).
-    * ``MRR``: ``1 / (pos + 1)`` of the best-placed relevant item (uncut).
+    * ``mrr``: ``1 / (pos + 1)`` of the best-placed relevant item (uncut).
 
     With one relevant item per user these equal :func:`hit_rate_at_k`, :func:`ndcg_at_k` and
     :func:`mrr` on :func:`rank_of_targets`. Users with no relevant item are left out of the
@@ -618,20 +639,20 @@ def ranking_metrics(
 
     Args:
         scores: ``(U, I)`` scores, numpy or torch (any device; a GPU tensor stays there).
-        relevant: :class:`CSR` with the held-out relevant items of each of the ``U`` users.
+        relevant: scipy CSR ``(U, >= I)`` with the held-out relevant items of each user.
         exclude: items to drop from each user's ranking: ``(U, I)`` bool mask or CSR.
         ks: cut-offs.
         chunk_size: users per chunk (memory is a few ``(chunk_size, I)`` arrays).
         per_user: return ``(U,)`` float64 arrays instead of means.
 
     Returns:
-        ``{"HR@k", "Recall@k", "NDCG@k", "Precision@k" for each k, "MRR"}`` -> mean over
+        ``{"hr@k", "recall@k", "ndcg@k", "precision@k" for each k, "mrr"}`` -> mean over
         users with at least one relevant item (NaN if none), or per-user arrays.
 
     Example:
         >>> scores = np.array([[0.9, 0.8, 0.7, 0.1]])
-        >>> m = ranking_metrics(scores, CSR.from_lists([[2, 3]]), CSR.from_lists([[0]]), ks=(2,))
-        >>> m["Recall@2"], m["HR@2"], m["MRR"]  # ranking is 1, 2, 3 -> item 2 second
+        >>> m = ranking_metrics(scores, csr_from_lists([[2, 3]]), csr_from_lists([[0]]), ks=(2,))
+        >>> m["recall@2"], m["hr@2"], m["mrr"]  # ranking is 1, 2, 3 -> item 2 second
         (0.5, 1.0, 0.5)
     """
     ks = tuple(int(k) for k in ks)
@@ -639,9 +660,9 @@ def ranking_metrics(
         raise ValueError(f"ks must be positive cut-offs, got {ks}")
     s_all = _as_scores(scores)
     n_users, n_items = s_all.shape
-    rel_csr = _as_csr(relevant)
-    if rel_csr.n_rows != n_users:
-        raise ValueError(f"relevant has {rel_csr.n_rows} rows, scores have {n_users}")
+    rel_csr = as_csr(relevant)
+    if rel_csr.shape[0] != n_users:
+        raise ValueError(f"relevant has {rel_csr.shape[0]} rows, scores have {n_users}")
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n_users, chunk_size):
         stop = min(start + chunk_size, n_users)
@@ -652,20 +673,52 @@ def ranking_metrics(
         exc = _rows_mask(exclude, start, stop, n_users, n_items, s.device)
         for name, v in _chunk_ranking(s, rel, exc, ks).items():
             parts.setdefault(name, []).append(v)
-    names = [f"{m}@{k}" for m in ("HR", "Recall", "NDCG", "Precision") for k in ks] + ["MRR"]
+    names = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "precision") for k in ks] + ["mrr"]
     per = {
         n: (torch.cat(parts[n]).cpu().numpy() if parts else np.zeros(0, dtype=np.float64))
         for n in names
     }
     if per_user:
         return per
-    has = ~np.isnan(per["MRR"])
+    has = ~np.isnan(per["mrr"])
     return {n: (float(v[has].mean()) if has.any() else float("nan")) for n, v in per.items()}
+
+
+def top_k_items(
+    scores: Scores, k: int, exclude: ExcludeSpec = None, chunk_size: int = 1024
+) -> np.ndarray:
+    """Each user's ``k`` best items that are not excluded, best first (the list a user sees).
+
+    Args:
+        scores: ``(U, I)`` scores, numpy or torch; higher is better.
+        k: list length (cut to ``I``).
+        exclude: items left out of each user's list: ``(U, I)`` bool mask or scipy CSR.
+        chunk_size: users per chunk.
+
+    Returns:
+        ``(U, k)`` int64 item positions; ``-1`` where a user has fewer than ``k`` items left.
+
+    Example:
+        >>> top_k_items(np.array([[0.1, 0.9, 0.5]]), 2, csr_from_lists([[1]])).tolist()
+        [[2, 0]]
+    """
+    s_all = _as_scores(scores)
+    n_users, n_items = s_all.shape
+    k = min(int(k), n_items)
+    out = []
+    for start in range(0, n_users, chunk_size):
+        stop = min(start + chunk_size, n_users)
+        s = s_all[start:stop].to(torch.float64)
+        exc = _rows_mask(exclude, start, stop, n_users, n_items, s.device)
+        top = s.masked_fill(exc, float("-inf")).topk(k, dim=1)
+        idx = torch.where(torch.isfinite(top.values) | ~exc.gather(1, top.indices), top.indices, -1)
+        out.append(idx.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
 def recall_at_k(
     scores: Scores,
-    relevant: CSR | tuple[np.ndarray, np.ndarray],
+    relevant: Sparse,
     k: int,
     exclude: ExcludeSpec = None,
     chunk_size: int = 1024,
@@ -677,14 +730,14 @@ def recall_at_k(
 
     Args:
         scores: ``(U, I)`` scores.
-        relevant: :class:`CSR` of relevant items per user.
+        relevant: scipy CSR of relevant items per user.
         k: cut-off.
         exclude: items to drop from each user's ranking: ``(U, I)`` bool mask or CSR.
         chunk_size: users per chunk.
 
     Example:
-        >>> recall_at_k(np.array([[0.1, 0.9, 0.5]]), CSR.from_lists([[0, 1]]), k=2)
+        >>> recall_at_k(np.array([[0.1, 0.9, 0.5]]), csr_from_lists([[0, 1]]), k=2)
         0.5
     """
     m = ranking_metrics(scores, relevant, exclude, ks=(k,), chunk_size=chunk_size)
-    return float(m[f"Recall@{k}"])
+    return float(m[f"recall@{k}"])

@@ -45,7 +45,7 @@ Example:
     >>> import numpy as np
     >>> scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
     >>> fn = lambda u, i: scores[u] if i is None else scores[u][:, i]
-    >>> r = full_ranking(fn, 2, 3, CSR.from_lists([[2], [1]]), CSR.from_lists([[0], []]), ks=(1,))
+    >>> r = full_ranking(fn, 2, 3, csr_from_lists([[2], [1]]), csr_from_lists([[0], []]), ks=(1,))
     >>> r.metrics["hr@1"], r.metrics["users"]
     (1.0, 2)
 """
@@ -54,33 +54,50 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import polars as pl
+import scipy.sparse as sp
 import torch
 
-from shoprec.evaluate.metrics import CSR, auc, gauc, logloss, ranking_metrics, sampled_ranks
+from shoprec.evaluate.metrics import (
+    Sparse,
+    as_csr,
+    auc,
+    csr_from_lists,  # noqa: F401 (the doctests use it)
+    csr_from_pairs,
+    gauc,
+    logloss,
+    ranking_metrics,
+    sampled_ranks,
+    top_k_items,
+)
 
 __all__ = [
     "RankingResult",
     "ScoreFn",
     "bootstrap_ci",
     "evaluate_slices",
+    "evaluated_users",
     "full_ranking",
+    "item_lists",
     "item_slices",
     "pointwise",
     "restrict",
     "sample_negatives",
     "sampled_ranking",
+    "take_rows",
+    "top_k_lists",
     "union",
 ]
 
 ScoreFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 """``score_fn(users (U,), items (C,) | None) -> (U, C)`` scores, higher is better."""
 
-ExcludeArg = CSR | tuple[np.ndarray, np.ndarray] | np.ndarray | None
+ExcludeArg = Sparse | np.ndarray | None
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,12 +118,16 @@ class RankingResult:
         ci: ``metric -> (low, high)`` bootstrap interval, filled by :meth:`with_ci`.
         protocol: a short description of how the numbers were made (e.g. ``"full"``,
             ``"sampled: 99 uniform negatives"``).
+        top_items: ``(U, K)`` each user's top-K items (excluded ones left out, ``-1`` pads),
+            when the protocol was asked for them (``full_ranking(..., top_k=K)``); what the
+            exposure measures of :mod:`shoprec.evaluate.fairness` read.
     """
 
     metrics: dict[str, float]
     per_user: dict[str, np.ndarray]
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     protocol: str = ""
+    top_items: np.ndarray | None = None
 
     @classmethod
     def from_per_user(cls, per_user: Mapping[str, np.ndarray], protocol: str = "") -> RankingResult:
@@ -192,14 +213,18 @@ class RankingResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _csr(x: CSR | tuple[np.ndarray, np.ndarray]) -> CSR:
-    indptr, indices = x
-    return CSR(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64))
+def _csr(x: Sparse) -> Sparse:
+    return as_csr(x)
 
 
-def _row_ids(csr: CSR) -> np.ndarray:
+def _row_ids(csr: Sparse) -> np.ndarray:
     """``(nnz,)`` row index of every stored entry."""
-    return np.repeat(np.arange(csr.n_rows, dtype=np.int64), np.diff(csr.indptr))
+    return np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+
+
+def _indices(csr: Sparse) -> np.ndarray:
+    """``(nnz,)`` int64 column index of every stored entry."""
+    return csr.indices.astype(np.int64, copy=False)
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
@@ -208,7 +233,7 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
     return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
 
 
-def restrict(relevant: CSR | tuple[np.ndarray, np.ndarray], keep_item: np.ndarray) -> CSR:
+def restrict(relevant: Sparse, keep_item: np.ndarray) -> sp.csr_array:
     """Keep only the items with ``keep_item[item]`` in every row (e.g. the cold items).
 
     Rows keep their order and count; a row can become empty (that user then drops out of
@@ -222,40 +247,47 @@ def restrict(relevant: CSR | tuple[np.ndarray, np.ndarray], keep_item: np.ndarra
         The restricted CSR.
 
     Example:
-        >>> restrict(CSR.from_lists([[0, 2], [1]]), np.array([True, False, True])).indptr
-        array([0, 2, 2])
+        >>> restrict(csr_from_lists([[0, 2], [1]]), np.array([True, False, True])).indptr.tolist()
+        [0, 2, 2]
     """
     rel = _csr(relevant)
     keep_item = np.asarray(keep_item, dtype=bool)
-    keep = keep_item[rel.indices]
-    counts = np.bincount(_row_ids(rel)[keep], minlength=rel.n_rows)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return CSR(indptr, rel.indices[keep])
+    cols = _indices(rel)
+    keep = keep_item[cols]
+    return csr_from_pairs(_row_ids(rel)[keep], cols[keep], rel.shape[0], rel.shape[1])
 
 
-def union(a: CSR | tuple[np.ndarray, np.ndarray], b: CSR | tuple[np.ndarray, np.ndarray]) -> CSR:
+def union(a: Sparse, b: Sparse) -> sp.csr_array:
     """Row-wise union of two CSRs with the same rows; each row sorted, without duplicates.
 
     Example:
-        >>> union(CSR.from_lists([[3, 1], []]), CSR.from_lists([[1], [0]])).indices.tolist()
+        >>> union(csr_from_lists([[3, 1], []]), csr_from_lists([[1], [0]])).indices.tolist()
         [1, 3, 0]
     """
     a, b = _csr(a), _csr(b)
-    if a.n_rows != b.n_rows:
-        raise ValueError(f"rows differ: {a.n_rows} vs {b.n_rows}")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"rows differ: {a.shape[0]} vs {b.shape[0]}")
     rows = np.concatenate([_row_ids(a), _row_ids(b)])
-    cols = np.concatenate([a.indices, b.indices])
-    width = int(cols.max()) + 1 if len(cols) else 1
-    keys = _sorted_unique(rows * width + cols)  # sorted by row, then item
-    return CSR.from_pairs(keys // width, keys % width, a.n_rows)
+    cols = np.concatenate([_indices(a), _indices(b)])
+    return csr_from_pairs(rows, cols, a.shape[0], max(a.shape[1], b.shape[1]))
 
 
-def _exclude_rows(exclude: ExcludeArg, start: int, stop: int) -> CSR | np.ndarray | None:
+def take_rows(x: Sparse, rows: np.ndarray) -> sp.csr_array:
+    """Rows ``rows`` (an int index array, any order, repeats allowed) of a CSR, as a new one.
+
+    Example:
+        >>> take_rows(csr_from_lists([[0], [1, 2]]), np.array([1, 1])).indices.tolist()
+        [1, 2, 1, 2]
+    """
+    return sp.csr_array(_csr(x)[np.asarray(rows, dtype=np.int64)])
+
+
+def _exclude_rows(exclude: ExcludeArg, start: int, stop: int) -> Sparse | np.ndarray | None:
     if exclude is None:
         return None
     if isinstance(exclude, np.ndarray):
         return exclude[start:stop]
-    return _csr(exclude).slice_rows(start, stop)
+    return _csr(exclude)[start:stop]
 
 
 def _check_scores(s: object, n_rows: int, n_cols: int) -> torch.Tensor:
@@ -274,10 +306,11 @@ def full_ranking(
     score_fn: ScoreFn,
     n_users: int,
     n_items: int,
-    relevant: CSR | tuple[np.ndarray, np.ndarray],
+    relevant: Sparse,
     exclude: ExcludeArg = None,
     ks: Sequence[int] = (10, 20),
     chunk_size: int = 1024,
+    top_k: int = 0,
 ) -> RankingResult:
     """Rank every user's relevant items against the whole catalog (RecBole's full sort).
 
@@ -294,6 +327,8 @@ def full_ranking(
             ``(n_users, n_items)`` bool mask, or None.
         ks: cut-offs.
         chunk_size: users scored at a time.
+        top_k: also keep every user's top ``top_k`` items (:attr:`RankingResult.top_items`)
+            from the same scores (0: no lists).
 
     Returns:
         :class:`RankingResult` with ``hr@k``, ``recall@k``, ``ndcg@k``, ``precision@k`` for
@@ -301,34 +336,65 @@ def full_ranking(
 
     Example:
         >>> s = np.array([[0.1, 0.9, 0.5]])
-        >>> full_ranking(lambda u, i: s[u], 1, 3, CSR.from_lists([[2]]), ks=(1,)).metrics["mrr"]
+        >>> full_ranking(lambda u, i: s[u], 1, 3, csr_from_lists([[2]]), ks=(1,)).metrics["mrr"]
         0.5
     """
     rel = _csr(relevant)
-    if rel.n_rows != n_users:
-        raise ValueError(f"relevant has {rel.n_rows} rows, expected n_users={n_users}")
+    if rel.shape[0] != n_users:
+        raise ValueError(f"relevant has {rel.shape[0]} rows, expected n_users={n_users}")
     if isinstance(exclude, np.ndarray) and exclude.shape != (n_users, n_items):
         raise ValueError(f"exclude mask must be {(n_users, n_items)}, got {exclude.shape}")
     parts: dict[str, list[np.ndarray]] = {}
+    tops: list[np.ndarray] = []
     for start in range(0, n_users, chunk_size):
         stop = min(start + chunk_size, n_users)
         users = np.arange(start, stop, dtype=np.int64)
         scores = _check_scores(score_fn(users, None), stop - start, n_items)
+        exc = _exclude_rows(exclude, start, stop)
         per = ranking_metrics(
-            scores,
-            rel.slice_rows(start, stop),
-            _exclude_rows(exclude, start, stop),
-            ks=ks,
-            chunk_size=stop - start,
-            per_user=True,
+            scores, rel[start:stop], exc, ks=ks, chunk_size=stop - start, per_user=True
         )
         for name, values in per.items():
-            parts.setdefault(name.lower(), []).append(np.asarray(values, dtype=np.float64))
+            parts.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
+        if top_k > 0:
+            tops.append(top_k_items(scores, top_k, exc, chunk_size=stop - start))
     if not parts:  # no users: keys still present
         names = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "precision") for k in ks]
         parts = {n: [np.zeros(0)] for n in [*names, "mrr"]}
     per_user = {name: np.concatenate(v) for name, v in parts.items()}
-    return RankingResult.from_per_user(per_user, protocol="full")
+    result = RankingResult.from_per_user(per_user, protocol="full")
+    if top_k > 0:
+        width = min(top_k, n_items)
+        result.top_items = np.concatenate(tops) if tops else np.zeros((0, width), np.int64)
+    return result
+
+
+def top_k_lists(
+    score_fn: ScoreFn,
+    n_users: int,
+    n_items: int,
+    k: int,
+    exclude: ExcludeArg = None,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """Every user's top ``k`` items over the whole catalog, excluded items left out.
+
+    The lists a full ranking looks at (for exposure and coverage when the accuracy protocol
+    is a sampled one); ``full_ranking(..., top_k=k)`` gives the same lists without scoring
+    twice.
+
+    Returns:
+        ``(n_users, k)`` int64 item positions, best first (``-1`` pads).
+    """
+    tops = []
+    for start in range(0, n_users, chunk_size):
+        stop = min(start + chunk_size, n_users)
+        users = np.arange(start, stop, dtype=np.int64)
+        scores = _check_scores(score_fn(users, None), stop - start, n_items)
+        tops.append(
+            top_k_items(scores, k, _exclude_rows(exclude, start, stop), chunk_size=stop - start)
+        )
+    return np.concatenate(tops) if tops else np.zeros((0, min(k, n_items)), np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,10 +403,10 @@ def full_ranking(
 
 
 def sample_negatives(
-    relevant: CSR | tuple[np.ndarray, np.ndarray],
+    relevant: Sparse,
     n_items: int,
     n_negatives: int = 99,
-    exclude: CSR | tuple[np.ndarray, np.ndarray] | None = None,
+    exclude: Sparse | None = None,
     sampling: Literal["uniform", "popularity"] = "uniform",
     popularity: np.ndarray | None = None,
     seed: int = 0,
@@ -379,7 +445,7 @@ def sample_negatives(
         ValueError: if some user has fewer than ``n_negatives`` items left to draw from.
 
     Example:
-        >>> sorted(sample_negatives(CSR.from_lists([[0]]), 4, 3)[0].tolist())  # all the rest
+        >>> sorted(sample_negatives(csr_from_lists([[0]]), 4, 3)[0].tolist())  # all the rest
         [1, 2, 3]
     """
     rel = _csr(relevant)
@@ -395,10 +461,10 @@ def sample_negatives(
         raise ValueError(f"sampling must be 'uniform' or 'popularity', got {sampling!r}")
 
     forbidden = rel if exclude is None else union(rel, exclude)
-    f_keys = _sorted_unique(_row_ids(forbidden) * n_items + forbidden.indices)  # (user, item)
+    f_keys = _sorted_unique(_row_ids(forbidden) * n_items + _indices(forbidden))  # (user, item)
     # Feasibility: drawable items (weight > 0) minus the user's forbidden drawable ones.
     f_user, f_item = f_keys // n_items, f_keys % n_items
-    blocked = np.bincount(f_user[weights[f_item] > 0], minlength=rel.n_rows)
+    blocked = np.bincount(f_user[weights[f_item] > 0], minlength=rel.shape[0])
     room = int((weights > 0).sum()) - blocked
     pair_user = _row_ids(rel)  # (P,)
     n_pairs = len(pair_user)
@@ -461,8 +527,8 @@ def sampled_ranking(
     score_fn: ScoreFn,
     n_users: int,
     n_items: int,
-    relevant: CSR | tuple[np.ndarray, np.ndarray],
-    exclude: CSR | tuple[np.ndarray, np.ndarray] | None = None,
+    relevant: Sparse,
+    exclude: Sparse | None = None,
     n_negatives: int = 99,
     sampling: Literal["uniform", "popularity"] = "uniform",
     popularity: np.ndarray | None = None,
@@ -496,18 +562,19 @@ def sampled_ranking(
         :class:`RankingResult` with ``hr@k``, ``ndcg@k`` for each k, ``mrr`` and ``users``.
     """
     rel = _csr(relevant)
-    if rel.n_rows != n_users:
-        raise ValueError(f"relevant has {rel.n_rows} rows, expected n_users={n_users}")
+    if rel.shape[0] != n_users:
+        raise ValueError(f"relevant has {rel.shape[0]} rows, expected n_users={n_users}")
     ks = tuple(int(k) for k in ks)
     neg = sample_negatives(rel, n_items, n_negatives, exclude, sampling, popularity, seed)
-    ranks = np.zeros(len(rel.indices), dtype=np.int64)
+    rel_items = _indices(rel)
+    ranks = np.zeros(len(rel_items), dtype=np.int64)
     for start in range(0, n_users, chunk_size):
         stop = min(start + chunk_size, n_users)
         p0, p1 = int(rel.indptr[start]), int(rel.indptr[stop])
         if p0 == p1:
             continue  # nobody in this chunk has a positive: nothing to score
         users = np.arange(start, stop, dtype=np.int64)
-        pos_items, neg_items = rel.indices[p0:p1], neg[p0:p1]  # (P,), (P, N)
+        pos_items, neg_items = rel_items[p0:p1], neg[p0:p1]  # (P,), (P, N)
         row = np.repeat(np.arange(stop - start), np.diff(rel.indptr[start : stop + 1]))
         needed = np.unique(np.concatenate([pos_items, neg_items.ravel()]))
         if 2 * len(needed) < n_items:
@@ -614,9 +681,9 @@ def evaluate_slices(
 
 
 def item_slices(
-    evaluate: Callable[[CSR, CSR | None], RankingResult],
-    relevant: CSR | tuple[np.ndarray, np.ndarray],
-    exclude: CSR | tuple[np.ndarray, np.ndarray] | None,
+    evaluate: Callable[[Sparse, Sparse | None], RankingResult],
+    relevant: Sparse,
+    exclude: Sparse | None,
     keep_items: Mapping[str, np.ndarray],
     exclude_dropped: bool = True,
 ) -> dict[str, RankingResult]:
@@ -649,6 +716,64 @@ def item_slices(
             exc = dropped if exclude is None else union(exclude, dropped)
         out[name] = evaluate(kept, None if exc is None else _csr(exc))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# From event frames to item lists
+# --------------------------------------------------------------------------------------------
+
+
+def evaluated_users(
+    events: pl.DataFrame, behavior: str, known: Collection[str] | pl.Series | None = None
+) -> list[str]:
+    """Sorted users with at least one ``behavior`` event, kept to ``known`` ones if given.
+
+    Args:
+        events: a frame with ``user`` and ``behavior`` columns (e.g. the test period).
+        behavior: the behavior that makes a user count, e.g. ``"buy"``.
+        known: users the model has seen (e.g. the training users); others are left out.
+
+    Returns:
+        The users, sorted, as strings.
+    """
+    users = events.filter(pl.col("behavior") == behavior).select(pl.col("user").cast(pl.String))
+    if known is not None:
+        known_frame = pl.DataFrame({"user": pl.Series(list(known)).cast(pl.String)})
+        users = users.join(known_frame, on="user", how="semi")
+    return sorted(users["user"].unique().to_list())
+
+
+def item_lists(
+    events: pl.DataFrame,
+    users: Sequence[str],
+    items: Sequence[str] | pl.Series,
+    behavior: str | None = None,
+) -> sp.csr_array:
+    """Each user's distinct items with ``behavior`` (any behavior if None), as CSR rows.
+
+    Rows follow ``users``; columns are positions in ``items`` (e.g. the columns of a score
+    matrix). Items not in ``items`` are dropped; users with no such event get an empty row.
+    With a relevant and an exclusion list, a full ranking is three calls::
+
+        users = evaluated_users(test_events, "buy", known=train_users)
+        relevant = item_lists(test_events, users, items, "buy")
+        ranking_metrics(scores, relevant, item_lists(train_events, users, items, "buy"))
+
+    Example:
+        >>> ev = pl.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "x"],
+        ...                    "behavior": ["buy", "view", "buy"]})
+        >>> item_lists(ev, ["b", "a"], ["x", "y"], "buy").indices.tolist()
+        [0, 0]
+    """
+    if behavior is not None:
+        events = events.filter(pl.col("behavior") == behavior)
+    pairs = (
+        events.select(pl.col("user").cast(pl.String), pl.col("item").cast(pl.String))
+        .unique()
+        .join(pl.DataFrame({"user": list(users), "row": np.arange(len(users))}), on="user")
+        .join(pl.DataFrame({"item": list(items), "col": np.arange(len(items))}), on="item")
+    )
+    return csr_from_pairs(pairs["row"].to_numpy(), pairs["col"].to_numpy(), len(users), len(items))
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ searchable). Every part of a :class:`Report` is optional and rendered only when 
   best epoch marked),
 * per-task calibration (reliability diagrams with the diagonal and the ECE),
 * coverage and popularity bias of recommended lists vs k (ours vs a popularity baseline),
+* exposure by item-popularity decile and by catalog group (coverage@k and the Gini index in
+  the metrics table; :mod:`shoprec.evaluate.fairness`),
 * a trials table (hyper-parameter search) and free notes.
 
 Example:
@@ -52,7 +54,7 @@ __all__ = [
 Cell = float | int | tuple[float, float, float]
 """A table or slice value: a number, or ``(value, low, high)`` with a confidence interval."""
 
-_LOWER_IS_BETTER = ("loss", "rmse", "mae", "ece", "rank", "error")
+_LOWER_IS_BETTER = ("loss", "rmse", "mae", "ece", "rank", "error", "gini")
 _MAX_CURVE_PANELS = 9
 _SLICE_FAMILIES = ("ndcg", "hr", "recall", "auc", "gauc", "mrr", "precision")
 
@@ -79,6 +81,9 @@ class Report:
             per user), e.g. ``{"ours": ..., "popularity": ...}``.
         popularity: ``(I,)`` item popularity (e.g. training events), needed with
             ``recommendations``; its length is the catalog size.
+        exposure: ``name -> summary`` from :func:`shoprec.evaluate.fairness.exposure_summary`
+            (e.g. ours, the served list, popularity): plotted as the share of exposure by
+            popularity decile (beside the share of training events) and by catalog group.
         trials: hyper-parameter search results, one dict per trial.
         trials_metric: the trials column to rank by (best row highlighted).
         notes: free text, one string per paragraph (escaped).
@@ -95,6 +100,7 @@ class Report:
     calibration: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
     recommendations: Mapping[str, np.ndarray | Sequence[np.ndarray]] | None = None
     popularity: np.ndarray | None = None
+    exposure: Mapping[str, Mapping[str, object]] | None = None
     trials: Sequence[Mapping[str, object]] | None = None
     trials_metric: str | None = None
     notes: str | Sequence[str] = field(default_factory=tuple)
@@ -139,8 +145,12 @@ class Report:
                 bool(self.history),
                 bool(self.calibration),
                 bool(self.recommendations),
+                bool(self._exposure()),
             ]
         )
+
+    def _exposure(self) -> dict[str, Mapping[str, object]]:
+        return {n: e for n, e in (self.exposure or {}).items() if e.get("by_popularity_decile")}
 
     def _slice_metric_names(self) -> list[str]:
         if not self.slices:
@@ -471,6 +481,46 @@ def _plot_coverage(report: Report) -> Figure:
     return fig
 
 
+def _plot_exposure(report: Report) -> Figure:
+    exposure = report._exposure()
+    first = next(iter(exposure.values()))
+    by_group = {n: e["by_group"] for n, e in exposure.items() if e.get("by_group")}
+    fig = _figure(2 if by_group else 1, ncols=2, panel=(5.2, 3.4))
+    ax = fig.axes[0]
+    deciles = np.arange(1, 11)
+    width = 0.8 / max(len(exposure), 1)
+    for j, (name, e) in enumerate(exposure.items()):
+        shares = np.asarray(e["by_popularity_decile"]["exposure"], dtype=np.float64)  # type: ignore[index]
+        ax.bar(deciles - 0.4 + width * (j + 0.5), shares, width, color=f"C{j}", label=name)
+    events = np.asarray(first["by_popularity_decile"]["events"], dtype=np.float64)  # type: ignore[index]
+    ax.plot(deciles, events, "k--", marker="o", ms=3, lw=1, label="training events")
+    ax.set_xticks(deciles)
+    ax.set_xlabel("item popularity decile (1 = least sold, 10 = best-sellers)")
+    ax.set_ylabel(f"share of top-{first.get('k')} exposure")
+    ax.set_title("exposure by popularity decile")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left")
+    if by_group:
+        axg = fig.axes[1]
+        name0, g0 = next(iter(by_group.items()))
+        names = [n for n in g0["groups"] if n != "other"][:10]  # type: ignore[index]
+        y = np.arange(len(names))[::-1]
+        height = 0.8 / (len(by_group) + 1)
+        for j, (name, g) in enumerate(by_group.items()):
+            vals = [g["groups"].get(n, {}).get("exposure", 0.0) for n in names]  # type: ignore[index,union-attr]
+            axg.barh(y + 0.4 - height * (j + 0.5), vals, height, color=f"C{j}", label=name)
+        items = [g0["groups"][n]["items"] for n in names]  # type: ignore[index]
+        axg.barh(
+            y + 0.4 - height * (len(by_group) + 0.5), items, height, color="0.7", label="catalog"
+        )
+        axg.set_yticks(y, [str(n)[:24] for n in names])
+        axg.set_xlabel(f"share of top-{first.get('k')} exposure")
+        axg.set_title(f"exposure by {g0.get('column')} (most exposed, {name0})")  # type: ignore[union-attr]
+        axg.legend(loc="lower right")
+        axg.grid(axis="y", visible=False)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # HTML
 # --------------------------------------------------------------------------------------------
@@ -644,6 +694,19 @@ def render_html(report: Report) -> str:
                     "Catalog coverage@k of the recommended lists and the mean popularity "
                     "percentile of the recommended items (100 = the best-sellers).",
                     "coverage and popularity bias",
+                )
+            )
+        if report._exposure():
+            sections.append(
+                "<h2>Exposure and fairness</h2>"
+                + figure(
+                    _plot_exposure,
+                    "Share of the top-k slots that goes to each tenth of the catalog by "
+                    "training popularity (dashed: the share of training events those items "
+                    "hold), and to the most exposed catalog groups beside their share of the "
+                    "catalog. Coverage@k and the Gini index of exposure are in the metrics "
+                    "table.",
+                    "exposure by popularity decile",
                 )
             )
         if report.trials:

@@ -73,7 +73,7 @@ from torch import Tensor
 
 from shoprec.data.batches import TensorData
 from shoprec.data.encode import IdMap
-from shoprec.evaluate.metrics import CSR
+from shoprec.evaluate.metrics import Sparse, csr_from_pairs
 from shoprec.evaluate.protocols import full_ranking, sampled_ranking
 from shoprec.models.content import (
     ContentConfig,
@@ -702,8 +702,8 @@ class _Validation:
     """Validation users, their target items and where their negatives come from."""
 
     users: np.ndarray  # (V,) user model indices
-    relevant: CSR  # per user, target positions (pool indices when `full`)
-    exclude: CSR  # per user, items never ranked as negatives (the user's own events)
+    relevant: Sparse  # per user, target positions (pool indices when `full`)
+    exclude: Sparse  # per user, items never ranked as negatives (the user's own events)
     pool: np.ndarray  # (P,) candidate positions
     full: bool  # rank against the whole pool instead of sampled negatives
     n_negatives: int = 99  # sampled negatives per target (when not `full`)
@@ -899,14 +899,14 @@ class ContentRecipe(Recipe):
         if full:  # columns are pool indices
             pool_index = np.full(n_items, -1)
             pool_index[pool] = np.arange(len(pool))
-            relevant = CSR.from_pairs(row, pool_index[items], len(user_list))
+            relevant = csr_from_pairs(row, pool_index[items], len(user_list), len(pool))
             inside = pool_index[seen_items] >= 0
-            exclude = CSR.from_pairs(
-                seen_row[inside], pool_index[seen_items[inside]], len(user_list)
+            exclude = csr_from_pairs(
+                seen_row[inside], pool_index[seen_items[inside]], len(user_list), len(pool)
             )
             return _Validation(user_list, relevant, exclude, pool, True)
-        relevant = CSR.from_pairs(row, items, len(user_list))
-        exclude = CSR.from_pairs(seen_row, seen_items, len(user_list))
+        relevant = csr_from_pairs(row, items, len(user_list), n_items)
+        exclude = csr_from_pairs(seen_row, seen_items, len(user_list), n_items)
         return _Validation(user_list, relevant, exclude, pool, False, int(n_neg or 99))
 
     def _target_behavior(self) -> str | None:

@@ -281,8 +281,8 @@ class _Holdout:
     the test protocol (:func:`~shoprec.evaluate.metrics.ranking_metrics`)."""
 
     users: np.ndarray  # (U,) user ids
-    relevant: metrics.CSR  # (U rows) held-out columns
-    exclude: metrics.CSR | None  # (U rows) known columns
+    relevant: metrics.Sparse  # (U rows) held-out columns
+    exclude: metrics.Sparse | None  # (U rows) known columns
 
     @classmethod
     def of(
@@ -294,10 +294,8 @@ class _Holdout:
         lo, size = index.starts[domain] + 1, index.domain_sizes[domain]
         users = np.unique(held.u)
 
-        def rows(p: Pairs) -> metrics.CSR:
-            m = ItemNeighbours.histories(p.u, p.i - lo, index.n_users + 1, size)[users]
-            m.sort_indices()
-            return metrics.CSR(m.indptr.astype(np.int64), m.indices.astype(np.int64))
+        def rows(p: Pairs) -> metrics.Sparse:
+            return ItemNeighbours.histories(p.u, p.i - lo, index.n_users + 1, size)[users]
 
         exclude = None if repeats else rows(known.of([domain]))
         return cls(users, rows(held), exclude)
@@ -312,17 +310,17 @@ class _Holdout:
         (scored ``chunk`` users at a time)."""
         if len(self) == 0:
             return {"ndcg": float("nan"), "hr": float("nan")}
-        per: dict[str, list[np.ndarray]] = {"NDCG": [], "HR": []}
+        per: dict[str, list[np.ndarray]] = {"ndcg": [], "hr": []}
         for lo in range(0, len(self), chunk):
             hi = min(lo + chunk, len(self))
-            exclude = None if self.exclude is None else self.exclude.slice_rows(lo, hi)
+            exclude = None if self.exclude is None else self.exclude[lo:hi]
             m = metrics.ranking_metrics(
-                score(self.users[lo:hi]), self.relevant.slice_rows(lo, hi), exclude,
+                score(self.users[lo:hi]), self.relevant[lo:hi], exclude,
                 ks=(_K,), per_user=True,
             )  # fmt: skip
             for name in per:
                 per[name].append(np.asarray(m[f"{name}@{_K}"]))
-        ndcg, hr = np.concatenate(per["NDCG"]), np.concatenate(per["HR"])
+        ndcg, hr = np.concatenate(per["ndcg"]), np.concatenate(per["hr"])
         return {"ndcg": float(np.nanmean(ndcg)), "hr": float(np.nanmean(hr))}
 
 

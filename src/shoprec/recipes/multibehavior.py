@@ -67,7 +67,7 @@ Example:
     >>> fit(model, data, config=TrainConfig(epochs=3))  # doctest: +SKIP
     >>> full_ranking_metrics(lambda u: model_scores(model, fit_log, u, cfg), fit_log, users,
     ...                      items, target="buy")  # doctest: +SKIP
-    {'HR@10': ..., 'NDCG@10': ..., ...}
+    {'hr@10': ..., 'ndcg@10': ..., ...}
 
     The same through the front door (``shoprec train configs/tmall_mmoe.yaml``)::
 
@@ -86,6 +86,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
@@ -94,7 +95,7 @@ from shoprec.config import ConfigError
 from shoprec.data.batches import TensorData
 from shoprec.data.encode import OOV, IdMap
 from shoprec.data.schema import Interactions
-from shoprec.evaluate.metrics import CSR, ranking_metrics
+from shoprec.evaluate.metrics import Sparse, ranking_metrics
 from shoprec.models import build_model
 from shoprec.models.features import (
     CategoricalFeature,
@@ -290,11 +291,12 @@ class BehaviorLog:
         pos = np.searchsorted(k, q)
         return (pos < len(k)) & (k[np.minimum(pos, len(k) - 1)] == q) if len(k) else pos < 0
 
-    def csr(self, behavior: str) -> CSR:
-        """The behavior's items per user as a :class:`CSR` over all ``n_users`` rows."""
+    def csr(self, behavior: str) -> sp.csr_array:
+        """The behavior's items per user, ``(n_users, n_items)`` boolean scipy CSR."""
         u, i = self.pairs(behavior)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(u, minlength=self.n_users))])
-        return CSR(indptr.astype(np.int64), i.astype(np.int64))
+        data = np.ones(len(i), dtype=bool)
+        return sp.csr_array((data, i, indptr), shape=(self.n_users, self.n_items))
 
     def item_counts(self, behavior: str) -> np.ndarray:
         """Int64 ``(n_items,)``: how many users did ``behavior`` on each item."""
@@ -638,16 +640,17 @@ def popularity_scores(blog: BehaviorLog, behavior: str) -> Retrieval:
     return scores
 
 
-def _rows_items(csr: CSR, users: np.ndarray) -> tuple[Tensor, Tensor]:
+def _rows_items(csr: Sparse, users: np.ndarray) -> tuple[Tensor, Tensor]:
     """``(rows, items)`` int64: the CSR items of user ``users[r]`` as pairs ``(r, item)``."""
-    starts, stops = csr.indptr[users], csr.indptr[users + 1]
+    indptr = csr.indptr.astype(np.int64, copy=False)
+    starts, stops = indptr[users], indptr[users + 1]
     lens = stops - starts
     rows = np.repeat(np.arange(len(users)), lens)
     idx = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-    return torch.from_numpy(rows), torch.from_numpy(csr.indices[idx])
+    return torch.from_numpy(rows), torch.from_numpy(csr.indices[idx].astype(np.int64))
 
 
-def _rows_mask(csr: CSR, users: np.ndarray, n_items: int) -> Tensor:
+def _rows_mask(csr: Sparse, users: np.ndarray, n_items: int) -> Tensor:
     """Bool ``(C, n_items)``: row ``r`` marks the CSR items of user ``users[r]``."""
     mask = torch.zeros(len(users), n_items, dtype=torch.bool)
     mask[_rows_items(csr, users)] = True
@@ -659,7 +662,7 @@ def candidate_mask(
     users: np.ndarray,
     config: MultiBehaviorConfig,
     retrieval: Tensor,
-    csrs: Mapping[str, CSR] | None = None,
+    csrs: Mapping[str, Sparse] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Candidates of a chunk of users: own auxiliary-behavior items + top retrieved items.
 
@@ -705,7 +708,7 @@ def model_scores(
     batch_size: int = 8192,
     histories: Mapping[str, Tensor] | None = None,
     stats: _Stats | None = None,
-    csrs: Mapping[str, CSR] | None = None,
+    csrs: Mapping[str, Sparse] | None = None,
 ) -> Tensor:
     """Full-ranking scores ``(C, n_items)`` of a chunk of users from a trained model.
 
@@ -825,7 +828,7 @@ def full_ranking_metrics(
 
     Returns:
         Means over all ``U`` users, as :func:`~shoprec.evaluate.metrics.ranking_metrics`
-        names them (``HR@10``, ``NDCG@10``, ...), plus ``users``.
+        names them (``hr@10``, ``ndcg@10``, ...), plus ``users``.
     """
     users = np.asarray(users, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
@@ -840,10 +843,9 @@ def full_ranking_metrics(
     for start in range(0, len(u_ok), chunk_size):
         uu, tt = u_ok[start : start + chunk_size], t_ok[start : start + chunk_size]
         scores = torch.as_tensor(scorer(uu))
-        rel = CSR(np.arange(len(uu) + 1, dtype=np.int64), tt)
-        lens = np.diff(excl.indptr)[uu]
-        idx = np.repeat(excl.indptr[uu] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-        exc = CSR(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), excl.indices[idx])
+        shape = (len(uu), excl.shape[1])
+        rel = sp.csr_array((np.ones(len(tt), bool), tt, np.arange(len(uu) + 1)), shape=shape)
+        exc = excl[uu]
         per = ranking_metrics(scores, rel, exc, ks=ks, chunk_size=chunk_size, per_user=True)
         for name, values in per.items():
             sums[name] = sums.get(name, 0.0) + float(np.nansum(values))
@@ -904,9 +906,7 @@ def make_evaluator(
             target=config.target,
             ks=ks,
         )
-        return {
-            f"{prefix}/{k.lower()}": v for k, v in m.items() if k.split("@")[0] in {"HR", "NDCG"}
-        }
+        return {f"{prefix}/{k}": v for k, v in m.items() if k.split("@")[0] in {"hr", "ndcg"}}
 
     return evaluate
 
@@ -949,7 +949,7 @@ class MultiBehaviorOptions(RecipeOptions):
         return self
 
 
-def _users_mask(csr: CSR, dense: np.ndarray, n_items: int) -> Tensor:
+def _users_mask(csr: Sparse, dense: np.ndarray, n_items: int) -> Tensor:
     """Bool ``(C, n_items)``: row ``r`` marks the CSR items of dense user ``dense[r]``; rows
     of unknown users (``-1``) stay empty."""
     known = dense >= 0

@@ -224,7 +224,7 @@ def exposure_groups(
     if by == "popularity":
         pop = np.zeros(n)
         pop[: min(len(popularity), n)] = np.asarray(popularity, dtype=np.float64)[:n]
-        n_head = int(round(head_share * n))
+        n_head = round(head_share * n)
         head = np.zeros(n, dtype=np.int64)
         head[np.argsort(-pop, kind="stable")[:n_head]] = 1
         head[pop == 0] = 0  # never sold is never the head

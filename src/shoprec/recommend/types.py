@@ -50,6 +50,10 @@ class RecommenderConfig:
     history_seeds: int = 20  # history items (deepest behavior first) seeding co-occurrence
     new_item_slots: int = 1  # positions kept for the best new items (0: none); used only
     # by recipes that score new items from their content (the scorer has add_items)
+    group_floor: float = 0.0  # each exposure group gets at least this share of the top k
+    # (0: off), e.g. 0.2 with floor_groups "popularity": 2 of 10 places for the long tail
+    floor_groups: str = "popularity"  # "popularity" (head: the 20% most sold items; tail: the
+    # rest) or an item-table column (category, brand, seller, market, ...)
     explain_steps: int = 64  # Integrated-Gradients steps (scorers that offer attributions)
     reference_items: int = 2000  # items that stand for "a typical item" in explanations
     # stock-aware re-ranking (needs a forecast: `shoprec forecast`; see shoprec.inventory)

@@ -441,7 +441,7 @@ def ranking_evaluator(
     users: np.ndarray,
     history: np.ndarray,
     targets: np.ndarray,
-    exclude: metrics.CSR,
+    exclude: metrics.Sparse,
     domain: int,
     k: int = 10,
 ) -> Callable[[nn.Module], dict[str, float]]:
