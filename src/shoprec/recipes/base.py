@@ -131,6 +131,18 @@ class Scorer(ABC):
         """A short description for health checks."""
         return {"recipe": self.recipe, "tasks": self.tasks, "target": self.target}
 
+    def forget_users(self, users: Sequence[str]) -> dict[str, int]:
+        """Forget shoppers until the next training (:mod:`shoprec.forget`): drop their rows
+        of every per-user table and history, tombstone their id in every id map (they
+        become unknown, cold-start shoppers) and zero their embedding rows; the caller
+        saves the scorer. Returns counts per kind of thing removed.
+
+        A scorer that keeps anything per shopper must override this; the default refuses.
+        """
+        raise NotImplementedError(
+            f"the '{self.recipe}' scorer cannot forget a shopper; train again without them"
+        )
+
 
 @dataclass
 class TrainingRun:

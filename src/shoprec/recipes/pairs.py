@@ -155,6 +155,17 @@ class PairsScorer(Scorer):
         target = target_file.read_text().strip() if target_file.exists() else model.task_names[-1]
         return cls(model, FeatureBuilder.load(directory), target)
 
+    def forget_users(self, users: Sequence[str]) -> dict[str, int]:
+        """Their rows of the user table, their id in the encoder (now unknown) and their
+        rows of the model's user embedding."""
+        from shoprec.forget import drop_user_rows, forget_in_model_inputs
+
+        self.builder.user_table, rows = drop_user_rows(self.builder.user_table, users)
+        out = forget_in_model_inputs(self.builder.encoder, self.model, users)
+        self._encoder = None  # cached encoded inputs of shoppers
+        self._explain_model = None
+        return {"user_table_rows": rows, **out}
+
     def feature_attributions(
         self, user: str, position: int, log_score: Callable[..., Any], steps: int = 64
     ) -> tuple[dict[str, float], dict[str, Any], float, float] | None:

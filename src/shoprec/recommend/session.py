@@ -74,6 +74,11 @@ class SessionLog:
             events = list(self._events.get(user, ()))
         return events[-limit:] if limit else events
 
+    def forget(self, user: str) -> int:
+        """Drop every live event of ``user``; returns how many there were."""
+        with self._lock:
+            return len(self._events.pop(user, ()))
+
     def users(self) -> list[str]:
         """Shoppers with at least one recorded event."""
         with self._lock:

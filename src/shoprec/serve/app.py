@@ -15,6 +15,7 @@ events reach it through ``scorer.score(..., events=...)``.
     POST /admin/catalog           (API key) add products at run time (recipes that can score
                                   new products from their attributes; 422 otherwise)
     POST /admin/reload            (API key) swap in a new artifact without dropping requests
+    DELETE /users/{user}          (API key) forget a shopper (store, session, artifact)
     GET  /health    GET /metrics (Prometheus text)    GET /docs (OpenAPI)    GET /ui/ (web page)
 
 Bounded and fail-safe (see :class:`ServeLimits`): bodies over ``max_body_bytes`` are refused
@@ -65,7 +66,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import shoprec
 from shoprec.artifact import Artifact
-from shoprec.errors import ShoprecError
 from shoprec.recommend import (
     CatalogError,
     DuplicateItemError,
@@ -695,6 +695,49 @@ def create_app(config: ServeConfig) -> FastAPI:
             recipe=rec.scorer.recipe,
             model=rec.model_name,
             seconds=time.perf_counter() - start,
+        )
+
+    @app.delete(
+        "/users/{user}",
+        response_model=s.ForgetOut,
+        dependencies=[Depends(require_key)],
+        tags=["shoppers"],
+        responses=errors(400, 401, 403, 422),
+    )
+    async def forget_user(svc: Svc, user: UserId) -> s.ForgetOut:
+        """Forget a shopper: their events in the event store (securely deleted) and the
+        live session log, their training events, user-table rows and ids in the served
+        artifact (rewritten, manifest included) and their embedding rows (zeroed; retrieval
+        no longer finds anything learned of them) until the next training. The model is
+        reloaded from the rewritten artifact; they are an unknown shopper from now on."""
+        from shoprec.forget import forget_users
+
+        async with svc.reload_lock:
+            events = await asyncio.to_thread(svc.store.forget, user)
+            live = svc.sessions.forget(user)
+            path = Path(svc.config.artifact)
+            try:
+                report = await asyncio.to_thread(forget_users, path, [user])
+                rec = await asyncio.to_thread(_load, path, svc.config, svc.sessions)
+            except Exception as e:  # never a 500: the store and session are forgotten
+                log.warning("forgetting %s in %s failed: %s", user, path, e)
+                raise HTTPException(
+                    400,
+                    f"the events of {user} are deleted, but the artifact {path} could not be "
+                    f"rewritten: {e}",
+                ) from e
+            await asyncio.to_thread(_carry_over, svc.recommender, rec)
+            svc.recommender = rec
+        svc.metrics.inc("shoprec_forgotten_users_total", "Shoppers forgotten.")
+        return s.ForgetOut(
+            user=user,
+            events_deleted=events,
+            live_events_deleted=live,
+            known=bool(report.known),
+            seen_rows=report.seen_rows,
+            scorer=report.scorer,
+            retrieval=report.retrieval,
+            artifact=str(path),
         )
 
     @app.get("/health", response_model=s.HealthOut, tags=["ops"], responses=errors(shed=False))

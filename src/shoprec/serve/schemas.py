@@ -280,3 +280,16 @@ class CatalogOut(BaseModel):
     added: list[str]
     items: int = Field(description="items in the catalog now")
     new_items: int = Field(description="items without training events now")
+
+
+class ForgetOut(BaseModel):
+    """What ``DELETE /users/{user}`` removed (the artifact's counts: ``shoprec.forget``)."""
+
+    user: str
+    events_deleted: int = Field(description="events deleted from the event store")
+    live_events_deleted: int = Field(description="live events dropped from the session log")
+    known: bool = Field(description="whether the served artifact knew the shopper")
+    seen_rows: int = Field(description="training events removed from seen.parquet")
+    scorer: dict[str, int] = Field(description="what the recipe's scorer removed")
+    retrieval: dict[str, int] = Field(description="two-tower ids and embedding rows removed")
+    artifact: str

@@ -4,6 +4,11 @@
 synced on each commit: an acknowledged event survives a crash of the process or the machine.
 WAL lets readers (``recent``, ``count``) run while a write is in progress.
 
+``forget`` deletes a shopper's events with ``secure_delete`` on (freed pages are overwritten
+with zeros) and checkpoints the write-ahead log, so their events are gone from the files, not
+only from query results; :meth:`EventStore.frame`, the events as retraining data, no longer
+has them.
+
 Example:
     >>> store = EventStore(":memory:")
     >>> store.append("u1", "i2", "view", timestamp=1.0)
@@ -18,6 +23,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+
+import polars as pl
 
 from shoprec.recommend.session import Event
 
@@ -51,6 +58,7 @@ class EventStore:
         with self._lock:
             self.journal_mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")  # deleted events are overwritten
             self._db.executescript(_SCHEMA)
 
     def append(
@@ -82,6 +90,35 @@ class EventStore:
                 (per_user,),
             ).fetchall()
         return [Event(u, i, b, float(t)) for u, i, b, t in rows]
+
+    def forget(self, user: str) -> int:
+        """Delete every event of ``user`` (committed and synced) and checkpoint the log so
+        that no copy of them stays in the WAL file; returns how many were deleted."""
+        with self._lock:
+            cur = self._db.execute("DELETE FROM events WHERE user = ?", (user,))
+            deleted = int(cur.rowcount or 0)
+            if deleted and self.journal_mode == "wal":
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return deleted
+
+    def frame(self) -> pl.DataFrame:
+        """Every stored event as retraining data: ``user, item, behavior, quantity,
+        timestamp`` (UTC datetime), in the order they were stored."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user, item, behavior, quantity, timestamp FROM events ORDER BY id"
+            ).fetchall()
+        schema = {
+            "user": pl.String,
+            "item": pl.String,
+            "behavior": pl.String,
+            "quantity": pl.Int64,
+            "timestamp": pl.Float64,
+        }
+        frame = pl.DataFrame(rows, schema=schema, orient="row")
+        return frame.with_columns(
+            (pl.col("timestamp") * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+        )
 
     def count(self) -> int:
         """Number of stored events."""
