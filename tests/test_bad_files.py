@@ -470,3 +470,15 @@ def test_hash_user_ids_from_the_config(tmp_path: Path, monkeypatch: pytest.Monke
 def test_corpus_size() -> None:
     """The issue asks for at least 30 malformed files."""
     assert len(BAD_ROWS) + len(REFUSED) >= 30
+
+
+def test_encoder_treats_infinite_numbers_as_unknown() -> None:
+    """A frame that did not pass a loader (a live event, a hand-built frame): one inf price
+    made every normalised price NaN; now it is unknown (0 and flagged) like null and NaN."""
+    from shoprec.data.encode import Encoder
+
+    train = pl.DataFrame({"price": [1.0, 3.0, float("inf"), float("nan"), None]})
+    enc = Encoder(numeric=["price"], null_flags=True).fit(train)
+    assert enc.mean_["price"] == 2.0 and enc.std_["price"] == 1.0
+    out = enc.transform(pl.DataFrame({"price": [3.0, float("-inf")]}))
+    assert out["price"].tolist() == [1.0, 0.0] and out["price__isnull"].tolist() == [0.0, 1.0]

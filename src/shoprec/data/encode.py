@@ -462,7 +462,8 @@ class Encoder:
         if not (s.dtype.is_numeric() or s.dtype == pl.Boolean or s.dtype == pl.Null):
             raise DataError(f"numeric column has type {s.dtype}", column=col)
         s = s.cast(pl.Float64)
-        return s.fill_nan(None)
+        # NaN and +-inf are unknown, like null: one inf would make the mean (and every z) NaN
+        return pl.select(pl.when(s.is_finite()).then(s).alias(s.name)).to_series()
 
     @staticmethod
     def _list_column(df: pl.DataFrame, col: str) -> pl.Series:

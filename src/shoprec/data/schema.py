@@ -320,7 +320,7 @@ def _check_events(df: pl.DataFrame, checks: RowChecks) -> pl.DataFrame:
             .alias("quantity")
         )
     rules = list(EVENT_RULES)
-    if checks.duplicates:
+    if checks.duplicates and df["timestamp"].null_count() < df.height:  # none without time
         columns = [c for c in df.columns if c != ROW]
         rules.append(
             Rule(
