@@ -192,3 +192,66 @@ def test_cli_forget_with_retrieval_in_the_cache(
     unknown = CliRunner().invoke(cli, ["forget", str(path), "nobody-at-all"])
     assert unknown.exit_code == 0 and "unknown here" in unknown.stdout
     assert artifacts.problems(path) == []
+
+
+SMALL_SHOP = {
+    "dataset": "simulated",
+    "simulate": {"n_events": 6000, "n_users": 200, "n_items": 120, "seed": 3},
+}
+RECIPES = {
+    "multibehavior": {
+        "split": {"kind": "time", "test_days": 14, "valid_days": 7},
+        "recipe": {"name": "multibehavior"},
+        "tasks": ["view", "cart", "buy"],
+        "model": {"name": "mmoe", "embedding_dim": 8, "config": {"n_experts": 2}},
+    },
+    "windows": {
+        "split": {"kind": "time", "test_days": 14, "valid_days": 14},
+        "recipe": {"name": "windows", "window_days": 14, "n_train_windows": 2, "n_negatives": 5},
+        "model": {"name": "mmoe", "embedding_dim": 8, "config": {"n_experts": 2}},
+    },
+    "content": {
+        "split": {"kind": "time", "test_days": 14, "valid_days": 7},
+        "recipe": {
+            "name": "content",
+            "dim": 8,
+            "hidden": 16,
+            "n_negatives": 16,
+            "text": {"encoder": "hashed-words", "hashed_dim": 16},
+        },
+        "tasks": ["buy"],
+    },
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_recipe_forgets_down_to_a_new_shopper(recipe: str, tmp_path: Path) -> None:
+    """After forgetting, the scorer scores the shopper exactly as one it never saw, and the
+    rewritten artifact matches its manifest."""
+    import numpy as np
+
+    from shoprec.config import ExperimentConfig
+    from shoprec.experiment import train_experiment
+    from shoprec.forget import forget_users
+
+    cfg = {
+        "name": f"forget_{recipe}",
+        "data": SMALL_SHOP,
+        "train": {"epochs": 1, "batch_size": 512, "progress": False, "threads": 1},
+        "evaluate": {"bootstrap": 0, "slices": False, "ks": [10]},
+        **RECIPES[recipe],
+    }
+    path = train_experiment(ExperimentConfig.from_dict(cfg), tmp_path / recipe, evaluate_test=False)
+    gone = _two_users(path)[0]
+    before = Artifact.load(path).scorer
+    stranger = before.score(["never-seen-shopper"])
+    assert not all(np.allclose(before.score([gone])[t], stranger[t]) for t in stranger)
+
+    report = forget_users(path, [gone])
+    assert report.known == [gone] and report.seen_rows > 0 and report.scorer.get("ids") == 1
+    assert artifacts.problems(path) == []
+    art = Artifact.load(path)
+    assert art.seen.filter(pl.col("user") == gone).height == 0
+    after, stranger = art.scorer.score([gone]), art.scorer.score(["never-seen-shopper"])
+    for task in stranger:
+        np.testing.assert_array_equal(after[task], stranger[task], err_msg=task)

@@ -447,6 +447,21 @@ class ContentScorer(Scorer):
     def history_len(self) -> int:
         return self.history.shape[1]
 
+    def forget_users(self, users: Sequence[str]) -> dict[str, int]:
+        """Their id tombstoned (now unknown), their history row emptied and their rows of
+        every member's user embedding zeroed."""
+        from shoprec.forget import forget_ids
+
+        self.users, ids = forget_ids(self.users, users)
+        if ids.size:
+            self.history[ids - 2] = -1  # row = dense index = id - 2
+            rows = torch.from_numpy(ids)
+            with torch.no_grad():
+                for m in self.members:
+                    m.user.weight[rows] = 0.0
+        n = int(ids.size)
+        return {"ids": n, "history_rows": n, "embedding_rows": n * len(self.members)}
+
     def positions_of(self, items: Sequence[str] | pl.Series) -> np.ndarray:
         """Positions of item ids (``-1`` for ids not in the catalog)."""
         return self._item_map.encode(items) - 2

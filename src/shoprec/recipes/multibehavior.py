@@ -1208,6 +1208,29 @@ class MultiBehaviorScorer(Scorer):
 
     # ------------------------------------------------------------------ persistence
 
+    def forget_users(self, users: Sequence[str]) -> dict[str, int]:
+        """Their id tombstoned (now unknown), their (user, item) pairs of every behavior
+        removed (history, exclusions, statistics) and their user embedding rows zeroed."""
+        from shoprec.forget import forget_ids, zero_embedding_rows
+
+        blog = self.blog
+        ids_map, ids = forget_ids(blog.users, users)
+        if ids.size == 0:
+            return {"ids": 0, "pair_rows": 0, "embedding_rows": 0}
+        dense = ids - _FIRST
+        keys, removed = {}, 0
+        for b, k in blog.keys.items():
+            keep = ~np.isin(k // blog.n_items, dense)
+            removed += int((~keep).sum())
+            keys[b] = k[keep]
+        rows = zero_embedding_rows(self.model, "user", ids)
+        # the statistics, histories and caches built from the log, built again
+        self.__init__(  # type: ignore[misc]
+            self.model, BehaviorLog(ids_map, blog.items, keys), self.config, self.behaviors,
+            self.target,
+        )  # fmt: skip
+        return {"ids": int(ids.size), "pair_rows": removed, "embedding_rows": rows}
+
     def save(self, directory: Path) -> None:
         """``multibehavior.json`` (settings), ``ids.json`` (user and item ids),
         ``log.parquet`` (dense pairs per behavior) and ``model/`` (safetensors)."""

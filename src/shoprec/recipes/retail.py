@@ -1402,6 +1402,23 @@ class WindowsScorer(Scorer):
             for t in self.tasks
         }
 
+    def forget_users(self, users: Sequence[str]) -> dict[str, int]:
+        """Their rows of the snapshot's user and pair tables and of the past events, their
+        id in the encoder (now unknown) and their rows of the model's user embedding."""
+        from shoprec.forget import drop_user_rows, forget_in_model_inputs
+
+        snap = self.snapshot
+        snap.users, user_rows = drop_user_rows(snap.users, users)
+        snap.pairs, pair_rows = drop_user_rows(snap.pairs, users)
+        self.events, event_rows = drop_user_rows(self.events, users)
+        out = forget_in_model_inputs(self.encoder.encoder_, self.model, users)
+        return {
+            "user_table_rows": user_rows,
+            "pair_rows": pair_rows,
+            "event_rows": event_rows,
+            **out,
+        }
+
     def gate_weights(self, user: str, position: int) -> dict[str, list[float]] | None:
         """Expert gate weights per task for one pair (MMoE; None for other models)."""
         if not hasattr(self.model, "gate_weights"):
