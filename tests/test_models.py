@@ -52,6 +52,7 @@ from shoprec.models.forecaster import (
     load_forecaster,
     save_forecaster,
 )
+from shoprec.models.history_encoder import HistoryEncoder, HistoryEncoderConfig
 from shoprec.models.layers import ExpertBank, InputLayer
 from shoprec.models.two_tower import TwoTower, TwoTowerConfig
 from shoprec.train.loop import TrainConfig, fit
@@ -338,6 +339,50 @@ def load_cross_domain(directory: Path) -> nn.Module:
     return load_state(model, directory)
 
 
+# ---- history encoder: the cross-domain batch without user ids (the history carries the
+# group); sasrec: each user's sequence walks through their group's items, one step at a time
+HISTORY_SPECS = (CROSS_DOMAIN_SPECS[0][1:], CROSS_DOMAIN_SPECS[1])
+
+
+def build_history_encoder(seed: int, **config: object) -> HistoryEncoder:
+    torch.manual_seed(seed)
+    features, tasks = HISTORY_SPECS
+    fields = {"n_negatives": 8, "max_len": 4, "domain_dropout": 0.2, **config}
+    config = HistoryEncoderConfig(domain_sizes=DOMAIN_SIZES, **fields)  # type: ignore[arg-type]
+    model = HistoryEncoder(features, tasks, config)
+    model.set_item_frequency(np.arange(sum(DOMAIN_SIZES) + 1) % 7)
+    return model
+
+
+def sequence_batch(n: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(1, N_USERS + 1, (n,), generator=g)
+    step = torch.arange(5).unsqueeze(0) + torch.randint(0, 3, (n, 1), generator=g)  # (n, 5)
+    seq = 1 + (user % N_GROUPS * 4).unsqueeze(1) + step  # ids of domain 0 (1..20)
+    seq[:, 0] = torch.where(torch.rand(n, generator=g) < 0.3, 0, seq[:, 0])  # left padding
+    history, item = seq[:, :-1], torch.where(seq[:, :-1] > 0, seq[:, 1:], 0)
+    return {"history": history, "item": item, "domain": torch.zeros(n, dtype=torch.long)}
+
+
+def save_history_encoder(model: nn.Module, directory: Path) -> None:
+    meta = {
+        "config": dataclasses.asdict(model.config),
+        "features": [f.to_dict() for f in model.features],
+        "tasks": [t.to_dict() for t in model.tasks],
+    }
+    save_state(model, directory, meta)
+
+
+def load_history_encoder(directory: Path) -> nn.Module:
+    meta = json.loads((directory / "meta.json").read_text())
+    model = HistoryEncoder(
+        [feature_from_dict(f) for f in meta["features"]],
+        [Task.from_dict(t) for t in meta["tasks"]],
+        config_from_dict(HistoryEncoderConfig, meta["config"]),
+    )
+    return load_state(model, directory)
+
+
 # ---- two-tower: a user's items follow their group; items carry a category and a price
 TT_USER = [CategoricalFeature("user", N_USERS, 8)]
 TT_ITEM = [
@@ -435,6 +480,23 @@ CASES: dict[str, Case] = {
         multitask_shapes,
         save_cross_domain,
         load_cross_domain,
+    ),
+    **{
+        f"history_encoder_{encoder}": Case(
+            lambda seed, encoder=encoder: build_history_encoder(seed, encoder=encoder),
+            cross_domain_batch,
+            multitask_shapes,
+            save_history_encoder,
+            load_history_encoder,
+        )
+        for encoder in ("mean", "attention")
+    },
+    "history_encoder_sasrec": Case(
+        lambda seed: build_history_encoder(seed, encoder="sasrec", n_heads=2, dropout=0.0),
+        sequence_batch,
+        multitask_shapes,
+        save_history_encoder,
+        load_history_encoder,
     ),
     "two_tower": Case(
         build_two_tower,
