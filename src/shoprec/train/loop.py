@@ -566,6 +566,8 @@ def checkpointing(
                 else "it finished"
                 if meta is not None and meta.get("complete")
                 else "they are of another config"
+                if meta is None or meta.get("key") != key
+                else "no epoch had finished"
             )
             log.info("starting over: old checkpoints in %s removed (%s)", directory, reason)
         shutil.rmtree(directory, ignore_errors=True)
