@@ -4,6 +4,7 @@ recommender artifact served with the forecast ``shoprec forecast`` writes for th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,10 +47,15 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_artifact(tmp_path_factory.getbasetemp())
 
 
+@functools.cache
+def tiny_forecast(root: Path) -> Path:
+    """``shoprec forecast`` for the tiny shop (once per ``root``; the web test shares it)."""
+    return run_forecast(ExperimentConfig.from_dict(TINY_DEMAND), root / "tiny_forecast")
+
+
 @pytest.fixture(scope="module")
 def forecast_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = ExperimentConfig.from_dict(TINY_DEMAND)
-    return run_forecast(cfg, tmp_path_factory.mktemp("inv") / "forecast")
+    return tiny_forecast(tmp_path_factory.getbasetemp())
 
 
 def _client(artifact: Path, db: Path, **config: object) -> TestClient:

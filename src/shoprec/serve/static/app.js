@@ -1,15 +1,17 @@
 // shoprec web page: pick a shopper, see their history and recommendations, send events,
-// and a merchant view of new items. Plain DOM, no build step; every call is the public API.
+// and a merchant view: stock and demand (forecast chart, reorder list, products at risk of
+// running out) and new items. Plain DOM and inline SVG, no build step, nothing fetched from
+// elsewhere; every call is the public API.
 "use strict";
 
-const state = { user: null, tasks: [], previous: new Set(), busy: false };
+const state = { user: null, tasks: [], previous: new Set(), busy: false, forecast: null, chartItem: null };
 const $ = (sel) => document.querySelector(sel);
 const BEHAVIORS = ["view", "cart", "buy"];
 const SOURCE_LABEL = { two_tower: "two-tower", popular: "popular", cooccurrence: "bought together", new: "new item", history: "again", catalog: "catalog" };
 
 // Build an element: el("div", {class: "x"}, "text", child, ...). Text is never parsed as HTML.
 function el(tag, attrs = {}, ...children) {
-  const svg = ["svg", "rect", "text", "g"].includes(tag);
+  const svg = ["svg", "rect", "text", "g", "path", "line", "circle", "title"].includes(tag);
   const node = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (v === null || v === undefined || v === false) continue;
@@ -184,12 +186,121 @@ async function loadMerchant() {
   $("#new-items tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 5 }, "No new items."))]));
 }
 
+// ----------------------------------------------------------------- stock and demand
+
+function num(x, digits = 1) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); }
+function pct(x) { return x === null || x === undefined ? "–" : `${(100 * x).toFixed(0)}%`; }
+function itemCell(x) {
+  return el("td", {}, el("span", { class: "title" }, x.title || x.item), " ", el("span", { class: "muted" }, x.item));
+}
+
+// A line chart of weekly units: the history (solid), the forecast band from P50 to P90
+// (shaded) with the P50 line (dashed), and a marker at the forecast's origin. Inline SVG.
+function forecastChart(f) {
+  const W = 620, H = 240, left = 40, right = 12, top = 12, bottom = 34;
+  const hist = f.history, fc = f.forecast;
+  const n = hist.length + fc.length;
+  const ymax = Math.max(1, ...hist.map((h) => h.units), ...fc.map((p) => p.p90)) * 1.1;
+  const x = (i) => left + (n <= 1 ? 0 : (i * (W - left - right)) / (n - 1));
+  const y = (v) => top + (H - top - bottom) * (1 - v / ymax);
+  const pt = (i, v) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`;
+  const line = (pts) => pts.map((p, j) => (j ? "L" : "M") + p).join(" ");
+  const svg = el("svg", { class: "forecast-chart", viewBox: `0 0 ${W} ${H}`, width: W, height: H,
+    role: "img", "aria-label": `weekly units sold and forecast for ${f.title || f.item}` });
+  // y grid: 0, half, max
+  for (const v of [0, ymax / 2, ymax / 1.1]) {
+    svg.append(el("line", { class: "grid", x1: left, x2: W - right, y1: y(v), y2: y(v) }),
+      el("text", { class: "axis", x: left - 6, y: y(v) + 4, "text-anchor": "end" }, num(v, v < 10 ? 1 : 0)));
+  }
+  const h0 = hist.length;  // forecast points sit after the history
+  const last = h0 ? [h0 - 1, hist[h0 - 1].units] : null;  // the band starts at the last actual
+  if (fc.length) {
+    const upper = fc.map((p, j) => pt(h0 + j, p.p90));
+    const lower = fc.map((p, j) => pt(h0 + j, p.p50)).reverse();
+    const start = last ? [pt(...last)] : [];
+    svg.append(el("path", { class: "band", d: `${line([...start, ...upper, ...lower])} Z` },
+      el("title", {}, "forecast P50 to P90")));
+    svg.append(el("path", { class: "p50", d: line([...start, ...fc.map((p, j) => pt(h0 + j, p.p50))]) }));
+    fc.forEach((p, j) => svg.append(el("circle", { class: "fc-point", cx: x(h0 + j), cy: y(p.p50), r: 2.5 },
+      el("title", {}, `${p.week}: P50 ${num(p.p50)}, P90 ${num(p.p90)}, mean ${num(p.mean)}`))));
+  }
+  if (h0) {
+    svg.append(el("path", { class: "history", d: line(hist.map((h, i) => pt(i, h.units))) }));
+    svg.append(el("line", { class: "origin", x1: x(h0 - 1), x2: x(h0 - 1), y1: top, y2: H - bottom }));
+  }
+  const label = (i, text, anchor) => el("text", { class: "axis", x: x(i), y: H - bottom + 16, "text-anchor": anchor }, text);
+  if (h0) svg.append(label(0, hist[0].week, "start"), label(h0 - 1, f.origin || hist[h0 - 1].week, "middle"));
+  if (fc.length) svg.append(label(n - 1, fc[fc.length - 1].week, "end"));
+  svg.append(el("text", { class: "legend", x: left + 4, y: top + 10 },
+    "units per week · solid: sold · shaded: forecast P50–P90 · dashed: P50"));
+  return svg;
+}
+
+function adviceText(f) {
+  const r = f.reorder;
+  const trend = f.trend ? ` Trend: ${f.trend}.` : "";
+  if (!r) return `Stock unknown: no reorder advice.${trend}`;
+  const order = r.reorder_qty > 0 ? `Order ${num(r.reorder_qty, 0)} now.` : "No order needed.";
+  return `Stock ${num(r.stock, 0)} · demand over the ${num(r.lead_time_weeks, 1)}-week lead time ` +
+    `P50 ${num(r.demand_p50_lead)}, P90 ${num(r.demand_p90_lead)} · ` +
+    `${pct(r.p_stockout)} chance of selling out · ${num(r.weeks_of_cover)} weeks of cover. ${order}${trend}`;
+}
+
+async function loadForecast(item) {
+  const f = await api(`/forecast/${encodeURIComponent(item)}`);
+  state.chartItem = item;
+  $("#forecast-title").textContent = `Forecast: ${f.title || f.item}`;
+  $("#forecast-chart").replaceChildren(forecastChart(f));
+  $("#forecast-chart").dataset.item = item;
+  $("#forecast-advice").textContent = adviceText(f);
+  document.querySelectorAll(".inv-table tr.selected").forEach((r) => r.classList.remove("selected"));
+  document.querySelectorAll(`.inv-table tr[data-item="${CSS.escape(item)}"]`).forEach((r) => r.classList.add("selected"));
+}
+
+function inventoryRow(x, cells) {
+  return el("tr", { "data-item": x.item, class: x.at_risk ? "risk" : null, tabindex: 0,
+    onclick: () => loadForecast(x.item).catch((e) => say(e.message, true)) }, itemCell(x), cells);
+}
+
+async function loadInventory() {
+  const status = $("#inventory-status");
+  if (!state.forecast) {
+    status.textContent = "No demand forecast is loaded. Run `shoprec forecast CONFIG --out <artifact>/forecast` (or set serve.forecast) and reload to see forecasts, the reorder list and the products at risk of running out.";
+    $("#inventory-body").hidden = true;
+    return;
+  }
+  const data = await api("/inventory/reorder?limit=50");
+  status.textContent = `Forecast from the week of ${data.origin || "?"} (${data.model || "forecaster"}) · ` +
+    `${plural(data.items, "product")} with stock and a forecast · ${data.to_order} to reorder · ` +
+    `${data.at_risk_count} at risk · service level ${pct(data.service_level)}`;
+  $("#inventory-body").hidden = false;
+  const risk = data.at_risk.map((x) => inventoryRow(x, [
+    el("td", { class: "num" }, num(x.stock, 0)),
+    el("td", { class: "num" }, `${num(x.demand_p50_lead)} / ${num(x.demand_p90_lead)}`),
+    el("td", { class: "num" }, pct(x.p_stockout)),
+    el("td", { class: "num" }, num(x.weeks_of_cover))]));
+  $("#at-risk tbody").replaceChildren(...(risk.length ? risk : [el("tr", {}, el("td", { colspan: 5 }, "No product is at risk."))]));
+  const order = data.reorder.map((x) => inventoryRow(x, [
+    el("td", { class: "num" }, num(x.stock, 0)),
+    el("td", { class: "num" }, num(x.lead_time_weeks)),
+    el("td", { class: "num" }, `${num(x.demand_p50_lead)} / ${num(x.demand_p90_lead)}`),
+    el("td", { class: "num" }, pct(x.p_stockout)),
+    el("td", { class: "num order" }, num(x.reorder_qty, 0))]));
+  $("#reorder tbody").replaceChildren(...(order.length ? order : [el("tr", {}, el("td", { colspan: 6 }, "Nothing to reorder."))]));
+  const first = state.chartItem || (data.at_risk[0] || data.reorder[0] || {}).item;
+  if (first) await loadForecast(first);
+  document.body.dataset.inventory = String(Date.now());
+}
+
 function show(view) {
   for (const v of ["shopper", "merchant"]) {
     $(`#view-${v}`).hidden = v !== view;
     $(`#tab-${v}`).classList.toggle("active", v === view);
   }
-  if (view === "merchant") loadMerchant().catch((e) => say(e.message, true));
+  if (view === "merchant") {
+    loadInventory().catch((e) => { $("#inventory-status").textContent = `Could not load the forecast: ${e.message}`; });
+    loadMerchant().catch((e) => say(e.message, true));
+  }
 }
 
 async function start() {
@@ -202,6 +313,7 @@ async function start() {
   $("#new-shopper").addEventListener("click", () => selectUser(`guest-${Math.random().toString(36).slice(2, 8)}`));
   const health = await api("/health");
   state.tasks = health.tasks;
+  state.forecast = health.forecast || null;
   const model = health.model === health.recipe ? health.model : `${health.recipe} · ${health.model}`;
   $("#model-info").textContent = `${model} · tasks ${health.tasks.join(", ")} · ${health.items} items · score = ${health.fusion}`;
   const { users } = await api("/users?limit=30");
