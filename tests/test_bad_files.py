@@ -289,6 +289,16 @@ def test_unreadable_files_are_refused(tmp_path: Path, case: Refused, on_bad_rows
         assert f"first bad row {case.row} " in text
 
 
+def test_a_file_of_only_bad_rows_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "\nu1,a,2024-01-01 10:00:00,buy,0,1.0\nu2,b,3000-01-01,buy,1,nan\n")
+    with pytest.raises(DataError) as info:
+        load_files(FileSpec(path))
+    text = str(info.value)
+    assert str(path) in text and "every data row was dropped" in text
+    assert "'quantity is zero': 1" in text and "'price is NaN': 1" in text
+
+
 # ------------------------------------------------------------- read right, nothing dropped
 
 

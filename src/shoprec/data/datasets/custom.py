@@ -449,12 +449,20 @@ def load_events(
             df = _cast_column(df, col, dtype(), spec)
     if "domain" in df.columns:
         df = df.with_columns(pl.col("domain").cast(pl.String))
+    report = DropReport() if report is None else report
     try:
-        return Interactions.from_frame(df, _checks(spec, on_bad_rows, report))
+        inter = Interactions.from_frame(df, _checks(spec, on_bad_rows, report))
     except DataError as e:
         if e.file is not None:
             raise
         raise DataError(str(e), file=file) from e
+    if len(inter) == 0:
+        raise DataError(
+            f"no event is left: every data row was dropped ({report.to_dict()})",
+            file=file,
+            hint="The warnings above name the first row of each reason.",
+        )
+    return inter
 
 
 def load_catalog(
