@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -694,8 +695,6 @@ def user_id_salt(env: str = "SHOPREC_USER_ID_SALT") -> str:
     Raises:
         DataError: the variable is unset or empty (the message names it).
     """
-    import os
-
     salt = os.environ.get(env, "")
     if not salt:
         raise DataError(
