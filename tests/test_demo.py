@@ -30,3 +30,7 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
     art = Artifact.load(tmp_path / "demo")
     assert (tmp_path / "demo" / "retrieval").is_dir()  # the retrieval index for serving
     assert len(art.recommend("u1", k=5)) == 5
+    # the demand forecast the merchant page and the stock-aware lists read
+    assert (tmp_path / "demo" / "forecast" / "reorder.parquet").is_file()
+    assert "Reorder list" in printed
+    assert art.recommender().forecast is not None

@@ -1,4 +1,5 @@
-"""``make demo``: simulate a shop, train MMoE next to single-task models, recommend.
+"""``make demo``: simulate a shop, train MMoE next to single-task models, recommend, and
+forecast each product's demand with its reorder list (what the merchant page shows).
 
 Offline and end to end: no file outside the package is read. Every step is a public API call
 that a notebook user can copy.
@@ -40,6 +41,7 @@ class DemoConfig:
     batch_size: int = 2048
     n_negatives: int = 4
     output: str = "runs/demo"  # where the MMoE artifact is saved
+    forecast: bool = True  # also forecast demand into <output>/forecast (stock-aware serving)
 
     def experiment(self, model: str, options: dict) -> ExperimentConfig:
         """The demo's experiment config: what `shoprec train` would read from a YAML file."""
@@ -155,9 +157,66 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         build_retrieval(out)
     console.print(f"artifact and retrieval index in {out} ({time.perf_counter() - start:.0f} s)")
 
-    console.rule("[bold]5. Top-10 for three shoppers: the list the service will return")
+    if cfg.forecast:
+        console.rule("[bold]5. Forecast each product's demand; what to reorder")
+        _show_forecast(cfg, out, console)
+
+    console.rule("[bold]6. Top-10 for three shoppers: the list the service will return")
     _show_recommendations(Artifact.load(out), split.train.df, console, cfg)
+    console.print(
+        f"Serve it: shoprec serve {out} --open-reads, then http://127.0.0.1:8000/ui/ "
+        "(the Merchant tab shows each product's forecast chart, the reorder list and the "
+        "products at risk of running out)."
+    )
     return results
+
+
+def _show_forecast(cfg: DemoConfig, out: Path, console: Console) -> Path:
+    """``shoprec forecast`` for the demo's shop into ``<out>/forecast``: the served
+    recommender reads it (stock-aware lists, ``GET /forecast/{item}``)."""
+    from shoprec.inventory.forecast import run_forecast
+
+    exp = ExperimentConfig.from_dict(
+        {
+            "name": "demo_demand",
+            "data": {
+                "dataset": "simulated",
+                "simulate": {"n_events": cfg.events, "seed": cfg.seed},
+            },
+            "recipe": {"name": "demand", "freq": "week", "horizon": 4, "history_len": 8},
+            "train": {
+                "epochs": max(2, cfg.epochs),
+                "batch_size": 512,
+                "seed": cfg.seed,
+                "patience": 2,
+                "progress": False,
+            },
+        }
+    )
+    start = time.perf_counter()
+    with console.status("training the demand forecaster..."):
+        folder = run_forecast(exp, out / "forecast")
+    reorder = pl.read_parquet(folder / "reorder.parquet")
+    titles = pl.read_parquet(out / "items.parquet").select("item", "title")
+    top = reorder.filter(pl.col("reorder_qty") > 0).join(titles, on="item", how="left").head(5)
+    table = Table(title=f"Reorder list: {top.height} of {int((reorder['reorder_qty'] > 0).sum())}")
+    for col in ("product", "stock", "lead-time demand P50 / P90", "P(stock-out)", "order"):
+        table.add_column(col, justify="left" if col == "product" else "right")
+    for r in top.iter_rows(named=True):
+        table.add_row(
+            f"{r['title'] or r['item']} ({r['item']})",
+            f"{r['stock']:.0f}",
+            f"{r['demand_p50_lead']:.1f} / {r['demand_p90_lead']:.1f}",
+            f"{r['p_stockout']:.0%}",
+            f"{r['reorder_qty']:.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"forecast of {reorder.height:,} products in {folder} "
+        f"({time.perf_counter() - start:.0f} s); {int(reorder['at_risk'].sum())} at risk of "
+        "running out before a restock: the recommender pushes them down."
+    )
+    return folder
 
 
 def _show_recommendations(
