@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint format clean venv
+.PHONY: demo test bench fuzz lint format clean venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+FUZZ_STAMP := $(VENV)/.installed-fuzz
+
+$(FUZZ_STAMP): $(STAMP) requirements-fuzz.txt
+	$(BIN)/pip install --quiet -r requirements-fuzz.txt
+	touch $(FUZZ_STAMP)
+
+# schemathesis against the service's OpenAPI document, then the hypothesis properties with
+# many examples (tests/test_fuzz_api.py, tests/test_properties.py).
+fuzz: $(FUZZ_STAMP)
+	SHOPREC_FUZZ=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_api.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_properties.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
