@@ -205,3 +205,34 @@ def test_cuda_training_with_amp_gives_a_cpu_model_back() -> None:
     result = fit(model, train, valid, cfg)
     assert next(model.parameters()).device.type == "cpu"
     assert result.best_scores["click/auc"] > 0.6
+
+
+@pytest.mark.slow  # three fresh processes (torchrun and two ranks) import torch
+def test_shoprec_train_with_two_processes_writes_one_artifact(tmp_path: Path) -> None:
+    """``shoprec train CONFIG --nproc 2``: torchrun starts two processes; rank 0 alone
+    evaluates and writes the artifact; the checkpoints are removed after success."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "name: tiny\n"
+        "data: {dataset: simulated, simulate: {n_events: 4000, n_users: 300, n_items: 120}}\n"
+        "split: {kind: time, test_days: 14, valid_days: 7}\n"
+        "recipe: {name: pairs, n_negatives: 2}\n"
+        "tasks: [view, buy]\n"
+        "model: {name: mmoe, embedding_dim: 4, config: {n_experts: 2, expert_dims: [8]}}\n"
+        "train: {epochs: 2, batch_size: 256, threads: 1, progress: false}\n"
+        "evaluate: {protocol: full, ks: [10]}\n"
+    )
+    out = tmp_path / "artifact"
+    cmd = [sys.executable, "-m", "shoprec", "train", str(cfg), "--nproc", "2"]
+    done = subprocess.run(
+        [*cmd, "--output", str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1 of 2" in done.stderr and "rank 0 of 2" in done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert metrics["test"]["metrics"]["hr@10"] >= 0
+    assert not (tmp_path / "artifact.checkpoints").exists()
