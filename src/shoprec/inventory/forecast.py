@@ -96,6 +96,7 @@ class ForecastOptions(BaseModel):
     text_dim: int = Field(0, ge=0, le=384)  # title-vector components (0: none)
     neighbours: int = Field(10, ge=0)  # similar products for new ones (needs text_dim)
     trend_threshold: float = Field(0.2, gt=0)  # log-ratio band of "flat"
+    target_clip: float | None = Field(None, gt=0)  # training targets capped at this x scale
     model: dict[str, Any] = Field(default_factory=dict)  # ForecasterConfig fields
     seeds: int = Field(1, ge=1)  # models averaged (a seed ensemble)
     # reorder advice (shoprec forecast): inventory/stock.py
@@ -471,6 +472,10 @@ def train_forecaster(
         series=series if valid_series is None else valid_series,
         launching=False,
     )
+    if opts.target_clip is not None:  # one wholesale order must not dominate the loss
+        cap = opts.target_clip * train.columns["scale"].unsqueeze(1)
+        for key in ("units", "returns"):
+            train.columns[key] = torch.minimum(train.columns[key], cap)
     if weight is not None:
         train.columns["weight"] = torch.as_tensor(weight[train.series], dtype=torch.float32)
     torch.manual_seed(cfg.seed)

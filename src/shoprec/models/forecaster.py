@@ -196,6 +196,8 @@ class DemandForecaster(nn.Module):
         losses: dict[str, Tensor] = {}
         for t in c.tasks:
             o = outputs[t]
+            if t in ("units", "returns"):
+                o = o.clamp(-30.0, 30.0)  # log rates: exp() stays finite
             if t == "units":
                 if c.units_loss == "poisson":
                     loss = torch.exp(o) - units * o
