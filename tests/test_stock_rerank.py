@@ -204,3 +204,14 @@ def test_stock_adjustment_caps_the_penalty() -> None:
         stockout_penalty=2.0, overstock_weeks=4.0, overstock_boost=0.3,
     )  # fmt: skip
     np.testing.assert_allclose(t, [2.0 * math.log(0.01), 0.3 * 0.25])
+
+
+def test_merchant_audience_scores_with_a_stock_fusion(art: Artifact, forecast_dir: Path) -> None:
+    rec = make(art, forecast=str(forecast_dir), fusion="buy * (1-p_stockout)^2")
+    plenty(rec)
+    item = rec.items[0]
+    members = rec.audience(item, k=3)
+    assert len(members) == 3
+    # at 1000 units the risk is nil: the fused score is p(buy) itself
+    for m in members:
+        assert m.score == pytest.approx(m.predictions["buy"], rel=1e-6)

@@ -82,7 +82,8 @@ class Merchant:
         raw = rec.scorer.score(names, np.array([p]), events=events)
         preds = {t: np.asarray(v, dtype=np.float64)[:, 0] for t, v in raw.items()}
         price = np.full(len(names), rec.catalog.price[p]) if rec.catalog.price is not None else None
-        fused = rec.fusion.score(preds, price)
+        item_values = {k: np.repeat(v, len(names)) for k, v in rec.item_values([p]).items()}
+        fused = rec.fusion.score(preds, price, item_values)  # stock variables: the item's
         return [
             AudienceMember(
                 name, float(margin[i]), float(fused[j]), {t: float(v[j]) for t, v in preds.items()}
