@@ -4,7 +4,8 @@ The other models of this package, each in its own module, are not in the registr
 lists the multi-task rankers an experiment's ``model:`` key can name):
 :mod:`~shoprec.models.content` (new items from their content),
 :mod:`~shoprec.models.cross_domain` (several domains sharing one user base),
-:mod:`~shoprec.models.emcdr` (a user's vector mapped from one domain to another) and
+:mod:`~shoprec.models.emcdr` (a user's vector mapped from one domain to another),
+:mod:`~shoprec.models.history_encoder` (users encoded from their item histories) and
 :mod:`~shoprec.models.two_tower` (retrieval). Every one of them owns its loss and trains
 with :func:`shoprec.train.loop.fit`.
 
