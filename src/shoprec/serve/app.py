@@ -481,9 +481,12 @@ def create_app(config: ServeConfig) -> FastAPI:
                 return await run_in_threadpool(
                     recommend_json, svc, user, k, exclude_category, fusion, explain, reader
                 )
-        # A few milliseconds of CPU that holds the GIL anyway: on the event loop, without
-        # the hand-over to a worker thread and back.
-        return recommend_json(svc, user, k, exclude_category, fusion, explain)
+        # A few milliseconds of CPU, in a worker thread all the same: on the event loop it
+        # would block the loop, which then could neither read nor shed the requests queued
+        # behind it (they would wait, unseen, in the socket buffers).
+        return await run_in_threadpool(
+            recommend_json, svc, user, k, exclude_category, fusion, explain
+        )
 
     @app.get(
         "/similar/{item}",

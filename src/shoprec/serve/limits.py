@@ -3,7 +3,10 @@
 * :class:`BodyLimit` refuses a request whose ``Content-Length`` is over the limit before a
   byte of its body is read (413), and counts the bytes of a streamed (chunked) body as they
   arrive, refusing it as soon as the count passes the limit. Nothing else runs for such a
-  request: no routing, no auth, no JSON parsing.
+  request: no routing, no auth, no JSON parsing. Like nginx's lingering close, a declared
+  body of up to ``linger_bytes`` is then read and thrown away by the server (so a client
+  that sends it all before reading still gets its 413 instead of a connection reset); a
+  larger or a streamed one closes the connection at once.
 * :class:`ConcurrencyLimit` lets at most ``max_active`` requests run at once; up to
   ``max_queue`` more wait, each at most ``queue_timeout`` seconds; every other one is answered
   503 with ``Retry-After`` at once, so the server sheds load instead of queueing without
@@ -32,10 +35,15 @@ from shoprec.serve.schemas import ERROR_CODES
 
 
 class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` when a streamed body passes the limit (answered 413)."""
+    """Raised from ``receive`` when a streamed body passes the limit (answered 413, and the
+    connection closed: the rest of a stream has no known end)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is larger than the limit of {limit:,} bytes")
+        super().__init__(
+            413,
+            f"the request body is larger than the limit of {limit:,} bytes",
+            headers={"Connection": "close"},
+        )
 
 
 def error_body(status: int, detail: str) -> bytes:
@@ -67,13 +75,18 @@ class BodyLimit:
     Args:
         app: the wrapped app.
         max_bytes: the largest body accepted, in bytes.
+        linger_bytes: a refused body declared up to this size is read and discarded after
+            the 413; a larger one closes the connection.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = 1_000_000, linger_bytes: int = 64 * 2**20
+    ) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.app = app
         self.max_bytes = max_bytes
+        self.linger_bytes = linger_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,6 +103,7 @@ class BodyLimit:
                     413,
                     f"the request body ({int(length):,} bytes) is larger than the limit of "
                     f"{self.max_bytes:,} bytes",
+                    close=int(length) > self.linger_bytes,
                 )
                 return
         seen = 0
