@@ -12,7 +12,9 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmark results
@@ -114,3 +116,60 @@ def write_section(name: str, markdown: str) -> Path:
             text = text.rstrip() + "\n\n" + block + "\n"
         RESULTS.write_text(text)
     return RESULTS
+
+
+def add_report_flag(parser: Any) -> None:
+    """The ``--report PATH`` option every benchmark script offers."""
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="also write the section as one self-contained HTML file with plots (the "
+        "report shoprec evaluate --report writes), peers beside ours",
+    )
+
+
+def write_html_report(
+    path: Path,
+    title: str,
+    rows: Mapping[str, Mapping[str, Any]],
+    ours: Sequence[str],
+    *,
+    subtitle: str = "",
+    notes: Sequence[str] = (),
+    **parts: Any,
+) -> Path:
+    """A benchmark section as the same HTML report ``shoprec evaluate --report`` writes.
+
+    Args:
+        path: the ``.html`` file.
+        title: the section's title.
+        rows: model -> {metric -> number or (value, low, high)}; ours and the peers.
+        ours: the rows that are ours (highlighted).
+        subtitle: one line under the title (command, data, commit are added).
+        notes: paragraphs (the protocol, where ours loses, ...).
+        **parts: any other :class:`shoprec.evaluate.report.Report` field (``slices``,
+            ``history``, ``exposure``, ``recommendations`` with ``popularity``, ...).
+
+    Returns:
+        The path written.
+    """
+    from shoprec.evaluate.report import Report, write_report
+
+    clean = {
+        name: {
+            k: v
+            for k, v in row.items()
+            if isinstance(v, int | float | tuple | list) and not isinstance(v, bool)
+        }
+        for name, row in rows.items()
+    }
+    line = " ".join(stamp().replace("- ", "").splitlines())
+    report = Report(
+        title,
+        subtitle=f"{subtitle} | {line}" if subtitle else line,
+        metrics=clean,
+        ours=list(ours),
+        notes=list(notes),
+        **parts,
+    )
+    return write_report(path, report)

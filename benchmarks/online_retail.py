@@ -1,6 +1,8 @@
 """Online Retail benchmark: buy (full ranking), return and quantity, ours vs baselines.
 
-Usage: ``python -m benchmarks.online_retail [--quick] [--config FILE] [--out FILE]``
+Usage: ``python -m benchmarks.online_retail [--quick] [--config FILE] [--out FILE] [--report HTML]``
+(``--report``: the section also as the HTML report ``shoprec evaluate --report`` writes, with
+plots; coverage@10 and the Gini index of exposure are measured for every row).
 
 Ours comes from the front door: ``benchmarks/configs/online_retail.yaml`` is an experiment
 config of the ``windows`` recipe (:mod:`shoprec.recipes.retail`), and every "ours" row is one
@@ -51,14 +53,15 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks._results import stamp, write_section
+from benchmarks._results import add_report_flag, stamp, write_html_report, write_section
 from shoprec import recipes
 from shoprec.config import ExperimentConfig, load_config
 from shoprec.data import datasets
 from shoprec.data.schema import Dataset
 from shoprec.data.split import check_no_leakage, time_split
-from shoprec.evaluate import metrics
+from shoprec.evaluate import fairness, metrics
 from shoprec.evaluate.metrics import Sparse, csr_from_pairs
+from shoprec.experiment import item_groups, item_popularity, known_before
 from shoprec.recipes import retail
 
 log = logging.getLogger("benchmarks.online_retail")
@@ -137,6 +140,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 windows, 1 epoch")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--out", type=Path, help="write the section here, not in RESULTS.md")
+    add_report_flag(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t_start, cpu_start = time.perf_counter(), time.process_time()
@@ -188,11 +192,18 @@ def main() -> None:
         test_snap.items.filter(pl.col("i_log_buyers") > 0).select("item"), on="item", how="anti"
     ).height
 
-    def ranking(scores: np.ndarray) -> dict[str, dict[str, float]]:
+    # exposure of every model's top-k lists over the whole catalog (repeat purchases allowed)
+    popularity = item_popularity(known_before(split), items.to_list())
+    groups = item_groups(data.catalog, items.to_list(), None)
+    codes, names, column = groups if groups is not None else (None, None, None)
+
+    def ranking(scores: np.ndarray) -> dict[str, Any]:
         s = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+        lists = metrics.top_k_items(s, max(KS))
         return {
-            "all": metrics.ranking_metrics(s, rel, None, ks=KS),  # type: ignore[dict-item]
-            "new": metrics.ranking_metrics(s, rel_new, past, ks=KS),  # type: ignore[dict-item]
+            "all": metrics.ranking_metrics(s, rel, None, ks=KS),
+            "new": metrics.ranking_metrics(s, rel_new, past, ks=KS),
+            "exposure": fairness.exposure_summary(lists, popularity, KS, codes, names, column),
         }
 
     y_ret = test_rows["return"].to_numpy().astype(np.float64)
@@ -311,6 +322,9 @@ def main() -> None:
     }
     text = report(results, facts, rcfg, cfg)
     print(text)
+    if args.report is not None:
+        html_report(args.report, results, facts)
+        log.info("wrote the report to %s", args.report)
     if args.out is not None:
         args.out.write_text(text + "\n")
         log.info("wrote the section to %s", args.out)
@@ -398,24 +412,28 @@ def report(
         "sold before the test. Ties count against the relevant item.",
         "",
         "| model | HR@10 | Recall@10 | Recall@20 | NDCG@10 | MRR | new: HR@10 | new: "
-        "Recall@10 | new: Recall@20 | new: NDCG@10 | new: MRR |",
-        "|---|" + "---:|" * 10,
+        "Recall@10 | new: Recall@20 | new: NDCG@10 | new: MRR | coverage@10 | Gini@10 |",
+        "|---|" + "---:|" * 12,
     ]
     for name, r in results.items():
         if "rank" not in r:
             continue
         a, n = r["rank"]["all"], r["rank"]["new"]
+        e = r["rank"]["exposure"]["metrics"]
         lines.append(
             f"| {name} | "
             + " | ".join(_fmt(a[c]) for c in RANK_COLS)
             + " | "
             + " | ".join(_fmt(n[c]) for c in RANK_COLS)
-            + " |"
+            + f" | {_fmt(e['coverage@10'])} | {_fmt(e['gini@10'])} |"
         )
     lines += [
         "",
         "Repeat purchase and popularity, last 30 days rank new-to-user items the same way "
-        "(past items removed, the rest by recent popularity), so their *new* columns are equal.",
+        "(past items removed, the rest by recent popularity), so their *new* columns are equal. "
+        "Coverage@10: share of the catalog in at least one user's top 10 (*all items* lists); "
+        "Gini@10: Gini index of how often each catalog item is in a top 10 (0 = even, 1 = one "
+        "item everywhere).",
         "",
         f"**Return and quantity** on the {f['n_test_pairs']:,} test bought pairs "
         f"({f['n_returned']} returned; all test buyers, known or not). Quantity = units of the "
@@ -449,6 +467,41 @@ def report(
     if f["quick"]:
         lines.insert(0, "**--quick smoke run: not a result.**")
     return "\n".join(lines)
+
+
+def html_report(path: Path, results: dict[str, dict[str, Any]], f: dict[str, Any]) -> Path:
+    """The section as the HTML report ``shoprec evaluate --report`` writes: every model's
+    buy ranking (all items and new to user), return AUC and quantity errors, coverage and
+    Gini, and their exposure by popularity decile."""
+    rows: dict[str, dict[str, Any]] = {}
+    exposure = {}
+    for name, r in results.items():
+        row: dict[str, Any] = {}
+        if "rank" in r:
+            row.update({c: r["rank"]["all"][c] for c in RANK_COLS})
+            row.update({f"new: {c}": r["rank"]["new"][c] for c in RANK_COLS})
+            row.update(r["rank"]["exposure"]["metrics"])
+            exposure[name] = r["rank"]["exposure"]
+        if r.get("return_auc") is not None:
+            row["return auc"] = r["return_auc"]
+        for c, v in (r.get("qty") or {}).items():
+            row[f"quantity {c.lower()}"] = v
+        rows[name] = row
+    return write_html_report(
+        path,
+        "Online Retail: buy ranking, return, quantity" + (" (--quick)" if f["quick"] else ""),
+        rows,
+        [n for n in rows if n.startswith("ours")],
+        subtitle=f"time split, test from {f['test_start']:%Y-%m-%d}; {f['n_users']:,} test "
+        f"buyers x {f['n_items']:,} items",
+        notes=[
+            "Full ranking of every catalog item for the test buyers known before the test; "
+            "'new:' columns leave out the user's past purchases. Ties count against the "
+            "relevant item. Exposure: the top-10 lists over all items.",
+            *_verdict(results),
+        ],
+        exposure=exposure,
+    )
 
 
 def _rel(path: Path) -> str:

@@ -5,6 +5,7 @@ Run::
     .venv/bin/python -m benchmarks.tmall            # the full benchmark, writes RESULTS.md
     .venv/bin/python -m benchmarks.tmall --quick    # a smoke run on a user sample, prints only
     .venv/bin/python -m benchmarks.tmall --out FILE # the section's markdown to FILE instead
+    .venv/bin/python -m benchmarks.tmall --report tmall.html  # also the HTML report (plots)
 
 Ours comes from the front door: ``benchmarks/configs/tmall.yaml`` is an experiment config of
 the ``multibehavior`` recipe (:mod:`shoprec.recipes.multibehavior`), and each "ours" row is
@@ -49,7 +50,13 @@ import polars as pl
 import torch
 
 from benchmarks._als import fit_als
-from benchmarks._results import load_note, stamp, write_section
+from benchmarks._results import (
+    add_report_flag,
+    load_note,
+    stamp,
+    write_html_report,
+    write_section,
+)
 from shoprec.config import ExperimentConfig, load_config
 from shoprec.data.schema import Dataset, Interactions
 from shoprec.experiment import fit_experiment, load_dataset, make_split, save_experiment
@@ -170,6 +177,11 @@ def ours(
     facts["artifact"] = str(path)
     facts["front_door_test"] = {k: test["metrics"][k] for k in ("hr@10", "ndcg@10")}
     facts["front_door_ci"] = {k: test["ci"][k] for k in ("hr@10", "ndcg@10") if k in test["ci"]}
+    facts["exposure"] = test.get("exposure") or {}  # what the lists expose (coverage, Gini)
+    facts["popularity_exposure"] = (
+        (test.get("baselines") or {}).get("popularity", {}).get("exposure")
+    )
+    facts["slices"] = test.get("slices") or {}
     facts["save_s"] = time.perf_counter() - tick
     log.info("%s: artifact %s, its test protocol %s", name, path, facts["front_door_test"])
     log.info("%s: validation %s at epoch %s", name, run.valid, run.best_epoch)
@@ -189,8 +201,14 @@ def _sample(ds: Dataset, users: int, seed: int) -> Dataset:
     )
 
 
-def run(quick: bool = False, config_path: Path = CONFIG, out: Path | None = None) -> dict[str, Any]:
-    """Run every row; return the rows and facts (and write the section unless ``quick``)."""
+def run(
+    quick: bool = False,
+    config_path: Path = CONFIG,
+    out: Path | None = None,
+    report: Path | None = None,
+) -> dict[str, Any]:
+    """Run every row; return the rows and facts (and write the section unless ``quick``;
+    the HTML report to ``report`` if given, also when ``quick``)."""
     cfg = load_config(config_path)
     train_cfg = cfg.train.train_config()
     threads = int(train_cfg.threads or 1)
@@ -290,6 +308,9 @@ def run(quick: bool = False, config_path: Path = CONFIG, out: Path | None = None
         print(f"scoring {name}: {seconds:.1f} s")
     for name, f in facts.items():
         print(f"{name}: the artifact's own test protocol {f['front_door_test']}")
+    if report is not None:
+        html_report(result, report, quick)
+        log.info("wrote the report to %s", report)
     if quick:
         return result
     markdown = _markdown(result, cfg)
@@ -448,15 +469,57 @@ def _version(package: str) -> str:
         return "?"
 
 
+def html_report(result: dict[str, Any], path: Path, quick: bool) -> Path:
+    """The section as the HTML report of ``shoprec evaluate --report``: every row (peers and
+    ours), the multi-task model's slices, learning curves and exposure beside popularity's."""
+    rows = {
+        r["name"]: {k: r[k] for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20") if k in r}
+        for r in result["rows"]
+    }
+    ours = [n for n in rows if n.startswith("Ours")]
+    main_facts = result["facts"].get(ours[0], {}) if ours else {}
+
+    def cells(sl: dict[str, Any]) -> dict[str, Any]:
+        m, ci = sl.get("metrics", {}), sl.get("ci", {})
+        return {
+            k: (v, *ci[k]) if k in ci and None not in ci[k] else v
+            for k, v in m.items()
+            if v is not None
+        }
+
+    exposure = {}
+    if main_facts.get("exposure"):
+        exposure[ours[0]] = main_facts["exposure"]
+    if main_facts.get("popularity_exposure"):
+        exposure["popularity (train + valid)"] = main_facts["popularity_exposure"]
+    return write_html_report(
+        path,
+        "Tmall view / cart / buy: buy ranking" + (" (--quick smoke run)" if quick else ""),
+        rows,
+        ours,
+        subtitle=f"full ranking of buy/test.txt; config {Path(result['config']).name}",
+        notes=[
+            "Every row is ranked by this script on the same test users, each user's buy/train "
+            "items excluded, ties counted against the target.",
+            f"Slices, learning curves and exposure are those of '{ours[0] if ours else ''}' "
+            "from the artifact the front door saved (its own test protocol).",
+        ],
+        slices={k: cells(v) for k, v in main_facts.get("slices", {}).items()} or None,
+        history=main_facts.get("history") or None,
+        exposure=exposure or None,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run on a user sample")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--out", type=Path, help="write the section's markdown here")
+    add_report_flag(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("shoprec.data").setLevel(logging.WARNING)
-    run(quick=args.quick, config_path=args.config, out=args.out)
+    run(quick=args.quick, config_path=args.config, out=args.out, report=args.report)
 
 
 if __name__ == "__main__":

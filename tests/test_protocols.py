@@ -403,3 +403,63 @@ def test_pointwise_wraps_the_metric_functions() -> None:
     assert m["logloss"] == logloss(y, p) and m["n"] == 300 and m["positives"] == y.sum()
     one_class = pointwise(np.ones(4), np.full(4, 0.5))
     assert math.isnan(one_class["auc"]) and "gauc" not in one_class
+
+
+class _TwoDomainScorer:
+    """Scores a fixed matrix for the target domain ``t`` (what evaluate_scorer needs)."""
+
+    target, domain = "buy", "t"
+
+    def __init__(self, items: list[str], users: list[str], scores: np.ndarray) -> None:
+        self.items, self.n_items = items, len(items)
+        self._row = {u: r for r, u in enumerate(users)}
+        self._scores = scores
+
+    def rank_scores(self, users: list[str], positions: np.ndarray | None = None) -> np.ndarray:
+        s = self._scores[[self._row[u] for u in users]]
+        return s if positions is None else s[:, positions]
+
+
+def test_twin_free_slices_leave_out_users_and_items_known_in_the_source_domain() -> None:
+    import polars as pl
+
+    from shoprec.config import EvaluateSection
+    from shoprec.data.schema import Interactions
+    from shoprec.data.split import Split
+    from shoprec.experiment import evaluate_scorer, twins
+
+    rng = np.random.default_rng(0)
+    users = [f"u{j}" for j in range(40)]
+    items = [f"i{j}" for j in range(30)]
+
+    def frame(rows: list[tuple[str, str, str]]) -> Interactions:
+        u, i, d = zip(*rows, strict=True)
+        return Interactions.from_frame(
+            pl.DataFrame({"user": u, "item": i, "behavior": ["buy"] * len(u), "domain": d})
+        )
+
+    train = [(u, items[int(rng.integers(30))], "t") for u in users]
+    # a source domain: users 0-14 and items 0-9 have twins there
+    train += [(users[j], items[j % 10], "s") for j in range(15)]
+    test = [(u, items[int(rng.integers(30))], "t") for u in users for _ in range(2)]
+    split = Split(frame(train), None, frame(test), kind="given")
+    scorer = _TwoDomainScorer(items, users, rng.random((40, 30)))
+    user_twin, item_twin = twins(scorer, split, "test", users)  # type: ignore[misc, arg-type]
+    assert user_twin.tolist() == [j < 15 for j in range(40)]
+    assert item_twin.tolist() == [j < 10 for j in range(30)]
+    ev = evaluate_scorer(scorer, split, EvaluateSection(bootstrap=0, baselines=False))  # type: ignore[arg-type]
+    s = ev.slices
+    assert {"twin-free users", "twin users", "twin-free items", "twin-free"} <= set(s)
+    assert (
+        s["twin-free users"]["metrics"]["users"] + s["twin users"]["metrics"]["users"]
+        == (ev.metrics["users"])
+    )
+    # twin-free items: the users with a relevant item outside 0-9, ranked among the rest
+    test_df = pl.DataFrame(test, schema=["user", "item", "domain"], orient="row")
+    free = test_df.filter(~pl.col("item").is_in(items[:10]))
+    assert s["twin-free items"]["metrics"]["users"] == free["user"].n_unique()
+    both = free.filter(~pl.col("user").is_in(users[:15]))
+    assert s["twin-free"]["metrics"]["users"] == both["user"].n_unique()
+    # no source domain, no twin slices
+    plain = Split(frame([r for r in train if r[2] == "t"]), None, frame(test), kind="given")
+    assert twins(scorer, plain, "test", users) is None  # type: ignore[arg-type]
