@@ -193,15 +193,8 @@ class ConcurrencyLimit:
             f"{why} ({self.max_active} requests running, {self.waiting} waiting): retry after "
             f"{self.retry_after} s",
             [(b"retry-after", str(self.retry_after).encode())],
-            close=_has_body(scope),
+            close=_header(scope, b"transfer-encoding") is not None,  # else discarded
         )
-
-
-def _has_body(scope: Scope) -> bool:
-    length = _header(scope, b"content-length")
-    return (length is not None and length != "0") or _header(
-        scope, b"transfer-encoding"
-    ) is not None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
