@@ -970,7 +970,7 @@ def select_linear(
 
 
 def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
-               quick: bool) -> dict[str, Any]:  # fmt: skip
+               quick: bool, only: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Warm (main) and cold-start tables of issue 13: popularity, ALS, EASE, item-kNN, our
     item neighbours and our HistoryEncoder rows (sequence recipe), each domain the target."""
     from benchmarks._ease import EASE
@@ -990,6 +990,8 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
     lin_params: dict[str, Any] = {}
     for k in (0, 1):
         dname = data.index.domains[k]
+        if only is not None and dname != only:
+            continue
         warm_t = make_target(data, data.full, data.test, k, None)
         cold_t = make_target(reduced, reduced.full, data.test, k, cold[k])
         main_rows: list[dict[str, Any]] = []
@@ -1057,7 +1059,8 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
         res["main"][dname] = {"n_test": len(warm_t.users), "rows": main_rows}
         res["cold"][dname] = {"n_test": len(cold_t.users), "n_cold": len(cold[k]),
                               "rows": cold_rows}  # fmt: skip
-        partial = out.with_name(out.name + "_partial.json")  # what is done, if the run stops
+        tag = f"_{only}" if only else ""
+        partial = out.with_name(f"{out.name}{tag}_partial.json")  # what is done if it stops
         partial.write_text(json.dumps(res, default=_json_default, indent=1))
     res["facts"]["linear"] = lin_params
     return res
@@ -1173,8 +1176,9 @@ Training facts: `{facts}`
 """
 
 
-def main_neural(quick: bool, out: Path | None) -> dict[str, Any]:
-    """``--part neural``: run, save the JSON, write the section."""
+def main_neural(quick: bool, out: Path | None, only: str | None = None) -> dict[str, Any]:
+    """``--part neural``: run (one target with ``only``), save the JSON, write the section
+    from every target's saved JSON."""
     torch.set_num_threads(int(SETTINGS["threads"]))
     started = time.perf_counter()
     nb = load_config(NEIGHBOURS)
@@ -1185,16 +1189,34 @@ def main_neural(quick: bool, out: Path | None) -> dict[str, Any]:
     o = nb.recipe.options
     data = load_data(ds, [o.target, o.sources[0]], int(SETTINGS["valid_seed"]))
     suffix = "_quick" if quick else ""
-    res = run_neural(ds, data, nb, OUT / f"amazon_cdr_neural{suffix}", quick)
+    res = run_neural(ds, data, nb, OUT / f"amazon_cdr_neural{suffix}", quick, only)
     res["total_s"] = time.perf_counter() - started
     res["stamp"] = stamp()
     res["load_end"] = os.getloadavg()[0]
-    path = OUT / f"amazon_cdr_neural{suffix}.json"
+    path = OUT / f"amazon_cdr_neural{suffix}{'_' + only if only else ''}.json"
     path.write_text(json.dumps(res, default=_json_default, indent=1))
+    return report_neural(quick, out, nb.data.dataset == OWNED)
+
+
+def report_neural(quick: bool, out: Path | None, owned: bool = True) -> dict[str, Any]:
+    """The section from the saved JSON of every target (``--only`` runs are merged)."""
+    suffix = "_quick" if quick else ""
+    res: dict[str, Any] = {"main": {}, "cold": {}, "facts": {}}
+    parts = []
+    for path in sorted(OUT.glob(f"amazon_cdr_neural{suffix}*.json")):
+        if path.name.endswith("_partial.json") or (not quick and "_quick" in path.name):
+            continue
+        part = json.loads(path.read_text())
+        parts.append(part)
+        for key in ("main", "cold", "facts"):
+            res[key].update(part[key])
+    res["total_s"] = sum(p.get("total_s", 0) for p in parts)
+    res["stamp"] = parts[-1].get("stamp", "") if parts else ""
+    res["load_end"] = max((p.get("load_end", 0) for p in parts), default=float("nan"))
     md = neural_markdown(res)
     if out is not None:
         out.write_text(md)
-    elif not quick and nb.data.dataset == OWNED:
+    elif not quick and owned:
         write_section("amazon_cdr_neural", md)
     print(md)
     return res
@@ -1335,11 +1357,15 @@ def main() -> None:
     parser.add_argument("--neighbours", type=Path, default=NEIGHBOURS, help="our item neighbours")
     parser.add_argument("--model", type=Path, default=MODEL, help="our trained models")
     parser.add_argument("--out", type=Path, help="write the section here, not in RESULTS.md")
+    parser.add_argument("--only", help="--part neural: run this target domain alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("shoprec.data").setLevel(logging.WARNING)
     if args.part == "neural":
-        main_neural(args.quick, args.out)
+        if args.report:
+            report_neural(args.quick, args.out)
+        else:
+            main_neural(args.quick, args.out, args.only)
         return
     if not args.report:
         for part in ("main", "cold") if args.part == "all" else (args.part,):
