@@ -935,7 +935,7 @@ OURS_NEURAL: list[tuple[str, Path, dict[str, Any], tuple[str, ...]]] = [
     ("Ours, neural cross-domain (joint, history of both domains)", HISTORY_JOINT,
      {"recipe.lambda": 1.0}, ("cold",)),
 ]  # fmt: skip
-NEURAL_TRAIN = {"train.epochs": 4}  # the configs allow 8 (early stopping on validation)
+NEURAL_TRAIN = {"train.epochs": 3}  # the configs allow 8 (early stopping on validation)
 
 
 def _matrix(data: Data, pairs: Pairs) -> Any:
@@ -1006,13 +1006,31 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
             })  # fmt: skip
             log.info("neural k=%d: %s %.4f", t.k, name, rows[-1]["full_NDCG"])
 
-        add(main_rows, warm_t, "Popularity (target train count)", popularity(data, data.full, k))
-        add(cold_rows, cold_t, "Popularity (target train count)",
-            popularity(reduced, reduced.full, k))  # fmt: skip
-        # Peers: warm users against the target-only peers (the warm target), cold users
-        # against the peers on both domains merged (a target-only peer cannot score them).
-        for merged, rows, t, d in ((False, main_rows, warm_t, data), (True, cold_rows, cold_t,
-                                                                        reduced)):  # fmt: skip
+        # Cold start first (the first target), then warm; in each, ours first (the
+        # costly fits), then the peers: cold users against the peers on both domains merged
+        # (a target-only peer cannot score them), warm users against the target-only peers.
+        nb_values = {"recipe.neighbours": n["neighbours"]}
+        scenarios = (("cold", reduced_ds, cold_rows, cold_t, reduced, True),
+                     ("warm", ds, main_rows, warm_t, data, False))  # fmt: skip
+        for scen, dset, rows, t, d, merged in scenarios:
+            for label, path, values, runs_in in OURS_NEURAL:
+                if scen not in runs_in:
+                    continue
+                base = cfgs[path]
+                space = None  # see OURS_NEURAL
+                cfg = base.with_values({**NEURAL_TRAIN, **values, "recipe.target": dname,
+                                        **({"recipe.sources": [data.index.domains[1 - k]]}
+                                           if "cross-domain" in label else {})})  # fmt: skip
+                slug = f"{_slug(label)}_{values.get('recipe.method', 'joint')}_{scen}_{dname}"
+                f = fit_ours(cfg, dset, out / slug, space)
+                add(rows, t, label, ours_fn(f.scorer, d, k), _note(f), f.info.get("fit_s"))
+                res["facts"][slug] = _facts(f)
+            f = fit_ours(direction(nb_cfg, data, k, nb_values), dset, out / f"nb_{scen}_{dname}")
+            add(rows, t, "Ours, item neighbours, both domains", ours_fn(f.scorer, d, k),
+                _note(f) + " (settings picked on validation by the full run)",
+                f.info.get("fit_s"))  # fmt: skip
+            res["facts"][f"neighbours_{scen}_{dname}"] = _facts(f)
+            add(rows, t, "Popularity (target train count)", popularity(d, d.full, k))
             what = "both domains merged" if merged else "target only"
             params = {**n["als"]["merged" if merged else "target_only"][k], "iterations": als_iters}
             pairs = d.full if merged else d.full.where(d.full.d == k)
@@ -1034,41 +1052,25 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
                 extra = f", top {n['ease']['max_items']:,} items" if "EASE" in label else ""
                 note = f"{key} {best}{extra} (val NDCG@10 {val:.4f})"
                 add(rows, t, f"{label}, {what}", _linear_scorer(d, m, x, k), note, secs)
-        # ours: item neighbours (both domains), then the neural rows, all through the front door
-        nb_values = {"recipe.neighbours": n["neighbours"]}
-        scenarios = (("warm", ds, main_rows, warm_t, data),
-                     ("cold", reduced_ds, cold_rows, cold_t, reduced))  # fmt: skip
-        for scen, dset, rows, t, d in scenarios:
-            f = fit_ours(direction(nb_cfg, data, k, nb_values), dset, out / f"nb_{scen}_{dname}")
-            add(rows, t, "Ours, item neighbours, both domains", ours_fn(f.scorer, d, k),
-                _note(f) + " (settings picked on validation by the full run)",
-                f.info.get("fit_s"))  # fmt: skip
-            res["facts"][f"neighbours_{scen}_{dname}"] = _facts(f)
-            for label, path, values, runs_in in OURS_NEURAL:
-                if scen not in runs_in:
-                    continue
-                base = cfgs[path]
-                space = None  # see OURS_NEURAL
-                cfg = base.with_values({**NEURAL_TRAIN, **values, "recipe.target": dname,
-                                        **({"recipe.sources": [data.index.domains[1 - k]]}
-                                           if "cross-domain" in label else {})})  # fmt: skip
-                slug = f"{_slug(label)}_{values.get('recipe.method', 'joint')}_{scen}_{dname}"
-                f = fit_ours(cfg, dset, out / slug, space)
-                add(rows, t, label, ours_fn(f.scorer, d, k), _note(f), f.info.get("fit_s"))
-                res["facts"][slug] = _facts(f)
-        res["main"][dname] = {"n_test": len(warm_t.users), "rows": main_rows}
-        res["cold"][dname] = {"n_test": len(cold_t.users), "n_cold": len(cold[k]),
-                              "rows": cold_rows}  # fmt: skip
-        tag = f"_{only}" if only else ""
-        partial = out.with_name(f"{out.name}{tag}_partial.json")  # what is done if it stops
-        partial.write_text(json.dumps(res, default=_json_default, indent=1))
+            res["main"][dname] = {"n_test": len(warm_t.users), "rows": main_rows}
+            res["cold"][dname] = {"n_test": len(cold_t.users), "n_cold": len(cold[k]),
+                                  "rows": cold_rows}  # fmt: skip
+            tag = f"_{only}" if only else ""
+            partial = out.with_name(f"{out.name}{tag}_partial.json")  # what is done if it stops
+            partial.write_text(json.dumps(res, default=_json_default, indent=1))
     res["facts"]["linear"] = lin_params
     return res
 
 
+#: Table order of the neural part's rows (by name prefix).
+NEURAL_ORDER = ("Popularity", "implicit ALS", "EASE", "item-kNN", "Ours, item neighbours",
+                "Ours, neural base", "Ours, neural cross-domain")  # fmt: skip
+
+
 def _neural_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | full HR@10 | full NDCG@10 | train time | notes |", "|---|---|---|---|---|"]
-    for r in rows:
+    rank = lambda r: next((j for j, x in enumerate(NEURAL_ORDER) if r["name"].startswith(x)), 99)  # noqa: E731
+    for r in sorted(rows, key=rank):
         t = "-" if not r["train_s"] else f"{r['train_s']:.0f} s"
         lines.append(f"| {r['name']} | {r['full_HR']:.4f} | {r['full_NDCG']:.4f} | {t} | "
                      f"{r['note']} |")  # fmt: skip
