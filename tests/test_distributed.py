@@ -25,7 +25,7 @@ from shoprec.models import build_model
 from shoprec.models.features import CategoricalFeature, NumericFeature, Task
 from shoprec.train import distributed
 from shoprec.train.loop import TrainConfig, fit, task_scores
-from shoprec.train.weighting import GradNorm, PCGrad, UncertaintyWeighting
+from shoprec.train.weighting import GradNorm, LossWeighting, PCGrad, UncertaintyWeighting
 
 EPOCHS = 4
 BATCH = 128  # the global batch: 64 rows per process with two
@@ -51,7 +51,22 @@ def _model() -> torch.nn.Module:
     return build_model("mmoe", features, tasks, n_experts=2, expert_dims=(8,), tower_dims=(4,))
 
 
-def _train(ckpt: Path | None, *, crash_at: int | None = None, resume: bool = False) -> tuple:
+def _weighting(name: str) -> LossWeighting:
+    if name == "gradnorm":
+        return GradNorm(["click", "buy"])  # learnt weights from per-task gradient norms
+    if name == "pcgrad":
+        return PCGrad()  # surgery on per-task gradients
+    return UncertaintyWeighting(["click", "buy"])  # a strategy with parameters of its own
+
+
+def _train(
+    ckpt: Path | None,
+    *,
+    crash_at: int | None = None,
+    resume: bool = False,
+    strategy: str = "uncertainty",
+    epochs: int = EPOCHS,
+) -> tuple:
     """One fit of the toy model (in this process, whatever its rank)."""
     torch.set_num_threads(1)
     train, valid = _toy()
@@ -65,7 +80,7 @@ def _train(ckpt: Path | None, *, crash_at: int | None = None, resume: bool = Fal
         return task_scores(m, valid)
 
     cfg = TrainConfig(
-        epochs=EPOCHS,
+        epochs=epochs,
         batch_size=BATCH,
         lr=0.01,
         patience=EPOCHS,
@@ -74,12 +89,22 @@ def _train(ckpt: Path | None, *, crash_at: int | None = None, resume: bool = Fal
         checkpoint_dir=str(ckpt) if ckpt else None,
         device="cpu",
     )
-    uw = UncertaintyWeighting(["click", "buy"])  # a strategy with parameters of its own
+    uw = _weighting(strategy)
     result = fit(model, train, None, cfg, weighting=uw, evaluator=evaluator, resume=resume)
     return model, uw, result
 
 
-def _worker(rank: int, world: int, port: int, out: str, ckpt: str, crash: int, resume: bool):
+def _worker(
+    rank: int,
+    world: int,
+    port: int,
+    out: str,
+    ckpt: str,
+    crash: int,
+    resume: bool,
+    strategy: str = "uncertainty",
+    epochs: int = EPOCHS,
+):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -89,7 +114,9 @@ def _worker(rank: int, world: int, port: int, out: str, ckpt: str, crash: int, r
         SHOPREC_DIST_TIMEOUT_MIN="2",
     )
     try:
-        model, uw, result = _train(Path(ckpt), crash_at=crash or None, resume=resume)
+        model, uw, result = _train(
+            Path(ckpt), crash_at=crash or None, resume=resume, strategy=strategy, epochs=epochs
+        )
         if rank == 0:
             _save(Path(out), model, uw, result)
     finally:
@@ -104,13 +131,21 @@ def _save(out: Path, model: torch.nn.Module, uw: torch.nn.Module, result) -> Non
     (out / "history.json").write_text(json.dumps(history))
 
 
-def _spawn(out: Path, ckpt: Path, *, crash: int = 0, resume: bool = False) -> None:
+def _spawn(
+    out: Path,
+    ckpt: Path,
+    *,
+    crash: int = 0,
+    resume: bool = False,
+    strategy: str = "uncertainty",
+    epochs: int = EPOCHS,
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # fork, not spawn: the children start with torch and shoprec already imported (seconds
     # saved per process); they run one thread each, so no OpenMP pool crosses the fork.
-    args = (2, port, str(out), str(ckpt), crash, resume)
+    args = (2, port, str(out), str(ckpt), crash, resume, strategy, epochs)
     mp.start_processes(_worker, args=args, nprocs=2, join=True, start_method="fork")
 
 
@@ -118,12 +153,12 @@ def _load(out: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return load_file(out / "weights.safetensors"), json.loads((out / "history.json").read_text())
 
 
-def _assert_same(a: Path, b: Path, atol: float) -> None:
+def _assert_same(a: Path, b: Path, atol: float, epochs: int = EPOCHS) -> None:
     (wa, ha), (wb, hb) = _load(a), _load(b)
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=1e-4, msg=k)
-    assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb] == list(range(1, EPOCHS + 1))
+    assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb] == list(range(1, epochs + 1))
     for ra, rb in zip(ha, hb, strict=True):
         assert ra.keys() == rb.keys()
         for k in ra:
@@ -166,8 +201,22 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs: Path, tmp_path: P
     _assert_same(tmp_path / "one", runs / "two", atol=2e-5)
 
 
-@pytest.mark.parametrize("strategy", [GradNorm(["click", "buy"]), PCGrad()])
-def test_gradient_surgery_strategies_refuse_several_processes(strategy) -> None:
+@pytest.mark.parametrize("strategy", ["gradnorm", "pcgrad"])
+def test_gradient_strategies_under_two_processes_train_what_one_process_trains(
+    strategy: str, tmp_path: Path
+) -> None:
+    """GradNorm and PCGrad take per-task gradients outside DDP; averaged over the ranks
+    first, their weights and surgery are the global batch's, as in one process."""
+    _save(tmp_path / "one", *_train(None, strategy=strategy, epochs=2))
+    _spawn(tmp_path / "two", tmp_path / "ckpt", strategy=strategy, epochs=2)
+    _assert_same(tmp_path / "two", tmp_path / "one", atol=5e-5, epochs=2)
+
+
+def test_a_strategy_that_cannot_run_distributed_is_refused() -> None:
+    class LocalOnly(UncertaintyWeighting):
+        supports_distributed = False
+
+    strategy = LocalOnly(["click", "buy"])
     with pytest.raises(distributed.DistributedError, match="cannot train with 2 processes"):
         distributed.check_weighting(strategy, distributed.Context(rank=0, world_size=2))
     distributed.check_weighting(strategy, distributed.Context())  # one process: fine

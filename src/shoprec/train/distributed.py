@@ -30,9 +30,14 @@ Rank 0 alone validates, writes checkpoints and the artifact; the others wait at 
 collective. Checkpoints hold no per-rank state, so any world size can resume them (on several
 nodes the checkpoint folder must be on a file system all of them see).
 
-GradNorm and PCGrad take per-task gradients with ``torch.autograd.grad``, which bypasses
-DDP's gradient averaging; they set ``supports_distributed = False`` and :func:`check_weighting`
-refuses them with a clear error rather than letting the ranks drift apart.
+GradNorm and PCGrad take per-task gradients with ``torch.autograd.grad``, which DDP's
+gradient hooks do not support: for them the model is not wrapped in DDP, the loop averages
+every gradient over the ranks after the backward pass (:func:`average_gradients`), and the
+strategies average their per-task gradients (and GradNorm its loss ratios) through
+:func:`mean_over_ranks` before using them, so every process computes the global batch's
+weights and surgery and takes the same step.
+A strategy that marks itself ``supports_distributed = False`` is refused by
+:func:`check_weighting` with a clear error rather than letting the ranks drift apart.
 
 Example (two processes on one machine, the same as ``shoprec train cfg.yaml --nproc 2``)::
 
@@ -46,7 +51,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,10 +168,10 @@ def check_weighting(weighting: nn.Module, ctx: Context) -> None:
     if ctx.distributed and not getattr(weighting, "supports_distributed", True):
         name = type(weighting).__name__
         raise DistributedError(
-            f"weighting {name} cannot train with {ctx.world_size} processes: it takes per-task "
-            "gradients with torch.autograd.grad, which DistributedDataParallel does not "
-            "average across processes, so the processes would drift apart. Train it in one "
-            "process (no --nproc / torchrun), or use weighting 'fixed' or 'uncertainty'."
+            f"weighting {name} cannot train with {ctx.world_size} processes: it takes "
+            "gradients DistributedDataParallel does not average across processes (it sets "
+            "supports_distributed = False), so the processes would drift apart. Train it in "
+            "one process (no --nproc / torchrun), or use another weighting."
         )
 
 
@@ -227,8 +232,14 @@ class _Objective(nn.Module):
         return self.model.task_losses(self.model(batch), batch)
 
 
-def objective(model: nn.Module, ctx: Context) -> nn.Module:
+def objective(model: nn.Module, ctx: Context, *, ddp: bool = True) -> nn.Module:
     """``batch -> {task: loss}`` for ``model``, wrapped in DDP when there are several ranks.
+
+    With ``ddp=False`` (a strategy that takes per-task gradients with ``autograd.grad``,
+    which DDP's gradient hooks do not support) the model is not wrapped: rank 0's weights
+    are sent to all ranks here, and the loop averages the gradients with
+    :func:`average_gradients` after each backward, which is what DDP does, without its
+    overlap of communication and computation.
 
     ``static_graph``: the losses reach the same parameters at every step, so DDP learns in
     the first step which ones they do not reach (a part the loss never uses) and waits for
@@ -236,6 +247,10 @@ def objective(model: nn.Module, ctx: Context) -> nn.Module:
     """
     obj = _Objective(model)
     if not ctx.distributed:
+        return obj
+    if not ddp:
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
         return obj
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(obj, device_ids=ids, static_graph=True)
@@ -259,15 +274,39 @@ def broadcast(obj: Any, ctx: Context) -> Any:
     return box[0]
 
 
+def mean_over_ranks(ctx: Context) -> Callable[[Tensor], Tensor]:
+    """A function that returns the mean of a tensor over all ranks (identity in one process)."""
+    if not ctx.distributed:
+        return _identity
+
+    def mean(t: Tensor) -> Tensor:
+        out = t.detach().clone().contiguous()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out.div_(ctx.world_size)
+
+    return mean
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
 def average_gradients(params: Sequence[Tensor], ctx: Context) -> None:
-    """Average ``.grad`` of parameters DDP does not manage (the weighting's) over ranks."""
+    """Average ``.grad`` over ranks, for parameters DDP does not manage (the weighting's, or
+    all of them when the model is not wrapped). A parameter without a gradient is left
+    without one: the ranks run the same graph, so it has none on any rank."""
     if not ctx.distributed:
         return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad.div_(ctx.world_size)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one collective, not one per tensor
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(ctx.world_size)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def barrier(ctx: Context) -> None:

@@ -191,6 +191,7 @@ def fit(
     # One process, or one of torchrun's (train.distributed): its rank and device.
     ctx = distributed.setup(cfg.device)
     distributed.check_weighting(weighting, ctx)
+    weighting.mean_over_ranks = distributed.mean_over_ranks(ctx)  # type: ignore[method-assign]
     seed_everything(cfg.seed)
     if ctx.rank > 0:  # dropout masks differ per rank; the shuffling generator below does not
         torch.manual_seed(cfg.seed + 7919 * ctx.rank)
@@ -236,7 +237,10 @@ def fit(
 
     # DDP (several processes) or the plain objective: batch -> task losses. batch_size is the
     # global batch; each of the world_size processes takes every world_size-th of its rows.
-    objective = distributed.objective(model, ctx)
+    # Strategies that take per-task gradients themselves bypass DDP's hooks: the model is
+    # then not wrapped and the loop averages all gradients over the ranks after backward.
+    manual = ctx.distributed and weighting.per_task_gradients
+    objective = distributed.objective(model, ctx, ddp=not manual)
     if ctx.distributed and cfg.batch_size % ctx.world_size:
         log.warning(
             "train.batch_size %d is not a multiple of %d processes: rank batches differ by a row",
@@ -280,7 +284,10 @@ def fit(
                 total = weighting.backward(
                     losses, shared_params=shared, last_shared_params=last_shared
                 )
-                distributed.average_gradients(list(weighting.parameters()), ctx)
+                synced = [] if manual else trainable  # DDP averaged the model's already
+                distributed.average_gradients(
+                    [p for p in params if all(p is not q for q in synced)], ctx
+                )
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()

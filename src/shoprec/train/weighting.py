@@ -79,14 +79,25 @@ class LossWeighting(nn.Module, ABC):
     log-variances) lives in ``nn.Parameter`` s, reachable through the usual
     ``parameters()`` (possibly empty), which the loop hands to its optimizer.
 
-    ``supports_distributed`` says whether the strategy trains correctly under
-    DistributedDataParallel (several processes): strategies that only combine the losses
-    and call ``backward`` do (the loop averages their own parameters' gradients like DDP
-    averages the model's); those that take per-task gradients with ``torch.autograd.grad``
-    do not, since DDP averages only what ``backward`` accumulates.
+    Several processes (DistributedDataParallel): DDP averages only what ``backward``
+    accumulates, and the loop averages the strategy's own parameters' gradients the same
+    way. A strategy that takes per-task gradients with ``torch.autograd.grad`` (GradNorm,
+    PCGrad) says so with ``per_task_gradients = True`` (autograd.grad bypasses DDP's hooks,
+    so the loop then averages every gradient itself after ``backward``) and passes those
+    gradients, and any per-task loss statistic it needs, through ``mean_over_ranks`` first,
+    which the loop sets to the mean over the processes (the identity in one process), so
+    every process computes the same global quantity and the same update. A strategy that
+    cannot do this sets ``supports_distributed = False``; the loop then refuses to run it in
+    several processes.
     """
 
     supports_distributed: bool = True
+    per_task_gradients: bool = False  # takes per-task gradients (autograd.grad) itself
+
+    @staticmethod
+    def mean_over_ranks(t: Tensor) -> Tensor:
+        """The mean of ``t`` over the training processes (set by the loop; here: ``t``)."""
+        return t
 
     @abstractmethod
     def backward(
@@ -284,7 +295,7 @@ class GradNorm(LossWeighting):
     """
 
     initial_losses: Tensor
-    supports_distributed = False  # per-task gradient norms of one process's rows only
+    per_task_gradients = True
 
     def __init__(self, tasks: Sequence[str], alpha: float = 1.5, min_weight: float = 1e-3):
         super().__init__()
@@ -317,12 +328,13 @@ class GradNorm(LossWeighting):
         self._renormalise()
         w = self.task_weights  # (T,)
         task_losses = torch.stack([losses[t] for t in self.tasks])  # (T,)
-        detached = task_losses.detach().to(self.initial_losses)
+        detached = self.mean_over_ranks(task_losses.detach()).to(self.initial_losses)
         with torch.no_grad():
             unset = torch.isnan(self.initial_losses)
             self.initial_losses[unset] = detached[unset]
 
-        norms = torch.stack([_flat_grad(losses[t], params).norm() for t in self.tasks])  # (T,)
+        grads = torch.stack([_flat_grad(losses[t], params) for t in self.tasks])  # (T, P)
+        norms = self.mean_over_ranks(grads).norm(dim=1)  # (T,) of the global batch's gradients
         g = w * norms.to(w)  # (T,) G_i = ||grad_W w_i L_i||, differentiable in w only
         with torch.no_grad():
             ratio = detached / self.initial_losses.clamp(min=1e-12)  # Ltilde_i
@@ -399,7 +411,7 @@ class PCGrad(LossWeighting):
             call (original gradients), for logging.
     """
 
-    supports_distributed = False  # its surgery would replace DDP's averaged gradients
+    per_task_gradients = True
 
     def __init__(self, weights: Mapping[str, float] | None = None, seed: int = 0) -> None:
         super().__init__()
@@ -422,6 +434,7 @@ class PCGrad(LossWeighting):
         self._tasks = list(losses)
         scaled = [self._weights.get(n, 1.0) * loss for n, loss in losses.items()]
         grads = torch.stack([_flat_grad(loss, params) for loss in scaled])  # (T, P)
+        grads = self.mean_over_ranks(grads)  # the global batch's (same on every process)
         gram = grads @ grads.T  # (T, T)
         self.last_conflicts = int((torch.triu(gram, diagonal=1) < 0).sum())
         update = project_conflicting(grads, self._rng).sum(dim=0)  # (P,)
