@@ -221,6 +221,16 @@ RECIPES = {
         },
         "tasks": ["buy"],
     },
+    "cross_domain": {
+        "split": {"kind": "leave_last_out", "behavior": "buy", "n_test": 1, "n_valid": 1},
+        "recipe": {
+            "name": "cross_domain",
+            "source": "market_0",
+            "target": "market_1",
+            "method": "neighbours",
+        },
+        "tasks": ["buy"],
+    },
 }
 
 

@@ -570,6 +570,33 @@ class CrossDomainScorer(Scorer):
 
     # ---- persistence
 
+    def forget_users(self, users: Sequence[str]) -> dict[str, int]:
+        """Their known (user, item) pairs dropped (history in every domain), their user
+        embedding rows zeroed and their id in the index replaced by a placeholder that keeps
+        the sorted index sorted (the previous id, a NUL and a counter: no one's id)."""
+        from dataclasses import replace
+
+        from shoprec.forget import TOMBSTONE
+
+        ids = self.user_ids(users)
+        ids = np.unique(ids[ids > 0])
+        if ids.size == 0:
+            return {"ids": 0, "pair_rows": 0, "embedding_rows": 0}
+        names = list(self.index.users)
+        for j in (ids - 1).tolist():  # ascending: each placeholder sorts after the one before
+            names[j] = (names[j - 1] if j else "") + TOMBSTONE + str(j)
+        keep = ~np.isin(self._known.u, ids)
+        rows = 0
+        if self.model is not None and hasattr(self.model, "user_embedding"):
+            with torch.no_grad():
+                self.model.user_embedding.weight[torch.from_numpy(ids)] = 0.0
+            rows = int(ids.size)
+        self.__init__(  # type: ignore[misc]
+            self.tasks, self.target, replace(self.index, users=tuple(names)), self.settings,
+            self._known.where(keep), self.model, self.neighbours,
+        )  # fmt: skip
+        return {"ids": int(ids.size), "pair_rows": int((~keep).sum()), "embedding_rows": rows}
+
     def save(self, directory: Path) -> None:
         """``cross_domain.json`` (settings, tasks), ``index.json`` (ids), ``known.parquet``
         (every known (user, item) id pair), ``model.safetensors`` and / or ``neighbours/``."""
