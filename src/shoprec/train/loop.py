@@ -330,6 +330,7 @@ def fit(
             if ckpt is not None and ctx.is_main:
                 _save_checkpoint(ckpt, model, optimizer, weighting, generator, state, signature)
             distributed.barrier(ctx)
+    del weighting.mean_over_ranks  # back to the class's identity: no process group kept
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
