@@ -192,28 +192,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load": os.getloadavg()[0],
         "quick": args.quick,
         "fusion": art.recommender().fusion.formula(),
+        "config": args.config.resolve(),
+        "config_name": _rel(args.config),
     }
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(HERE.parent.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def markdown(r: dict[str, Any]) -> str:
     rows = r["rows"]
     off_label = "served list, floor off"
     lines = [
-        "## Exposure fairness: coverage, concentration, and a floor per group (Online Retail)",
+        "## Exposure fairness: coverage, concentration, and a floor per group "
+        f"({'Online Retail' if r['config'] == CONFIG.resolve() else r['name']})",
         "",
         stamp(),
         f"- {load_note(int(torch.get_num_threads()), r['load'])}",
         f"- artifact: `{r['artifact']}` ({r['recipe']} recipe, target {r['target']}, served "
-        f"fusion `{r['fusion']}`), trained by `shoprec train benchmarks/configs/"
-        "online_retail.yaml`"
+        f"fusion `{r['fusion']}`), trained by `shoprec train {r['config_name']}`"
         + (f" in this run ({r['train_s']:.0f} s)" if r["train_s"] else " before this run"),
         "",
         f"The same {r['users']:,} test buyers (a seeded sample; the offline ranking row is over "
         f"the same sample) and split, {r['n_items']:,} items. Accuracy: HR@10 / NDCG@10 of "
-        "the test month's purchases. Exposure of the top-10 lists: catalog coverage@10 (share "
-        "of items in at least one list), the Gini index of how often each item is listed (0 = "
-        "even, 1 = one item everywhere), and the long tail's share of the slots (the 80% least "
-        "sold items). The knob: `serve: {group_floor: F, floor_groups: "
+        f"the test part's '{r['target']}' events. Exposure of the top-10 lists: catalog "
+        "coverage@10 (share of items in at least one list), the Gini index of how often each "
+        "item is listed (0 = even, 1 = one item everywhere), and the long tail's share of the "
+        "slots (the 80% least sold items). The knob: `serve: {group_floor: F, floor_groups: "
         f"{r['groups']}}}` gives every group at least ceil(F x 10) places of a served list "
         "(with `popularity`: the head, the 20% most sold items, and the tail); the floor's "
         "items replace the lowest-placed items of groups above their floor and take the last "
@@ -276,11 +285,15 @@ def main() -> None:
     if args.report is not None:
         write_html_report(
             args.report,
-            "Exposure fairness on Online Retail" + (" (--quick)" if args.quick else ""),
+            f"Exposure fairness: {result['name']}" + (" (--quick)" if args.quick else ""),
             result["rows"],
             [n for n in result["rows"] if not n.startswith(("popularity", "repeat"))],
             subtitle=f"{result['users']:,} test buyers, artifact {result['artifact']}",
-            notes=[line.removeprefix("- ") for line in text.splitlines() if "floor 0." in line],
+            notes=[
+                line.removeprefix("- ")
+                for line in text.splitlines()
+                if line.startswith(("- served list, floor", "Beside the peers"))
+            ],
             exposure=result["exposures"],
         )
         log.info("wrote the report to %s", args.report)

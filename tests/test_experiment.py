@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -94,12 +95,38 @@ def test_evaluate_reports_exposure_beside_accuracy_for_every_model(artifact: Pat
         groups = e["by_group"]  # the simulated catalog has categories
         assert groups["column"] == "category" and groups["groups"]
         assert sum(g["exposure"] for g in groups["groups"].values()) == pytest.approx(1.0)
-    # popularity shows (nearly) one list to everyone: less of the catalog than the model
+    # popularity shows (nearly) one list to everyone: a small part of the catalog
     assert test["baselines"]["popularity"]["metrics"]["coverage@10"] <= 0.5
     result = runner.invoke(app, ["evaluate", str(artifact), "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     assert "coverage@10" in result.stdout and "popularity decile" in result.stdout
     assert "popularity" in result.stdout and "training events" in result.stdout
+
+
+def test_group_floor_gives_every_exposure_group_its_places_in_served_lists(
+    artifact: Path,
+) -> None:
+    art = Artifact.load(artifact)
+    serve = art.config.serve
+    users = [*art.seen["user"].unique().sort().head(15).to_list(), "someone-new"]
+    for by, floor in (("popularity", 0.3), ("category", 0.1)):
+        rec = art.recommender(serve.recommender_config(group_floor=floor, floor_groups=by))
+        plain = art.recommender(serve.recommender_config(floor_groups=by))
+        groups = rec.floor_groups()
+        assert len(groups) == len(art.scorer.items) and set(groups.tolist()) >= {0, 1}
+        moved = 0
+        for user in users:
+            listed = [rec.catalog.pos[r.item] for r in rec.recommend(user, 10)]
+            before = [plain.catalog.pos[r.item] for r in plain.recommend(user, 10)]
+            assert len(listed) == 10 == len(set(listed))
+            counts = np.bincount(groups[listed], minlength=groups.max() + 1)
+            need = int(np.ceil(floor * 10))
+            if by == "popularity":  # two groups, both with plenty of candidates
+                assert counts.min() >= need, (user, counts)
+            moved += listed != before
+        assert moved > 0  # the knob changes lists (all-head or all-tail lists were common)
+    with pytest.raises(ValueError, match="floor_groups"):
+        art.recommender(serve.recommender_config(group_floor=0.2, floor_groups="seller"))
 
 
 def test_recommend_excludes_bought_items_and_serves_unknown_users(artifact: Path) -> None:
