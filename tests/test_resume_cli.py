@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -125,3 +126,40 @@ def test_resume_without_a_checkpoint_and_restart(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "nothing to resume" in " ".join(result.stderr.split())
+
+
+def test_which_checkpoints_a_run_resumes(tmp_path: Path) -> None:
+    """Only an unfinished run of the same config is resumed; anything else starts over."""
+    import json
+
+    from shoprec.train.loop import CheckpointError, checkpointing
+
+    folder = tmp_path / "ckpt"
+
+    def killed_run(key: str, complete: bool = False) -> None:
+        epoch = folder / "fit-1" / "epoch-0001"
+        epoch.mkdir(parents=True, exist_ok=True)
+        (epoch / "trainer.json").write_text("{}")
+        (folder / "fit-1" / "latest.json").write_text(json.dumps({"folder": epoch.name}))
+        (folder / "run.json").write_text(json.dumps({"key": key, "complete": complete}))
+
+    killed_run("a")
+    with checkpointing(folder, "a") as resumed:
+        assert resumed
+    assert not folder.exists()  # removed after success (keep=False)
+    killed_run("a")
+    with checkpointing(folder, "b") as resumed:  # another config: starts over
+        assert not resumed and not (folder / "fit-1").exists()
+    killed_run("a", complete=True)
+    with checkpointing(folder, "a", keep=True) as resumed:  # a finished run: starts over
+        assert not resumed
+    assert json.loads((folder / "run.json").read_text()) == {"key": "a", "complete": True}
+    killed_run("a")
+    with checkpointing(folder, "a", resume=False) as resumed:  # --restart
+        assert not resumed
+    for key in ("a", "b"):  # --resume with nothing of this config to resume
+        with (
+            pytest.raises(CheckpointError, match="nothing to resume"),
+            checkpointing(folder, key, resume=True),
+        ):
+            pass
