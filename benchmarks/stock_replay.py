@@ -16,12 +16,11 @@ Set-up, one seeded run:
    * ``--requests`` shoppers a day (the window's buyers of that day, the same ones and the
      same random draws for every setting) ask for 10 recommendations and go down the list
      (a cascade): at rank ``r`` they look with probability ``1 / log2(r + 1)`` and buy with
-     probability ``--base`` x (the planted P(buy | shown) of that item for that shopper, from
-     the simulator's funnel: click, cart, buy) / (its median over the catalog for them):
-     a typical item converts at ``--base``, one the shopper likes three times as much at
-     three times that; the first buy ends the visit, so a list of less wanted items sells
-     less. A buy takes one unit (``PUT
-     /admin/stock`` in a shop), so the next list sees it;
+     probability ``min(1, --intent x P)``, ``P`` the planted P(buy | shown) of that item for
+     that shopper (the simulator's funnel: click, cart, buy; ``--intent``: a shopper asking
+     for a list is that many times readier to buy than one the simulator merely exposes to
+     an item); the first buy ends the visit, so a list of less wanted items sells less. A
+     buy takes one unit (``PUT /admin/stock`` in a shop), so the next list sees it;
    * then the shop's other demand of the day (the simulated units wanted, sold plus lost)
      takes what is left; units wanted of an item at stock 0 are **stock-outs**.
 
@@ -119,7 +118,7 @@ def replay(
     shoppers: list[list[str]],
     seed: int,
     folder: Path,
-    base: float,
+    intent: float,
 ) -> dict[str, float]:
     """One pass through the window with ``stockout_penalty = penalty``."""
     cfg = RecommenderConfig(
@@ -153,9 +152,8 @@ def replay(
             risk = np.nan_to_num(rec.stock_state(pos)["p_stockout"], nan=0.0)
             at_risk_shown += int((risk >= 0.5).sum())
             u = np.full(len(pos), int(user[1:]))
-            like = true_buy_probability(truth, u, index[pos])
-            typical = np.median(true_buy_probability(truth, np.full(len(index), u[0]), index))
-            w = base * like / typical / np.log2(np.arange(len(pos)) + 2)
+            like = np.minimum(1.0, intent * true_buy_probability(truth, u, index[pos]))
+            w = like / np.log2(np.arange(len(pos)) + 2)
             bought = np.flatnonzero(draws[: len(pos)] < w)
             if len(bought) == 0:
                 continue
@@ -174,6 +172,7 @@ def replay(
         "penalty": penalty,
         "requests": requests,
         "recommended_buys": sold_rec,
+        "conversion": sold_rec / max(requests, 1),
         "other_units_sold": sold_other,
         "stockout_units": out_units,
         "recommended_revenue": rec_revenue,
@@ -190,7 +189,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100, help="recommendation requests a day")
     ap.add_argument("--penalties", type=float, nargs="+", default=[0.0, 1.0, 2.0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--base", type=float, default=0.1, help="P(buy) of a typical listed item")
+    ap.add_argument("--intent", type=float, default=10.0, help="x the planted P(buy | shown)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--out", type=Path, default=None, help="write here, not RESULTS.md")
     args = ap.parse_args()
@@ -287,7 +286,7 @@ def main() -> None:
                     shoppers=shoppers,
                     seed=args.seed + 1,
                     folder=folder,
-                    base=args.base,
+                    intent=args.intent,
                 )
             )
             log.info("penalty %g: %s", penalty, rows[-1])
@@ -301,14 +300,15 @@ def main() -> None:
         f"- setting: simulated shop, {args.events:,} events, seed {args.seed}; MMoE (pairs) "
         f"trained on all but the last {args.weeks} weeks ({t_train:.0f} s); replay of those "
         f"{window} days with {sum(len(s) for s in shoppers):,} recommendation requests "
-        f"({args.requests} a day: a cascade down the list, position-weighted, a typical item "
-        f"bought with P {args.base:g}, scaled by the planted P(buy)) plus the shop's other "
+        f"({args.requests} a day: a cascade down the list, looked at with P 1/log2(rank + 1), "
+        f"bought with {args.intent:g} x the planted P(buy | shown)) plus the shop's other "
         "simulated demand; restocks as in the simulation; "
         f"oracle weekly forecast, lead time {LEAD_WEEKS:g} weeks.",
         f"- {load_note(1, load)}; whole run {time.perf_counter() - start:.0f} s",
         "",
-        "| stockout_penalty | recommended buys | their revenue | vs off | other units sold | "
-        "stock-out units | vs off | shop revenue | vs off | at-risk items per list | ms / list |",
+        "| stockout_penalty | recommended buys (per list) | their revenue | vs off | "
+        "other units sold | stock-out units | vs off | shop revenue | vs off | "
+        "at-risk items per list | ms / list |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -320,7 +320,8 @@ def main() -> None:
             "0 (off: the same recommender without it)" if r["penalty"] == 0 else f"{r['penalty']:g}"
         )
         lines.append(
-            f"| {name} | {r['recommended_buys']:.0f} | {r['recommended_revenue']:,.0f} | "
+            f"| {name} | {r['recommended_buys']:.0f} ({r['conversion']:.0%}) | "
+            f"{r['recommended_revenue']:,.0f} | "
             f"{change(r, 'recommended_revenue'):+.1%} | {r['other_units_sold']:.0f} | "
             f"{r['stockout_units']:.0f} | {change(r, 'stockout_units'):+.1%} | "
             f"{r['revenue']:,.0f} | {change(r, 'revenue'):+.2%} | "
