@@ -216,3 +216,28 @@ def test_reload_never_writes_into_the_artifact(
     assert client.get("/recommend/u1", params={"k": 3}).status_code == 200
     served = client.post("/admin/reload", json={"artifact": "served"}, headers=AUTH)
     assert served.status_code == 200
+
+
+def test_rewriting_an_artifact_leaves_a_live_event_store_in_place(
+    original: Path, tmp_path: Path
+) -> None:
+    """`catalog add` rewrites an artifact a service may be serving: the event store beside
+    it stays the same file, so events the service stores meanwhile are not lost."""
+    from shoprec.serve import EventStore
+
+    path = tmp_path / "art"
+    shutil.copytree(original, path)
+    store = EventStore(path / "events.sqlite")  # the service's connection, kept open
+    store.append("u1", "i1", "view")
+    art = Artifact.load(path)
+    artifacts.save(
+        path, config=art.config, scorer=art.scorer, items=art.items, seen=art.seen,
+        metrics=art.metrics,
+    )  # fmt: skip
+    store.append("u1", "i2", "buy")  # after the rewrite, through the same connection
+    store.close()
+    reopened = EventStore(path / "events.sqlite")
+    assert [e.item for e in reopened.recent()] == ["i1", "i2"]
+    reopened.close()
+    assert artifacts.problems(path) == [] and not (path / "retrieval").exists()
+    assert not list(tmp_path.glob(".art*"))  # no temporary folder left behind

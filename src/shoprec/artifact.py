@@ -75,6 +75,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: The service's event store beside the model: never in the manifest, never moved.
+_STORE_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal")
+
+
 def _files(directory: Path, skip: tuple[str, ...] = (MANIFEST,)) -> list[Path]:
     """The files a manifest covers: all but itself, the service's event store and
     temporary files."""
@@ -83,7 +87,7 @@ def _files(directory: Path, skip: tuple[str, ...] = (MANIFEST,)) -> list[Path]:
         for p in directory.rglob("*")
         if p.is_file()
         and p.relative_to(directory).parts[0] not in skip
-        and not p.name.endswith((".sqlite", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal"))
+        and not p.name.endswith(_STORE_SUFFIXES)
         and not any(part.startswith(".") for part in p.relative_to(directory).parts)
     )
 
@@ -184,14 +188,38 @@ def save(
         "files": file_entries(tmp),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    if directory.exists():
-        # the service's event store lives beside the model: keep it (events are never lost);
-        # the retrieval files describe the old items and are rebuilt when it is served
-        for p in directory.glob("*.sqlite*"):
-            shutil.copy2(p, tmp / p.name)
-    atomic.replace_dir(tmp, directory)  # every file synced, renamed into place, folder synced
+    if directory.exists() and any(directory.glob("*.sqlite*")):
+        _swap_contents(tmp, directory)
+    else:
+        atomic.replace_dir(tmp, directory)  # every file synced, folder renamed into place
     log.info("artifact written to %s", directory)
     return directory
+
+
+def _swap_contents(tmp: Path, directory: Path) -> None:
+    """Move the new artifact in ``tmp`` into ``directory`` entry by entry, the manifest last,
+    leaving the service's event store (``*.sqlite*``) where it is: a running service keeps
+    writing into the very same files (a copy, or a folder renamed away, would lose the
+    events acknowledged meanwhile). Old entries the new artifact lacks (retrieval files of
+    the old items) are removed."""
+    atomic.fsync_tree(tmp)
+    new = {p.name for p in tmp.iterdir()}
+    for p in sorted(tmp.iterdir()):
+        if p.name == MANIFEST:
+            continue
+        if p.is_dir():
+            atomic.replace_dir(p, directory / p.name)
+        else:
+            os.replace(p, directory / p.name)
+    os.replace(tmp / MANIFEST, directory / MANIFEST)
+    for p in directory.iterdir():  # not in the new manifest: unread from here on
+        if p.name not in new and not p.name.endswith(_STORE_SUFFIXES):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    atomic.fsync_dir(directory)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _json(value: Any) -> Any:
