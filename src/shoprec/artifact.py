@@ -151,8 +151,10 @@ def save(
     seen: pl.DataFrame,
     metrics: dict[str, Any],
 ) -> Path:
-    """Write an artifact: into a temporary folder first, then swapped in, so a crash never
-    leaves a half-written artifact where a complete one was.
+    """Write an artifact: into a temporary folder first, every file synced, then renamed into
+    place, so a crash never leaves a half-written artifact where a complete one was. Where
+    the folder holds a service's event store (``*.sqlite``), the new files are moved in one
+    by one and the manifest last, and the store stays where it is.
 
     Args:
         directory: the artifact folder (replaced if it exists).
