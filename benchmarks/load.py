@@ -280,9 +280,9 @@ async def _crowd(
 def crowd(server: Server, users: list[str], clients: int, seconds: float, honour: bool) -> dict:
     """One crowd run, summarised."""
     load_before = os.getloadavg()[0]
-    cpu0, t0 = _cpu_seconds(server.pids()), time.perf_counter()
+    cpu0, t0, own0 = _cpu_seconds(server.pids()), time.perf_counter(), time.process_time()
     res = asyncio.run(_crowd(server.port, users, clients, seconds, honour))
-    wall = time.perf_counter() - t0
+    wall, own = time.perf_counter() - t0, time.process_time() - own0
     cpu = _cpu_seconds(server.pids()) - cpu0
     adm = np.array(res.admitted) * 1000
     health = np.array(res.health) * 1000
@@ -304,6 +304,7 @@ def crowd(server: Server, users: list[str], clients: int, seconds: float, honour
         "health_p99_ms": percentile(health, 99) if len(health) else None,
         "health_max_ms": float(health.max()) if len(health) else None,
         "server_cpu_s": round(cpu, 1),
+        "client_cpu_s": round(own, 1),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }
@@ -443,7 +444,7 @@ def report(r: dict[str, Any], command: str) -> str:
         "",
         "| server limits | clients after a 503 | answered | admitted (200) | shed (503) | shed "
         "share | other errors | admitted/s | p50 ms | p99 ms | max ms | /health p50 / p99 / "
-        "max ms | server CPU s | load avg before / after |",
+        "max ms | server / client CPU s | load avg before / after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["crowd"]:
@@ -453,7 +454,8 @@ def report(r: dict[str, Any], command: str) -> str:
             f"| {c['answered']:,} | {c['admitted']:,} | {c['shed']:,} | {c['shed_share']:.1%} "
             f"| {c['errors']} | {c['admitted_per_s']:.0f} | {_ms(c['p50_ms'])} "
             f"| {_ms(c['p99_ms'])} | {_ms(c['max_ms'])} | {_ms(c['health_p50_ms'])} / "
-            f"{_ms(c['health_p99_ms'])} / {_ms(c['health_max_ms'])} | {c['server_cpu_s']} "
+            f"{_ms(c['health_p99_ms'])} / {_ms(c['health_max_ms'])} | {c['server_cpu_s']} / "
+            f"{c['client_cpu_s']} "
             f"| {c['load_before']:.1f} / {c['load_after']:.1f} |"
         )
     lines += [

@@ -176,8 +176,8 @@ def test_body_limit_counts_streamed_bytes() -> None:
             if not message.get("more_body"):
                 break
 
-    async def run() -> None:
-        parts = [{"type": "http.request", "body": b"a" * 60, "more_body": True}] * 5
+    async def run(chunks: int) -> None:
+        parts = [{"type": "http.request", "body": b"a" * 60, "more_body": True}] * chunks
         queue = iter([*parts, {"type": "http.request", "body": b"", "more_body": False}])
 
         async def receive() -> dict:
@@ -187,11 +187,15 @@ def test_body_limit_counts_streamed_bytes() -> None:
             pass
 
         scope = {"type": "http", "headers": [], "path": "/x", "method": "POST"}
-        await BodyLimit(app, max_bytes=100)(scope, receive, send)
+        await BodyLimit(app, max_bytes=100, linger_bytes=1000)(scope, receive, send)
 
-    with pytest.raises(Exception, match="larger than the limit"):
-        asyncio.run(run())
+    with pytest.raises(Exception, match="larger than the limit") as ended:
+        asyncio.run(run(5))
     assert sum(reads) == 60  # the second chunk passed the limit: never handed to the app
+    assert not ended.value.headers  # the rest was read and dropped: the connection stays
+    with pytest.raises(Exception, match="larger than the limit") as endless:
+        asyncio.run(run(100))  # more than linger_bytes: given up, the connection closed
+    assert endless.value.headers == {"Connection": "close"}
 
 
 # ------------------------------------------------------------------------ concurrency limit

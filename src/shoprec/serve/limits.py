@@ -5,8 +5,9 @@
   arrive, refusing it as soon as the count passes the limit. Nothing else runs for such a
   request: no routing, no auth, no JSON parsing. Like nginx's lingering close, a declared
   body of up to ``linger_bytes`` is then read and thrown away by the server (so a client
-  that sends it all before reading still gets its 413 instead of a connection reset); a
-  larger or a streamed one closes the connection at once.
+  that sends it all before reading still gets its 413 instead of a connection reset), and
+  the rest of a streamed one is read and thrown away (at most ``linger_bytes`` or
+  ``linger_seconds``) before its 413; beyond that the connection is closed.
 * :class:`ConcurrencyLimit` lets at most ``max_active`` requests run at once; up to
   ``max_queue`` more wait, each at most ``queue_timeout`` seconds; every other one is answered
   503 with ``Retry-After`` at once, so the server sheds load instead of queueing without
@@ -35,14 +36,14 @@ from shoprec.serve.schemas import ERROR_CODES
 
 
 class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` when a streamed body passes the limit (answered 413, and the
-    connection closed: the rest of a stream has no known end)."""
+    """Raised from ``receive`` when a streamed body passes the limit (answered 413; ``close``:
+    the rest of the body was not read, so the connection is closed)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, close: bool = True) -> None:
         super().__init__(
             413,
             f"the request body is larger than the limit of {limit:,} bytes",
-            headers={"Connection": "close"},
+            headers={"Connection": "close"} if close else None,
         )
 
 
@@ -76,17 +77,24 @@ class BodyLimit:
         app: the wrapped app.
         max_bytes: the largest body accepted, in bytes.
         linger_bytes: a refused body declared up to this size is read and discarded after
-            the 413; a larger one closes the connection.
+            the 413 (a larger one closes the connection); a streamed one is read and
+            discarded up to this size or ``linger_seconds`` before the 413.
+        linger_seconds: the longest time spent discarding a streamed body.
     """
 
     def __init__(
-        self, app: ASGIApp, max_bytes: int = 1_000_000, linger_bytes: int = 64 * 2**20
+        self,
+        app: ASGIApp,
+        max_bytes: int = 1_000_000,
+        linger_bytes: int = 64 * 2**20,
+        linger_seconds: float = 1.0,
     ) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.app = app
         self.max_bytes = max_bytes
         self.linger_bytes = linger_bytes
+        self.linger_seconds = linger_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,10 +122,25 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                    ended = await self._drain(receive, message)
+                    raise BodyTooLarge(self.max_bytes, close=not ended)
             return message
 
         await self.app(scope, counted, send)
+
+    async def _drain(self, receive: Receive, message: Message) -> bool:
+        """Read and discard the rest of a streamed body over the limit, at most
+        ``linger_bytes`` or ``linger_seconds``; whether it ended (then the connection can
+        stay open, and the client, done sending, reads its 413 instead of a reset)."""
+        drained, deadline = 0, time.monotonic() + self.linger_seconds
+        while message.get("more_body", False):
+            if drained > self.linger_bytes or time.monotonic() > deadline:
+                return False
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            drained += len(message.get("body", b""))
+        return True
 
 
 class ConcurrencyLimit:
