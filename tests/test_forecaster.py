@@ -217,3 +217,24 @@ def test_market_transfer_modes_train_for_the_target_markets(mode: str, market_pa
     win = make_windows(panel, np.array([origin]), opts, feats, series=target, launching=False)
     pred = predict_windows(model, win)
     assert pred["units"].shape == (len(win), 2) and np.isfinite(pred["units"]).all()
+
+
+def test_a_recommender_config_forecasts_through_its_forecast_section(tmp_path: Path) -> None:
+    from shoprec.config import ConfigError, load_config
+    from shoprec.inventory.forecast import run_forecast
+
+    path = tmp_path / "shop.yaml"
+    body = (
+        "data: {dataset: simulated, simulate: {n_events: 6000, seed: 1, n_days: 84,"
+        " n_users: 200, n_items: 30}}\n"
+        "recipe: {name: pairs}\n"
+        "train: {epochs: 1, batch_size: 256, threads: 1, progress: false}\n"
+        "output: art\n"
+    )
+    path.write_text(body + "forecast: {horizon: 2, history_len: 4, lead_time_weeks: 1}\n")
+    folder = run_forecast(load_config(path))
+    assert folder == tmp_path / "art" / "forecast"
+    assert pl.read_parquet(folder / "forecast.parquet")["horizon"].max() == 2
+    path.write_text(body + "forecast: {horizon: 2, horizn: 3}\n")
+    with pytest.raises(ConfigError, match="horizn"):
+        load_config(path)
