@@ -238,3 +238,18 @@ def test_a_recommender_config_forecasts_through_its_forecast_section(tmp_path: P
     path.write_text(body + "forecast: {horizon: 2, horizn: 3}\n")
     with pytest.raises(ConfigError, match="horizn"):
         load_config(path)
+
+
+def test_daily_forecast_reports_lead_time_and_cover_in_weeks(tmp_path: Path) -> None:
+    from shoprec.config import load_config
+    from shoprec.inventory.forecast import run_forecast
+
+    path = write_config(
+        tmp_path, "{name: demand, freq: day, horizon: 14, history_len: 14, lead_time_weeks: 1}"
+    )
+    folder = run_forecast(load_config(path))
+    fc = pl.read_parquet(folder / "forecast.parquet")
+    assert fc["horizon"].max() == 14
+    assert ((fc["week"] - fc["origin"]).dt.total_days() == fc["horizon"]).all()
+    reorder = pl.read_parquet(folder / "reorder.parquet")
+    assert (reorder["lead_time_weeks"] == 1.0).all()

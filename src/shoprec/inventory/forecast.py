@@ -655,6 +655,10 @@ def run_forecast(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
         service_level=opts.service_level,
         risk_threshold=opts.risk_threshold,
     )
+    if opts.freq == "day":  # stock.py counts in periods: back to weeks
+        reorder = reorder.with_columns(
+            pl.col("lead_time_weeks") / 7.0, pl.col("weeks_of_cover") / 7.0
+        )
     folder.mkdir(parents=True, exist_ok=True)
     table.write_parquet(folder / "forecast.parquet")
     history.write_parquet(folder / "history.parquet")
