@@ -345,10 +345,13 @@ async def _big_body(port: int, size: int, chunked: bool) -> dict[str, Any]:
                 writer.write(part)
                 await writer.drain()
                 sent += len(chunk)
+            if chunked and not answer.done():
+                writer.write(b"0\r\n\r\n")  # the last chunk
+                await writer.drain()
         except OSError:
             pass  # the server closed the connection after answering: expected
         try:
-            head = await asyncio.wait_for(answer, 60)
+            head = await asyncio.wait_for(answer, 10)
             status = int(_STATUS.match(head).group(1))
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             status = 0

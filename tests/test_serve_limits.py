@@ -197,6 +197,22 @@ def test_body_limit_counts_streamed_bytes() -> None:
         asyncio.run(run(100))  # more than linger_bytes: given up, the connection closed
     assert endless.value.headers == {"Connection": "close"}
 
+    async def stalled() -> None:  # a client that stops sending mid-body
+        parts = iter([{"type": "http.request", "body": b"a" * 60, "more_body": True}] * 2)
+
+        async def receive() -> dict:
+            part = next(parts, None)
+            if part is None:
+                await asyncio.Event().wait()  # never
+            return part  # type: ignore[return-value]
+
+        scope = {"type": "http", "headers": [], "path": "/x", "method": "POST"}
+        await BodyLimit(app, max_bytes=100, linger_seconds=0.05)(scope, receive, None)  # type: ignore[arg-type]
+
+    with pytest.raises(Exception, match="larger than the limit") as stall:
+        asyncio.run(stalled())
+    assert stall.value.headers == {"Connection": "close"}
+
 
 # ------------------------------------------------------------------------ concurrency limit
 

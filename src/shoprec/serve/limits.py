@@ -134,9 +134,13 @@ class BodyLimit:
         stay open, and the client, done sending, reads its 413 instead of a reset)."""
         drained, deadline = 0, time.monotonic() + self.linger_seconds
         while message.get("more_body", False):
-            if drained > self.linger_bytes or time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if drained > self.linger_bytes or left <= 0:
                 return False
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), left)
+            except TimeoutError:
+                return False
             if message["type"] != "http.request":
                 return False
             drained += len(message.get("body", b""))
