@@ -255,8 +255,14 @@ def stockout_probability(
         >>> round(float(p[0]), 6)
         0.5
     """
+    return _exceed(stock, *_fit(p50, p90, p_zero))
+
+
+def _exceed(
+    stock: np.ndarray, pi0: np.ndarray, mu: np.ndarray, sigma: np.ndarray, no_demand: np.ndarray
+) -> np.ndarray:
+    """P(D > stock) of fitted hurdle lognormals (:func:`_fit`'s output)."""
     stock = np.maximum(np.asarray(stock, dtype=np.float64), 0.0)
-    pi0, mu, sigma, no_demand = _fit(p50, p90, p_zero)
     with np.errstate(divide="ignore"):
         log_s = np.log(stock)  # -inf at 0: P(positive demand > 0) = 1
     point = sigma <= _EPS  # P50 == P90 with P(D = 0) = 0: all mass at exp(mu)
@@ -512,6 +518,7 @@ class StockSignals:
         self.p50 = aligned["demand_p50_lead"].fill_null(0.0).to_numpy()
         self.p90 = aligned["demand_p90_lead"].fill_null(0.0).to_numpy()
         self.p_zero = aligned["p_no_sale_lead"].fill_null(1.0).to_numpy()
+        self._fitted = _fit(self.p50, self.p90, self.p_zero)  # per item, fixed per forecast
         self.weekly = aligned["mean_weekly"].fill_null(0.0).to_numpy()
         self.lead = aligned["lead_time_weeks"].fill_null(self.lead_time_weeks).to_numpy()
         if rt is not None:
@@ -543,7 +550,8 @@ class StockSignals:
         p, inside = self._pad(positions)
         known = (np.asarray(stock) >= 0) & inside & self.has_forecast[p]
         s = np.where(np.asarray(stock) >= 0, np.asarray(stock, dtype=np.float64), np.nan)
-        p_out = stockout_probability(np.nan_to_num(s), self.p50[p], self.p90[p], self.p_zero[p])
+        pi0, mu, sigma, none = (a[p] for a in self._fitted)
+        p_out = _exceed(np.nan_to_num(s), pi0, mu, sigma, none)
         weekly = self.weekly[p]
         with np.errstate(divide="ignore", invalid="ignore"):
             cover = np.where(weekly > _EPS, s / np.maximum(weekly, _EPS), MAX_COVER_WEEKS)
