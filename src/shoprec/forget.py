@@ -167,13 +167,10 @@ def forget_users(directory: str | Path, users: Sequence[str]) -> ForgetReport:
     report = ForgetReport(users)
     seen, report.seen_rows = drop_user_rows(art.seen, users)
     in_seen = set(art.seen.filter(pl.col("user").cast(pl.String).is_in(users))["user"].to_list())
-    forget = getattr(art.scorer, "forget_users", None)
-    if forget is None:
-        raise ShoprecError(
-            f"the '{art.recipe}' recipe's scorer cannot forget a shopper; train again without "
-            "their events"
-        )
-    report.scorer = dict(forget(users))
+    try:
+        report.scorer = dict(art.scorer.forget_users(users))
+    except NotImplementedError as e:  # nothing is written
+        raise ShoprecError(f"{directory}: {e}") from e
     old_cache, retrieval = _retrieval_folder(art)
     staging = directory / f".forget-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
