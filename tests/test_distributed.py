@@ -237,6 +237,13 @@ def test_global_batches_split_each_batch_across_ranks_and_skip_none() -> None:
 
 
 def test_device_setting() -> None:
+    from pydantic import ValidationError
+
+    from shoprec.config import TrainSection
+
+    with pytest.raises(ValidationError, match=r"'train\.device': Input should be 'auto', 'cpu'"):
+        TrainSection(device="tpu")
+    assert TrainSection(device="cuda", amp=True).train_config().amp
     assert distributed.resolve_device("cpu").type == "cpu"
     with pytest.raises(distributed.DistributedError, match="choose one of"):
         distributed.resolve_device("tpu")

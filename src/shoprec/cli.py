@@ -221,7 +221,8 @@ Sections (unknown keys anywhere are refused; paths are relative to the YAML file
   model      {name: mmoe | ple | shared_bottom | single_task | esmm | aitm, embedding_dim,
              config: {...}}
   weighting  {name: fixed | uncertainty | gradnorm | pcgrad, ...}
-  train      {epochs, batch_size, lr, patience, monitor, seed, threads, checkpoint_dir, ...}
+  train      {epochs, batch_size, lr, patience, monitor, seed, threads, checkpoint_dir,
+             device: auto | cpu | cuda, amp, ...}
   evaluate   {protocol: full | sampled, ks, n_negatives, sampling, target, slices, bootstrap}
   serve      {fusion, exclude_behaviors, new_item_slots, diversity, ...} (the Recommender)
   search     {method: grid | tpe, space: {dotted.setting: [values]}, trials, minutes, metric}
