@@ -505,6 +505,12 @@ def report(r: dict[str, Any], command: str) -> str:
         )
     lines += [
         "",
+        "A declared body over the limit is answered before a byte of it is read (the rest is "
+        "read and dropped after the answer, so the client sees its 413). A streamed body "
+        "announces no size: the server reads (and drops) it to its end, at most 64 MiB or 1 s, "
+        "before answering, so that answer comes when the upload ends; stopping at once "
+        "instead left the client with a connection reset in an earlier run.",
+        "",
         f"### kill -9 while {r['kill_clients']} clients send events",
         "",
         "| run | killed after s | acknowledged (201) | stored | acknowledged but lost | stored, "
