@@ -627,8 +627,10 @@ def evaluate(
 
 @app.command("forecast")
 def forecast(
-    config: Annotated[Path, typer.Argument(help="Experiment YAML (recipe: demand, or any with "
-                                           "a forecast: section).")],
+    config: Annotated[
+        Path,
+        typer.Argument(help="Experiment YAML (recipe: demand, or any with a forecast: section)."),
+    ],
     out_dir: Annotated[
         Path | None,
         typer.Option("--out", help="Folder to write (default: <config output>/forecast)."),
