@@ -488,6 +488,30 @@ def _score_fn(scorer: Scorer, users: Sequence[str]) -> Any:
     return score
 
 
+def _cached(score: Any, n_entries: int, budget: int = 2**24) -> Any:
+    """``score`` with each whole-catalog chunk of users kept after its first call (when the
+    whole matrix has at most ``budget`` entries): the protocols ask for the same contiguous
+    chunks again for every slice that reruns them, and scoring is the expensive part."""
+    if n_entries > budget:
+        return score
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def cached(rows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        rows = np.asarray(rows)
+        contiguous = len(rows) > 0 and int(rows[-1]) - int(rows[0]) + 1 == len(rows)
+        if not contiguous or not np.array_equal(rows, np.arange(rows[0], rows[-1] + 1)):
+            return score(rows, positions)
+        key = (int(rows[0]), len(rows))
+        if key not in cache:
+            if positions is not None:
+                return score(rows, positions)
+            cache[key] = np.asarray(score(rows, None))
+        full = cache[key]
+        return full if positions is None else full[:, positions]
+
+    return cached
+
+
 def known_before(split: Split, part: str = "test") -> Interactions:
     """What is known of the shoppers before ``part``: train, plus valid before the test part
     (a recipe may refit on it, and a shop has seen those events when the test period starts).
@@ -621,7 +645,8 @@ def evaluate_scorer(
     spec = ranking_spec(events, known_before(split, part), scorer.items, target, exclude)
     users = spec.users
     sub = spec.take(spec.sample_rows(cfg.max_users, cfg.seed))
-    fn = _score_fn(scorer, sub.users)
+    # item, domain and twin-free slices rank the same users again: score them once
+    fn = _cached(_score_fn(scorer, sub.users), len(sub.users) * scorer.n_items)
     ks = tuple(cfg.ks)
 
     popularity = item_popularity(known_before(split, part), scorer.items)
@@ -712,9 +737,12 @@ def evaluate_scorer(
     exposure = exposure_of(result)
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.baselines:
+        # the most bought (the target's training events; ties by all events)
+        pop_score = item_popularity(known_before(split, part).of(target), scorer.items)
+        pop_score = pop_score + popularity / (popularity.max() + 1.0)
 
         def pop_fn(rows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
-            row = popularity if positions is None else popularity[positions]
+            row = pop_score if positions is None else pop_score[positions]
             return np.repeat(row[None, :], len(rows), axis=0)
 
         pop_result = run(sub.relevant, score=pop_fn, lists=top_k)
