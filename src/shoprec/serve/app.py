@@ -248,8 +248,8 @@ _ERROR_TEXT = {
     400: "the request cannot be served as asked (a fusion formula it cannot compute, a body "
     "that is not UTF-8)",
     401: f"the {API_KEY_HEADER} header is needed",
-    403: "wrong API key",
-    404: "unknown item",
+    403: "wrong API key (for a reload: a folder outside the artifact root)",
+    404: "unknown item or shopper",
     409: "a product is already in the catalog",
     413: "the request body is over the size limit",
     422: "a parameter or the body is invalid",
