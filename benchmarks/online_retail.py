@@ -498,7 +498,7 @@ def html_report(path: Path, results: dict[str, dict[str, Any]], f: dict[str, Any
             "Full ranking of every catalog item for the test buyers known before the test; "
             "'new:' columns leave out the user's past purchases. Ties count against the "
             "relevant item. Exposure: the top-10 lists over all items.",
-            *_verdict(results),
+            *(line.replace("**", "") for line in _verdict(results)),
         ],
         exposure=exposure,
     )

@@ -466,6 +466,8 @@ def item_groups(
         maintain_order="left",
     )[col]
     names = sorted(values.drop_nulls().unique().to_list())
+    if not names:  # the column is there but empty: no groups to report
+        return None
     codes = (
         values.to_frame("v")
         .join(
