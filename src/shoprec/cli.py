@@ -177,6 +177,17 @@ def data_simulate(
     users: Annotated[int, typer.Option(help="Number of shoppers.")] = 2_000,
     items: Annotated[int, typer.Option(help="Number of products.")] = 1_000,
     markets: Annotated[int, typer.Option(help="Number of markets (domains), >= 2.")] = 3,
+    taste_overlap: Annotated[
+        float,
+        typer.Option(
+            help="Share of each market's tastes drawn from a space all markets share (0-1): "
+            "the correlation of a shopper's affinity to an item between two markets. "
+            "0 = unrelated markets (transfer cannot help), 1 = one taste space."
+        ),
+    ] = 1.0,
+    popularity_overlap: Annotated[
+        float, typer.Option(help="The same share for item popularity (0-1).")
+    ] = 1.0,
     chunk_events: Annotated[
         int, typer.Option(help="Events held in memory and written per Parquet row group.")
     ] = 1_000_000,
@@ -199,6 +210,8 @@ def data_simulate(
                 n_users=users,
                 n_items=items,
                 n_markets=markets,
+                taste_overlap=taste_overlap,
+                popularity_overlap=popularity_overlap,
                 chunk_events=chunk_events,
             )
     except ValueError as e:
@@ -589,7 +602,9 @@ def evaluate(
 ) -> None:
     """Rebuild the artifact's split and evaluate it: full-ranking (or sampled) HR, NDCG, MRR,
     Recall, Precision at k with bootstrap intervals, per slice (warm / cold users and items,
-    domains), optionally the served list, and an HTML report."""
+    domains, twin-free where a source domain exists), what the lists expose beside popularity
+    (catalog coverage@k, Gini of exposure, shares by popularity decile and catalog group),
+    optionally the served list, and an HTML report."""
     from shoprec.experiment import evaluate_artifact
 
     overrides: dict[str, Any] = {}
