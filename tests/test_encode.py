@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +185,95 @@ def test_million_row_transform_is_vectorised() -> None:
     assert out["item"].shape == (n // 2,) and out["price"].shape == (n // 2,)
     assert out["item"].min() >= OOV and out["item"].max() < enc.vocab_size("item")
     assert out["user"].min() >= 2  # every user in test was seen in train
+
+
+# --------------------------------------------------------------- large id spaces (issue 11)
+
+
+def test_stable_hash_matches_fnv1a_vectors() -> None:
+    from shoprec.data.encode import stable_hash
+
+    # published FNV-1a 64-bit test vectors: "" and "a" and "foobar"
+    got = stable_hash(["", "a", "foobar", None]).tolist()
+    assert got == [0xCBF29CE484222325, 0xAF63DC4C8601EC8C, 0x85944171F73967E8, got[0]]
+    assert got[3] == got[0]  # null hashes as the empty string (never used: null -> OOV)
+
+
+def test_frequency_floor_and_hash_buckets() -> None:
+    train = pl.DataFrame({"user": ["a"] * 3 + ["b"] * 2 + ["c", "d"]})
+    plain = Encoder(categorical=["user"], min_count=2).fit(train)
+    assert plain.ids("user").values == ("a", "b")  # c and d seen once: below the floor
+    assert plain.vocab_size("user") == 4
+    enc = Encoder(categorical=["user"], min_count=2, hash_buckets=8).fit(train)
+    assert enc.vocab_size("user") == 4 + 8
+    ids = enc.transform(pl.DataFrame({"user": ["a", "b", "c", "d", "new", None, "c"]}))["user"]
+    assert ids[:2].tolist() == [2, 3]  # known ids unchanged by buckets
+    assert ids[5] == OOV  # null stays OOV
+    assert ((ids[[2, 3, 4]] >= 4) & (ids[[2, 3, 4]] < 12)).all()  # rare/unknown -> a bucket
+    assert ids[2] == ids[6]  # the same value, the same bucket
+    assert enc.ids("user").id("c") == ids[2] and enc.ids("user").value(int(ids[2])) is None
+    assert enc.inverse_transform_ids("user", ids[:3]) == ["a", "b", None]
+    many = enc.transform(pl.DataFrame({"user": [f"x{i}" for i in range(2000)]}))["user"]
+    counts = np.bincount(many - 4, minlength=8)
+    assert counts.min() > 150  # 2000 values over 8 buckets, spread (250 each expected)
+
+
+def test_default_oov_convention_unchanged(train: pl.DataFrame, test_frame: pl.DataFrame) -> None:
+    enc = Encoder(categorical=["user", "item"], sequences={"hist": "item"}).fit(train)
+    assert enc.hash_buckets == 0 and enc.vocab_size("item") == 3 + 2
+    out = enc.transform(test_frame)
+    assert out["item"][1] == OOV and out["user"][1:].tolist() == [OOV, OOV]
+    assert out["hist"][0].tolist() == [enc.ids("item").id("b"), OOV, PAD, PAD]
+
+
+def test_hash_buckets_same_in_another_process(tmp_path: Path) -> None:
+    values = [f"user-{i}" for i in range(50)] + ["7", "ü"]
+    enc = Encoder(categorical=["user"], hash_buckets=1000).fit(pl.DataFrame({"user": ["k"]}))
+    here = enc.transform(pl.DataFrame({"user": values}))["user"].tolist()
+    path = enc.to_json(tmp_path / "enc.json")
+    code = (
+        "import json, sys, polars as pl\n"
+        "from shoprec.data.encode import Encoder\n"
+        "enc = Encoder.from_json(sys.argv[1])\n"
+        "vals = json.loads(sys.argv[2])\n"
+        "print(json.dumps(enc.transform(pl.DataFrame({'user': vals}))['user'].tolist()))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # Python's hash differs
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(path), json.dumps(values)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert json.loads(res.stdout) == here
+    assert len(set(here)) > 40  # 52 values over 1000 buckets: few collisions
+
+
+def test_buckets_json_round_trip(tmp_path: Path) -> None:
+    train = pl.DataFrame({"item": ["a", "a", "b", "c"], "hist": [["a", "z"], [], ["b"], ["q"]]})
+    enc = Encoder(
+        categorical=["item"], sequences={"hist": "item"}, min_count=2, hash_buckets=16
+    ).fit(train)
+    loaded = Encoder.from_json(enc.to_json(tmp_path / "e.json"))
+    assert loaded.hash_buckets == 16 and loaded.vocab_size("item") == enc.vocab_size("item")
+    frame = pl.DataFrame({"item": ["a", "b", "zz", None], "hist": [["b", "a", "y"], [], None, []]})
+    a, b = enc.transform(frame), loaded.transform(frame)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert (a["hist"][0][[0, 2]] >= 3).all()  # "b" is below the floor, "y" unknown: buckets
+    state = enc.to_dict()
+    del state["hash_buckets"], state["hash"]  # a state written before buckets existed
+    assert Encoder.from_dict(state).vocab_size("item") == 3
+
+
+def test_memory_bytes_reports_vocab_and_embedding_rows() -> None:
+    users = pl.DataFrame({"user": [f"u{i}" for i in range(1000)] * 2 + ["rare"]})
+    enc = Encoder(categorical=["user"], min_count=2, hash_buckets=100).fit(users)
+    enc.transform(users)  # builds the lookup Series
+    mem = enc.memory_bytes(dim=32)["user"]
+    assert mem["known"] == 1000 and mem["rows"] == 1000 + 2 + 100
+    assert mem["embedding_bytes"] == 1102 * 32 * 4
+    assert 50 < mem["vocab_bytes_per_id"] < 500  # a short Python str and its lookup entry
+    assert mem["bytes_per_id"] == pytest.approx(
+        mem["vocab_bytes_per_id"] + mem["embedding_bytes_per_id"]
+    )

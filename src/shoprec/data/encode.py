@@ -8,7 +8,17 @@ Id convention for every categorical and sequence column:
 * ``0`` — padding (only ever produced to pad sequences),
 * ``1`` — OOV: a value unseen in training, seen fewer than ``min_count`` times, or null,
 * ``2 .. V+1`` — the ``V`` known values, most frequent first (ties by value), so
-  ``vocab_size(col) == V + 2``.
+  ``vocab_size(col) == V + 2``,
+* ``V+2 .. V+1+B`` — only with ``hash_buckets=B > 0``: an unknown or rare (non-null) value goes
+  to bucket ``V + 2 + fnv1a64(value) % B`` instead of OOV (null still maps to OOV), so
+  ``vocab_size(col) == V + 2 + B``. The hash is FNV-1a 64-bit of the value's UTF-8 string
+  (:func:`stable_hash`, vectorised in NumPy): the same bucket in every process, on every
+  machine and in every version, unlike Python's ``hash`` or Polars' ``Series.hash``.
+
+Large id spaces (millions of users or items): ``min_count`` keeps only the values seen often
+enough to learn an embedding, and ``hash_buckets`` gives the long tail a few shared rows
+instead of one OOV row; :meth:`Encoder.memory_bytes` reports what the vocabulary and its
+embedding rows cost per id.
 
 Vocabulary keys are strings: values are cast with Polars' ``cast(pl.String)`` before fitting and
 before lookup, so ``7`` and ``"7"`` are the same value, and a vocabulary survives JSON unchanged.
@@ -48,17 +58,53 @@ from shoprec.errors import DataError, ShoprecError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OOV", "PAD", "Encoder", "IdMap", "NotFittedError"]
+__all__ = ["OOV", "PAD", "Encoder", "IdMap", "NotFittedError", "stable_hash"]
 
 PAD = 0  #: id used to pad sequences
 OOV = 1  #: id for unknown, rare or null values
 _FIRST = 2  #: id of the first known value
 _FORMAT = "shoprec.encoder"
 _VERSION = 1
+_HASH = "fnv1a64"  #: the bucket hash named in saved state
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
 
 
 class NotFittedError(ShoprecError):
     """The encoder was used before :meth:`Encoder.fit` (or :meth:`Encoder.from_dict`)."""
+
+
+def stable_hash(values: Iterable[Any] | pl.Series) -> np.ndarray:
+    """FNV-1a 64-bit hash of each value's string (as the vocabulary keys: ``cast(pl.String)``).
+
+    Vectorised over the values: one pass per byte position over the values still that long
+    (total work proportional to the bytes hashed). Null hashes as the empty string.
+
+    Args:
+        values: the values (a Series or anything Polars can hold).
+
+    Returns:
+        ``(N,)`` uint64 hashes; the same for the same value in any process or version.
+
+    Example:
+        >>> hex(int(stable_hash(["a"])[0]))  # the published FNV-1a 64 test vector
+        '0xaf63dc4c8601ec8c'
+    """
+    s = values if isinstance(values, pl.Series) else pl.Series(list(values), strict=False)
+    s = s.cast(pl.String).fill_null("")
+    lens = s.str.len_bytes().to_numpy().astype(np.int64)
+    h = np.full(lens.shape[0], _FNV_OFFSET, dtype=np.uint64)
+    if not lens.size:
+        return h
+    data = np.frombuffer(str(s.str.join("").item()).encode("utf-8"), dtype=np.uint8)
+    starts = np.cumsum(lens) - lens
+    active = np.flatnonzero(lens > 0)
+    j = 0
+    while active.size:  # byte position j of every value longer than j
+        h[active] = (h[active] ^ data[starts[active] + j].astype(np.uint64)) * _FNV_PRIME
+        j += 1
+        active = active[lens[active] > j]
+    return h
 
 
 @dataclass(frozen=True)
@@ -68,6 +114,7 @@ class IdMap:
     Attributes:
         column: the column (or shared vocabulary) name.
         values: the known values in id order: ``values[i]`` has id ``i + 2``.
+        buckets: hashed ids for unknown and rare values, after the known ones (0: all OOV).
 
     Example:
         >>> m = IdMap("item", ("a", "b"))
@@ -77,11 +124,12 @@ class IdMap:
 
     column: str
     values: tuple[str, ...]
+    buckets: int = 0
 
     @property
     def size(self) -> int:
-        """Number of ids including padding and OOV (embedding table rows)."""
-        return len(self.values) + _FIRST
+        """Number of ids including padding, OOV and hash buckets (embedding table rows)."""
+        return len(self.values) + _FIRST + self.buckets
 
     def __len__(self) -> int:
         return len(self.values)
@@ -99,23 +147,32 @@ class IdMap:
         """The id of one value (OOV for unknown values or None)."""
         if value is None:
             return OOV
-        if isinstance(value, str):
+        if isinstance(value, str) and (value in self.index or not self.buckets):
             return self.index.get(value, OOV)
         return int(self.encode([value])[0])
 
     def value(self, id_: int) -> str | None:
-        """The value of one id (None for padding and OOV)."""
+        """The value of one id (None for padding, OOV and hash buckets)."""
         if not 0 <= id_ < self.size:
             raise IndexError(f"id {id_} out of range for '{self.column}' (size {self.size})")
-        return None if id_ < _FIRST else self.values[id_ - _FIRST]
+        if id_ < _FIRST or id_ >= _FIRST + len(self.values):
+            return None
+        return self.values[id_ - _FIRST]
 
     def encode(self, values: Iterable[Any] | pl.Series) -> np.ndarray:
         """Ids (int64) of many values, vectorised."""
         s = values if isinstance(values, pl.Series) else pl.Series(list(values), strict=False)
-        return _lookup(s, self._series).to_numpy()
+        ids = _lookup(s, self._series).to_numpy()
+        if self.buckets:
+            miss = np.flatnonzero((ids == OOV) & s.is_not_null().to_numpy())
+            if miss.size:
+                ids = ids.copy()
+                h = stable_hash(s.gather(miss)) % np.uint64(self.buckets)
+                ids[miss] = _FIRST + len(self.values) + h.astype(np.int64)
+        return ids
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
-        """Values of many ids (None for padding and OOV)."""
+        """Values of many ids (None for padding, OOV and hash buckets)."""
         arr = np.asarray(ids, dtype=np.int64)
         if arr.size and (arr.min() < 0 or arr.max() >= self.size):
             raise IndexError(f"ids out of range for '{self.column}': must be in [0, {self.size})")
@@ -123,14 +180,26 @@ class IdMap:
 
     @cached_property
     def _table(self) -> np.ndarray:
-        table = np.empty(self.size, dtype=object)  # id -> value; None for PAD and OOV
-        table[_FIRST:] = self.values
+        table = np.empty(self.size, dtype=object)  # id -> value; None for PAD, OOV, buckets
+        table[_FIRST : _FIRST + len(self.values)] = self.values
         return table
 
     @property
     def known_ids(self) -> np.ndarray:
         """The ids of the known values, ``2 .. V+1`` (int64)."""
-        return np.arange(_FIRST, self.size, dtype=np.int64)
+        return np.arange(_FIRST, _FIRST + len(self.values), dtype=np.int64)
+
+    def vocab_bytes(self) -> int:
+        """Bytes the vocabulary holds in this process: the value strings, their tuple, and
+        the lookup Series and ``{value: id}`` dict where they have been built."""
+        import sys
+
+        n = sys.getsizeof(self.values) + sum(map(sys.getsizeof, self.values))
+        if "_series" in self.__dict__:
+            n += int(self._series.estimated_size())
+        if "index" in self.__dict__:
+            n += sys.getsizeof(self.index)  # the keys are the strings counted above
+        return n
 
 
 def _lookup(s: pl.Series, vocab: pl.Series) -> pl.Series:
@@ -159,7 +228,10 @@ class Encoder:
         sequences: list columns of ids (e.g. recent items). Either names, each getting its
             own vocabulary learned from the list elements, or a mapping ``{seq_col: col}`` to
             share the vocabulary of categorical column ``col`` (e.g. ``{"hist": "item"}``).
-        min_count: values seen fewer times than this in training map to OOV.
+        min_count: values seen fewer times than this in training map to OOV (or to a hash
+            bucket): the frequency floor that keeps 10M-user vocabularies small.
+        hash_buckets: ids after the known ones that unknown and rare non-null values are
+            hashed into (:func:`stable_hash`); 0 (default) maps them all to OOV.
         max_seq_len: keep at most this many of the last elements of each sequence; None keeps
             the longest in the frame being transformed.
         null_flags: also output ``<col>__isnull`` (float32 0/1) for every numeric column.
@@ -187,6 +259,7 @@ class Encoder:
         min_count: int = 1,
         max_seq_len: int | None = None,
         null_flags: bool = False,
+        hash_buckets: int = 0,
     ) -> None:
         self.categorical = list(categorical)
         self.numeric = list(numeric)
@@ -195,6 +268,7 @@ class Encoder:
         else:
             self.sequences = {str(s): str(s) for s in sequences}
         self.min_count = int(min_count)
+        self.hash_buckets = int(hash_buckets)
         self.max_seq_len = None if max_seq_len is None else int(max_seq_len)
         self.null_flags = bool(null_flags)
         self._check_config()
@@ -206,6 +280,8 @@ class Encoder:
             raise ValueError(f"columns listed more than once: {dup}")
         if self.min_count < 1:
             raise ValueError(f"min_count must be >= 1; got {self.min_count}")
+        if self.hash_buckets < 0:
+            raise ValueError(f"hash_buckets must be >= 0; got {self.hash_buckets}")
         if self.max_seq_len is not None and self.max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1; got {self.max_seq_len}")
         for seq, src in self.sequences.items():
@@ -219,7 +295,8 @@ class Encoder:
         state = "fitted" if self.is_fitted else "not fitted"
         return (
             f"Encoder(categorical={self.categorical}, numeric={self.numeric}, "
-            f"sequences={self.sequences}, min_count={self.min_count}) [{state}]"
+            f"sequences={self.sequences}, min_count={self.min_count}, "
+            f"hash_buckets={self.hash_buckets}) [{state}]"
         )
 
     # ------------------------------------------------------------------ fit
@@ -251,7 +328,9 @@ class Encoder:
         for seq, src in self.sequences.items():
             if src == seq:
                 counts[seq] = self._list_column(df, seq).explode()
-        self.idmaps_ = {col: IdMap(col, self._learn_vocab(s)) for col, s in counts.items()}
+        self.idmaps_ = {
+            col: IdMap(col, self._learn_vocab(s), self.hash_buckets) for col, s in counts.items()
+        }
         self.mean_: dict[str, float] = {}
         self.std_: dict[str, float] = {}
         for col in self.numeric:
@@ -354,7 +433,7 @@ class Encoder:
         return {col: m.index for col, m in self.idmaps_.items()}
 
     def vocab_size(self, col: str) -> int:
-        """Ids in ``col``'s vocabulary including padding and OOV (``V + 2``)."""
+        """Ids in ``col``'s vocabulary including padding, OOV and buckets (``V + 2 + B``)."""
         return self.ids(col).size
 
     def ids(self, col: str) -> IdMap:
@@ -383,6 +462,37 @@ class Encoder:
         """
         return self.ids(col).decode(ids)
 
+    def memory_bytes(self, dim: int) -> dict[str, dict[str, float]]:
+        """What each vocabulary costs: its strings and lookup tables in this process, and
+        float32 embedding rows of width ``dim`` (``vocab_size`` rows, buckets included).
+
+        Args:
+            dim: the embedding width the model would use.
+
+        Returns:
+            ``{column: {"known": V, "rows": V+2+B, "vocab_bytes", "embedding_bytes",
+            "vocab_bytes_per_id", "embedding_bytes_per_id", "bytes_per_id"}}`` (per known id).
+
+        Example:
+            >>> enc.memory_bytes(32)["user"]["bytes_per_id"]  # doctest: +SKIP
+            211.4
+        """
+        self._require_fitted()
+        out: dict[str, dict[str, float]] = {}
+        for col, m in self.idmaps_.items():
+            vocab, emb = m.vocab_bytes(), m.size * int(dim) * 4
+            known = max(len(m), 1)
+            out[col] = {
+                "known": len(m),
+                "rows": m.size,
+                "vocab_bytes": vocab,
+                "embedding_bytes": emb,
+                "vocab_bytes_per_id": vocab / known,
+                "embedding_bytes_per_id": emb / known,
+                "bytes_per_id": (vocab + emb) / known,
+            }
+        return out
+
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict[str, Any]:
@@ -395,6 +505,8 @@ class Encoder:
             "numeric": list(self.numeric),
             "sequences": dict(self.sequences),
             "min_count": self.min_count,
+            "hash_buckets": self.hash_buckets,
+            "hash": _HASH,
             "max_seq_len": self.max_seq_len,
             "null_flags": self.null_flags,
             "n_rows": self.n_rows_,
@@ -411,6 +523,11 @@ class Encoder:
                 f"not a shoprec encoder state (format {state.get('format')!r}, "
                 f"version {state.get('version')!r}; expected {_FORMAT!r} v{_VERSION})"
             )
+        if state.get("hash", _HASH) != _HASH:
+            raise DataError(
+                f"encoder state hashes rare values with {state.get('hash')!r}; this shoprec "
+                f"knows only {_HASH!r}"
+            )
         enc = cls(
             categorical=state["categorical"],
             numeric=state["numeric"],
@@ -418,9 +535,11 @@ class Encoder:
             min_count=state["min_count"],
             max_seq_len=state["max_seq_len"],
             null_flags=state["null_flags"],
+            hash_buckets=state.get("hash_buckets", 0),  # states written before buckets: 0
         )
         enc.idmaps_ = {
-            col: IdMap(col, tuple(str(v) for v in vals)) for col, vals in state["vocab"].items()
+            col: IdMap(col, tuple(str(v) for v in vals), enc.hash_buckets)
+            for col, vals in state["vocab"].items()
         }
         enc.mean_ = {k: float(v) for k, v in state["mean"].items()}
         enc.std_ = {k: float(v) for k, v in state["std"].items()}

@@ -30,7 +30,7 @@ Config::
 
     data: {dataset: census_income}
     split: {kind: random, fractions: [0.8, 0.1, 0.1], seed: 0}
-    recipe: {name: tabular}                 # options: features, min_count, valid_fraction
+    recipe: {name: tabular}   # options: features, min_count, hash_buckets, valid_fraction
     tasks: [{name: income, label: income_50k}, never_married]   # default: every label column
     model: {name: mmoe, embedding_dim: 16, config: {n_experts: 8}}
 """
@@ -84,6 +84,7 @@ class TabularOptions(RecipeOptions):
 
     features: list[str] | None = None  # feature columns to use (None: all the data's)
     min_count: int = Field(1, ge=1)  # values rarer than this in train map to OOV
+    hash_buckets: int = Field(0, ge=0)  # ...or to one of these hashed ids (0: all to OOV)
     valid_fraction: float = Field(0.1, gt=0, lt=1)  # train rows held out when there is no valid
 
 
@@ -399,7 +400,12 @@ class TabularRecipe(Recipe):
         spec = self.config.split if "split" in self.config.model_fields_set else None
         codes, how = split_rows(frame.height, given, spec, valid_fraction=opts.valid_fraction)
         parts = {name: frame.filter(pl.Series(codes == i)) for i, name in enumerate(PARTS)}
-        encoder = Encoder(categorical=categorical, numeric=numeric, min_count=opts.min_count)
+        encoder = Encoder(
+            categorical=categorical,
+            numeric=numeric,
+            min_count=opts.min_count,
+            hash_buckets=opts.hash_buckets,
+        )
         encoder.fit(parts["train"])
         features = self.feature_specs({c: encoder.vocab_size(c) for c in categorical}, numeric)
         tensors = {name: self._encode(encoder, part, tasks) for name, part in parts.items()}
