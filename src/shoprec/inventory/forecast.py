@@ -647,18 +647,14 @@ def run_forecast(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     history = history_table(panel)
     items = table["item"].unique(maintain_order=True)
     stock, stock_source = _stock_table(opts, data.catalog, items)
-    lead = opts.lead_time_weeks if opts.freq == "week" else opts.lead_time_weeks * 7
-    reorder = reorder_table(
+    reorder = reorder_table(  # stock.py keeps lead times and cover in weeks for any freq
         table,
         stock,
-        lead_time_weeks=lead,
+        lead_time_weeks=opts.lead_time_weeks,
         service_level=opts.service_level,
         risk_threshold=opts.risk_threshold,
+        periods_per_week=7 if opts.freq == "day" else 1,
     )
-    if opts.freq == "day":  # stock.py counts in periods: back to weeks
-        reorder = reorder.with_columns(
-            pl.col("lead_time_weeks") / 7.0, pl.col("weeks_of_cover") / 7.0
-        )
     folder.mkdir(parents=True, exist_ok=True)
     table.write_parquet(folder / "forecast.parquet")
     history.write_parquet(folder / "history.parquet")
