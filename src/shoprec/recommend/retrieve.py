@@ -4,7 +4,11 @@ The sources feed the ranker (:mod:`shoprec.recommend.candidates` unions them):
 
 * **two-tower** (:mod:`shoprec.models.two_tower`, trained by
   :mod:`shoprec.recommend.two_tower`): nearest items to the user's vector in an
-  inner-product index (faiss ``IndexFlatIP`` when faiss is installed, NumPy otherwise);
+  inner-product index chosen for the catalog's size (:func:`choose_index_kind`): exact
+  (faiss ``IndexFlatIP``, NumPy without faiss) under :data:`IVF_MIN_ITEMS` items, an
+  inverted file (``IndexIVFFlat``) up to :data:`HNSW_MIN_ITEMS`, an HNSW graph
+  (``IndexHNSWFlat``) above; recall@100 of the approximate ones against exact search is
+  measured by ``benchmarks/scale.py --part ann`` (1M items) and ``tests/test_ann.py``;
 * **popularity**: items by behavior-weighted event counts;
 * **co-occurrence**: item-to-item neighbours, ``|U_i & U_j| / sqrt(|U_i| |U_j|)`` (cosine of
   the item columns of the user x item matrix), seeded by the shopper's recent items.
@@ -78,6 +82,14 @@ INDEX_FILE = "items.faiss"
 #: ``4 sqrt(N)`` k-means lists, a tenth of them probed per query; approximate, recall@100
 #: measured by ``benchmarks/serve_latency.py``); smaller ones exact search.
 IVF_MIN_ITEMS = 20_000
+#: Catalogs with at least this many items get an HNSW graph (faiss ``IndexHNSWFlat``: ``M``
+#: links per node, 16 below 1M items and 32 from there, see :func:`hnsw_params`): queries
+#: cost ~log(N) instead of the inverted file's N/10 scores, for ``2 M`` int32 links per item.
+HNSW_MIN_ITEMS = 200_000
+#: Candidates an HNSW search keeps while walking the graph: ``max(HNSW_EF_SEARCH, 2 k)``.
+HNSW_EF_SEARCH = 128
+#: The index kinds :class:`ItemIndex` builds ("auto": :func:`choose_index_kind`).
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 #: Exact searches over at most this many query x item scores are done in NumPy.
 NUMPY_MAX_CELLS = 50_000
 COOC_FILE = "cooccurrence.parquet"
@@ -95,8 +107,48 @@ BEHAVIOR_WEIGHT: dict[str, float] = {
 }
 
 
+def choose_index_kind(n_items: int) -> str:
+    """The index kind for a catalog of ``n_items``: ``flat`` (exact) below
+    :data:`IVF_MIN_ITEMS`, ``ivf`` below :data:`HNSW_MIN_ITEMS`, ``hnsw`` from there.
+
+    Example:
+        >>> [choose_index_kind(n) for n in (1_000, 100_000, 1_000_000)]
+        ['flat', 'ivf', 'hnsw']
+    """
+    if n_items < IVF_MIN_ITEMS:
+        return "flat"
+    return "ivf" if n_items < HNSW_MIN_ITEMS else "hnsw"
+
+
+def hnsw_params(n_items: int) -> dict[str, int]:
+    """HNSW sizes scaled to the catalog: ``M`` (links per node) 16 below 1M items, 32 from
+    there (recall holds as the graph grows), ``ef_construction`` 40 / 64, ``ef_search``
+    :data:`HNSW_EF_SEARCH` (raised to ``2 k`` per search)."""
+    big = n_items >= 1_000_000
+    return {
+        "M": 32 if big else 16,
+        "ef_construction": 64 if big else 40,
+        "ef_search": HNSW_EF_SEARCH,
+    }
+
+
+def index_kind(index: object | None) -> str:
+    """The kind (:data:`INDEX_KINDS`) of a built faiss index (``flat`` for None: NumPy)."""
+    if index is None:
+        return "flat"
+    if hasattr(index, "hnsw"):
+        return "hnsw"
+    return "ivf" if hasattr(index, "nprobe") else "flat"
+
+
 class ItemIndex:
     """Nearest items by inner product over ``(N, D)`` unit vectors.
+
+    Args:
+        vectors: ``(N, D)`` item vectors.
+        index: an already built faiss index over them (e.g. read from a file).
+        use_faiss: False searches exactly in NumPy.
+        kind: ``auto`` (by size, :func:`choose_index_kind`), ``flat``, ``ivf`` or ``hnsw``.
 
     Example:
         >>> idx = ItemIndex(np.eye(3, dtype=np.float32))
@@ -105,14 +157,23 @@ class ItemIndex:
     """
 
     def __init__(
-        self, vectors: np.ndarray, index: object | None = None, *, use_faiss: bool = True
+        self,
+        vectors: np.ndarray,
+        index: object | None = None,
+        *,
+        use_faiss: bool = True,
+        kind: str = "auto",
     ) -> None:
+        if kind not in INDEX_KINDS:
+            raise ShoprecError(f"index kind must be one of {INDEX_KINDS}; got {kind!r}")
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.index = index
         if self.index is None and use_faiss and faiss is not None:
-            self.index = _faiss_index(self.vectors)
+            self.index = _faiss_index(self.vectors, kind)
         elif self.index is not None and hasattr(self.index, "nprobe"):
             self.index.nprobe = _nprobe(self.index.nlist)
+        self.kind = index_kind(self.index)
+        self.ef_search = hnsw_params(len(self.vectors))["ef_search"]
 
     @property
     def backend(self) -> str:
@@ -126,6 +187,9 @@ class ItemIndex:
         if self.index is None:
             return "NumPy (exact)"
         name = type(self.index).__name__
+        if self.kind == "hnsw":
+            m = self.index.hnsw.nb_neighbors(1)  # links per node above level 0
+            return f"faiss {name} (M={m}, efSearch max({self.ef_search}, 2k))"
         if hasattr(self.index, "nprobe"):
             return f"faiss {name} ({self.index.nlist} lists, {self.index.nprobe} probed)"
         return f"faiss {name} (exact; NumPy for searches under {NUMPY_MAX_CELLS:,} scores)"
@@ -137,7 +201,11 @@ class ItemIndex:
         if k <= 0:
             empty = np.zeros((queries.shape[0], 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        exact = self.index is None or not hasattr(self.index, "nprobe")
+        exact = self.kind == "flat"
+        if self.kind == "hnsw":  # the search's own efSearch: no shared state to race on
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, 2 * k))
+            scores, idx = self.index.search(queries, k, params=params)
+            return scores, idx.astype(np.int64)
         if self.index is not None and not (exact and len(queries) * len(self) <= NUMPY_MAX_CELLS):
             scores, idx = self.index.search(queries, k)
             return scores, idx.astype(np.int64)
@@ -157,8 +225,14 @@ class ItemIndex:
         if self.index is None:
             return ItemIndex(all_vectors, use_faiss=False)
         index = faiss.clone_index(self.index)
-        index.add(vectors)  # an inverted-file index keeps its trained lists
+        index.add(vectors)  # an inverted-file index keeps its trained lists, HNSW its graph
         return ItemIndex(all_vectors, index)
+
+    def nbytes(self) -> int:
+        """Bytes of the index (its serialised faiss form; the vectors for NumPy)."""
+        if self.index is None:
+            return int(self.vectors.nbytes)
+        return int(faiss.serialize_index(self.index).nbytes)
 
     def save(self, path: str | Path) -> None:
         """Write the faiss index (nothing without faiss)."""
@@ -166,37 +240,89 @@ class ItemIndex:
             faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: str | Path, vectors: np.ndarray) -> ItemIndex:
-        """The saved faiss index if it matches ``vectors``, else one built from them."""
+    def load(cls, path: str | Path, vectors: np.ndarray, kind: str = "auto") -> ItemIndex:
+        """The saved faiss index if it matches ``vectors`` (and ``kind``, by size for
+        ``auto``), else one built from them."""
         path = Path(path)
+        want = choose_index_kind(len(vectors)) if kind == "auto" else kind
         if faiss is not None and path.exists():
             index = faiss.read_index(str(path))
             if (
                 index.ntotal == len(vectors)
                 and index.d == vectors.shape[1]
-                and hasattr(index, "nprobe") == (len(vectors) >= IVF_MIN_ITEMS)
+                and index_kind(index) == want
             ):
                 return cls(vectors, index)
             log.warning("%s does not match the item vectors; rebuilding it", path)
-        return cls(vectors)
+        return cls(vectors, kind=kind)
 
 
 def _nprobe(nlist: int) -> int:
     return min(nlist, max(16, nlist // 10))
 
 
-def _faiss_index(vectors: np.ndarray) -> object:
-    """Exact inner-product search, or an inverted-file index from :data:`IVF_MIN_ITEMS`."""
+def _faiss_index(vectors: np.ndarray, kind: str = "auto") -> object:
+    """Exact inner-product search, an inverted file or an HNSW graph (:func:`choose_index_kind`
+    for ``auto``)."""
     n, d = vectors.shape
-    if n < IVF_MIN_ITEMS:
+    kind = choose_index_kind(n) if kind == "auto" else kind
+    if kind == "flat" or n == 0:
         index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        p = hnsw_params(n)
+        index = faiss.IndexHNSWFlat(d, p["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = p["ef_construction"]
+        index.hnsw.efSearch = p["ef_search"]
     else:
-        nlist = int(4 * np.sqrt(n))
+        nlist = max(1, min(int(4 * np.sqrt(n)), n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)  # k-means, seeded by faiss (same vectors, same lists)
         index.nprobe = _nprobe(nlist)
     index.add(vectors)
     return index
+
+
+def clustered_vectors(
+    n: int,
+    dim: int,
+    *,
+    seed: int = 0,
+    n_clusters: int = 1000,
+    spread: float = 0.6,
+    centres_seed: int | None = None,
+) -> np.ndarray:
+    """Random but clustered unit vectors, like trained item embeddings: ``n_clusters`` unit
+    centres (drawn with ``centres_seed``, default ``seed``), each vector a centre plus
+    Gaussian noise of norm about ``spread``, normalised. Used to measure approximate indexes.
+
+    Returns:
+        ``(n, dim)`` float32.
+    """
+    centres = np.random.default_rng(seed if centres_seed is None else centres_seed)
+    c = centres.standard_normal((n_clusters, dim)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed + 1_000_003)
+    x = c[rng.integers(0, n_clusters, n)]
+    x += rng.standard_normal((n, dim), dtype=np.float32) * np.float32(spread / np.sqrt(dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of ``|found_q & truth_q| / |truth_q|`` (rows of item indices;
+    ``-1`` in ``found``, faiss's "no result", never matches).
+
+    Example:
+        >>> recall_at_k(np.array([[1, 9]]), np.array([[1, 2]]))
+        0.5
+    """
+    found, truth = np.asarray(found, np.int64), np.asarray(truth, np.int64)
+    if not truth.size:
+        return 1.0
+    n = max(int(truth.max()), int(found.max(initial=0))) + 1
+    rows = np.arange(truth.shape[0], dtype=np.int64)[:, None] * n  # (query, item) as one key
+    keys = (found + rows)[found >= 0]
+    return float(np.isin(truth + rows, keys).mean())
 
 
 @dataclass
