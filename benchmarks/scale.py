@@ -24,6 +24,23 @@ Protocol:
 
 Writes the "Scale" section of benchmarks/RESULTS.md and ``benchmarks/scale.png`` (peak
 memory and time against events).
+
+``--part ann`` (large id spaces, issue 11 item 4) measures instead, in one process:
+
+* **retrieval at 1M items** (``--ann-items``) for item vectors of dim 32 and 64, random but
+  clustered (:func:`shoprec.recommend.retrieve.clustered_vectors`: 1,000 clusters), through
+  the index :class:`~shoprec.recommend.retrieve.ItemIndex` chooses for that size (HNSW; with
+  ``--ann-kinds hnsw ivf`` also the inverted file it uses below
+  :data:`~shoprec.recommend.retrieve.HNSW_MIN_ITEMS`):
+  build time (faiss's threads: all cores), index bytes (serialised), recall@100 against exact
+  search (faiss ``IndexFlatIP``) over 1,000 queries from the same clusters, p50 / p99 latency
+  of one query at a time (batch 1, one thread); exact search itself beside them;
+* **vocabularies of 10M user ids and 1M item ids** (Zipf-like event counts): the encoder's fit
+  time, known ids and bytes per id (vocabulary + float32 embedding rows at dim 32) without
+  a floor and with ``min_count=2`` plus 100k hash buckets.
+
+Writes the "scale_ann" block of RESULTS.md (just after the Scale section) and
+``benchmarks/scale_ann.json``.
 """
 
 from __future__ import annotations
@@ -320,6 +337,189 @@ def _markdown(res: dict[str, Any], command: str, cores: str, seconds: float) -> 
     return "\n".join(lines)
 
 
+def _latency_ms(index: Any, queries: Any, k: int) -> tuple[float, float]:
+    """p50 and p99 of one query at a time (the caller fixes the threads)."""
+    import numpy as np
+
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        index.search(q[None, :], k)
+        times.append(time.perf_counter() - t0)
+    p50, p99 = np.percentile(np.asarray(times) * 1000, [50, 99])
+    return float(p50), float(p99)
+
+
+def ann_part(
+    n_items: int, dims: list[int], n_queries: int, k: int = 100, kinds: tuple[str, ...] = ("hnsw",)
+) -> dict[str, Any]:
+    """Build, size, recall@k against exact and batch-1 latency of the item indexes."""
+    import faiss
+
+    from shoprec.recommend import retrieve
+    from shoprec.recommend.retrieve import ItemIndex, clustered_vectors, recall_at_k
+
+    rows = []
+    threads = faiss.omp_get_max_threads()
+    for dim in dims:
+        items = clustered_vectors(n_items, dim, seed=0)
+        queries = clustered_vectors(n_queries, dim, seed=1, centres_seed=0)
+        faiss.omp_set_num_threads(threads)
+        exact = faiss.IndexFlatIP(dim)
+        exact.add(items)
+        truth = exact.search(queries, k)[1]
+        faiss.omp_set_num_threads(1)
+        p50, p99 = _latency_ms(exact, queries[:100], k)
+        rows.append(
+            dict(dim=dim, kind="flat (exact)", build_s=0.0, index_mib=items.nbytes / 2**20,
+                 recall=1.0, p50_ms=p50, p99_ms=p99, note="100 queries timed")
+        )  # fmt: skip
+        print(f"[ann] dim {dim}: exact p50 {p50:.1f} ms", flush=True)
+        for kind in kinds:
+            faiss.omp_set_num_threads(threads)
+            rss0 = _rss_now_mib()
+            t0 = time.perf_counter()
+            idx = ItemIndex(items, kind=kind)
+            build = time.perf_counter() - t0
+            rss = _rss_now_mib() - rss0
+            faiss.omp_set_num_threads(1)
+            settings = [None] if kind == "ivf" else [None, 400]
+            for ef in settings:
+                if ef is not None:
+                    idx.ef_search = ef
+                found = idx.search(queries, k)[1]
+                p50, p99 = _latency_ms(idx, queries, k)
+                row = dict(
+                    dim=dim, kind=kind, describe=idx.describe(), build_s=build,
+                    index_mib=idx.nbytes() / 2**20, rss_growth_mib=rss,
+                    recall=recall_at_k(found, truth), p50_ms=p50, p99_ms=p99,
+                    note=("default" if ef is None else f"efSearch {ef}")
+                    + (" (auto at this size)" if retrieve.choose_index_kind(n_items) == kind
+                       and ef is None else ""),
+                )  # fmt: skip
+                rows.append(row)
+                print(f"[ann] {row}", flush=True)
+            del idx
+    return {"n_items": n_items, "n_queries": n_queries, "k": k, "threads": threads, "ann": rows}
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ids_part(dim: int = 32) -> list[dict[str, Any]]:
+    """Encoder vocabularies of 10M user ids and 1M item ids, with and without a floor."""
+    import numpy as np
+    import polars as pl
+
+    from shoprec.data.encode import Encoder
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for col, n_ids, n_events in (("user", 10_000_000, 30_000_000), ("item", 1_000_000, 10_000_000)):
+        draw = (n_ids * rng.random(n_events) ** 2).astype(np.int64)  # skewed: popular ids first
+        frame = pl.DataFrame({col: pl.Series(draw).cast(pl.String)})
+        del draw
+        for min_count, buckets in ((1, 0), (2, 100_000)):
+            t0 = time.perf_counter()
+            enc = Encoder(categorical=[col], min_count=min_count, hash_buckets=buckets).fit(frame)
+            fit_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            enc.transform(frame.head(1_000_000))
+            tr_s = time.perf_counter() - t0
+            mem = enc.memory_bytes(dim)[col]
+            rows.append(
+                dict(column=col, ids_seen=int(frame[col].n_unique()), events=n_events,
+                     min_count=min_count, hash_buckets=buckets, fit_s=fit_s,
+                     transform_1m_s=tr_s, dim=dim, **mem)
+            )  # fmt: skip
+            print(f"[ids] {rows[-1]}", flush=True)
+            del enc
+        del frame
+    return rows
+
+
+def _ann_markdown(res: dict[str, Any], command: str) -> str:
+    from benchmarks._results import stamp
+
+    n, k = res["n_items"], res["k"]
+    lines = [
+        f"### Scale: large id spaces - retrieval over {n:,} items, vocabularies of 10M ids",
+        "",
+        *stamp(command).rstrip().splitlines(),
+        f"- cores: {_cores()}; load average {res['load_before']:.1f} before, "
+        f"{res['load_after']:.1f} after (the machine is shared)",
+        f"- {n:,} random but clustered unit vectors (1,000 clusters), {res['n_queries']:,} "
+        f"queries from the same clusters; recall@{k} against exact search (faiss "
+        f"IndexFlatIP); latency: one query at a time, one thread, k={k}; build with "
+        f"{res['threads']} faiss threads; index MiB = the serialised index (vectors included)",
+        "",
+        f"| dim | index | build s | index MiB | RSS growth MiB | recall@{k} | p50 ms | p99 ms "
+        "| setting |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in res["ann"]:
+        lines.append(
+            f"| {r['dim']} | {r.get('describe', r['kind'])} | {r['build_s']:.1f} | "
+            f"{r['index_mib']:.0f} | {r.get('rss_growth_mib', float('nan')):.0f} | "
+            f"{r['recall']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['note']} |"
+        )
+    auto = [r for r in res["ann"] if "auto" in r["note"]]
+    lines += ["", "Target recall@100 >= 0.95 against exact at 1M items (the index chosen for "
+              "the size, default settings):", ""]  # fmt: skip
+    for r in auto:
+        ok = "met" if r["recall"] >= 0.95 else "missed"
+        lines.append(f"- dim {r['dim']}: {r['recall']:.3f} -> **{ok}** (p99 {r['p99_ms']:.2f} ms)")
+    if res.get("ids"):
+        lines += [
+            "",
+            "Vocabularies (`Encoder`, ids as strings, Zipf-like counts; bytes per known id = "
+            "the vocabulary in this process - strings, tuple, lookup Series - plus float32 "
+            f"embedding rows at dim {res['ids'][0]['dim']}, buckets included):",
+            "",
+            "| column | events | ids seen | min_count | hash buckets | known ids | rows | "
+            "fit s | transform 1M s | vocab B/id | embedding B/id | total MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in res["ids"]:
+            total = (r["vocab_bytes"] + r["embedding_bytes"]) / 2**20
+            lines.append(
+                f"| {r['column']} | {r['events']:,} | {r['ids_seen']:,} | {r['min_count']} | "
+                f"{r['hash_buckets']:,} | {r['known']:,} | {r['rows']:,} | {r['fit_s']:.1f} | "
+                f"{r['transform_1m_s']:.2f} | {r['vocab_bytes_per_id']:.0f} | "
+                f"{r['embedding_bytes_per_id']:.0f} | {total:,.0f} |"
+            )
+    if res.get("notes"):
+        lines += ["", *[f"- {note}" for note in res["notes"]]]
+    return "\n".join(lines)
+
+
+def run_ann(a: argparse.Namespace) -> None:
+    """``--part ann``: measure, print, write the scale_ann block."""
+    command = (".venv/bin/python -m benchmarks.scale " + " ".join(sys.argv[1:])).strip()
+    saved = Path(__file__).resolve().parent / "scale_ann.json"
+    if a.report_only:
+        res = json.loads(saved.read_text())
+        command = res["command"]
+    else:
+        res = {"load_before": _loadavg()}
+        res.update(ann_part(a.ann_items, a.ann_dims, a.ann_queries, kinds=tuple(a.ann_kinds)))
+        if not a.no_ids:
+            res["ids"] = ids_part()
+        res.update(load_after=_loadavg(), command=command)
+    md = _ann_markdown(res, command)
+    print(md)
+    if not a.no_write:
+        from benchmarks._results import write_section
+
+        write_section("scale_ann", md)
+        saved.write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="0.2M and 1M events (< 5 minutes)")
@@ -331,6 +531,14 @@ def main() -> None:
     ap.add_argument(
         "--report-only", action="store_true", help="rewrite the section from scale.json"
     )
+    ap.add_argument("--part", choices=["events", "ann"], default="events",
+                    help="events: time and memory against events (default); ann: large id "
+                    "spaces - retrieval over 1M items and 10M-id vocabularies")  # fmt: skip
+    ap.add_argument("--ann-items", type=int, default=1_000_000, help="items for --part ann")
+    ap.add_argument("--ann-dims", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--ann-queries", type=int, default=1000)
+    ap.add_argument("--ann-kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw"])
+    ap.add_argument("--no-ids", action="store_true", help="--part ann without vocabularies")
     ap.add_argument("--stage", choices=["simulate", "prepare", "epoch"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--events", type=int, help=argparse.SUPPRESS)
@@ -339,6 +547,9 @@ def main() -> None:
         out = stage(a.stage, a.folder, a.events, a.batch)
         if out:
             print(json.dumps(out), flush=True)
+        return
+    if a.part == "ann":
+        run_ann(a)
         return
     saved = Path(__file__).resolve().parent / "scale.json"
     if a.report_only:
