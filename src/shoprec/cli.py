@@ -822,7 +822,7 @@ def demo(
     from shoprec.serve import ServeConfig, create_app
 
     key = secrets.token_urlsafe(12)
-    out.rule("[bold]6. The service")
+    out.rule("[bold]8. The service")
     out.print(
         f"web page: [bold]http://127.0.0.1:{port}/ui/[/]   API docs: http://127.0.0.1:{port}/docs\n"
         f"API key for sending events from the page: [bold]{key}[/]   (Ctrl-C stops the service)"

@@ -110,6 +110,15 @@ class SimulateSection(Strict):
     n_users: int | None = Field(None, gt=0)
     n_items: int | None = Field(None, gt=0)
     n_days: int | None = Field(None, gt=0)  # days simulated (demand series need many weeks)
+    n_markets: int | None = Field(None, ge=2)  # market_0 is the big source market
+    taste_overlap: float | None = Field(None, ge=0, le=1)  # shared share of market tastes
+    popularity_overlap: float | None = Field(None, ge=0, le=1)  # the same for popularity
+    source_market_share: float | None = Field(None, ge=0, le=1)  # users at home in market_0
+    shared_user_share: float | None = Field(None, ge=0, le=1)  # users also in a 2nd market
+    second_market_activity: float | None = Field(None, ge=0, le=1)  # their share there
+    popularity_sigma: float | None = Field(None, ge=0)  # lognormal sd of item popularity
+    temperature: float | None = Field(None, gt=0)  # exposure ~ exp(affinity / temperature)
+    n_candidates: int | None = Field(None, gt=0)  # popularity-drawn candidates per exposure
 
 
 class DataSection(Strict):

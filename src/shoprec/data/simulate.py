@@ -21,12 +21,32 @@ vector is a function of its content plus small noise::
           + w_price * z(log price_i) + N(0, item_noise^2 I)
 
 so a new item's appeal can be predicted from its content alone (``SimTruth.item_content_factors``
-is the noise-free part). Each item has a home market (by market size); a share
-``shared_item_share`` is sold in every market, the rest only at home. A share
-``new_item_share`` are *new items*: their launch day is uniform in the last
-``new_item_window`` of the time range and they get no events before it (plus a novelty boost in
-exposure that decays with ``novelty_days``). Items also have an exposure popularity
-(lognormal) and a one-dimensional "fit" value.
+is the noise-free part).
+
+Each item has a home market (by market size); a share ``shared_item_share`` is sold in every
+market, the rest only at home. A share ``new_item_share`` are *new items*: their launch day is
+uniform in the last ``new_item_window`` of the time range and they get no events before it
+(plus a novelty boost in exposure that decays with ``novelty_days``). Items also have an
+exposure popularity (lognormal) and a one-dimensional "fit" value.
+
+**Shared and market-specific tastes** (``taste_overlap`` = rho in [0, 1]). Each market ``m``
+also has a market-specific taste ``s_u^m`` per user and factor ``w_i^m`` per item, drawn like
+``taste_u`` and ``v_i`` (their own age and gender embeddings, content map and item noise; no
+home-market shift, its variance goes into the noise). A user's affinity to an item in market
+``m`` adds the two parts::
+
+    affinity = sqrt(rho) taste_u . v_i + sqrt(1 - rho) s_u^m . w_i^m     (then standardised)
+
+which is the dot product of ``[rho^1/4 taste_u, (1 - rho)^1/4 s_u^m]`` (``SimTruth.
+market_user_taste``) and ``[rho^1/4 v_i, (1 - rho)^1/4 w_i^m]`` (``market_item_factors``).
+The two parts have the same distribution, so a (user, item) pair's affinity has correlation
+``rho`` between two markets (in expectation over worlds; one world's value scatters by about
+0.1): at 0 nothing a shopper does in one market says anything about their taste in another
+(the control where transfer cannot help), at 1 (the default) every market uses ``taste_u . v_i``
+as above. Within a market, content still predicts the factor (up to the item noise).
+Popularity differs by market to a set degree too (``popularity_overlap``): an item's log
+exposure popularity in market ``m`` is ``sqrt(q) log pop_i + sqrt(1 - q) N(0, sigma^2)``
+(``SimTruth.market_item_popularity``), so a big market's bestsellers need not sell elsewhere.
 
 **Users.** ``taste_u = market shift[home] + E_age[age band] + E_gender[gender] + N(0, I)``, so
 age band, gender and home market all carry information about taste. Users have a lognormal
@@ -218,6 +238,11 @@ class SimConfig:
     temperature: float = 1.0  # exposure choice ~ exp(affinity / temperature)
     n_candidates: int = 16  # popularity-drawn candidates per exposure
     popularity_sigma: float = 1.0  # lognormal sd of item exposure popularity
+    # Cross-market structure: the share of a market's item-factor (taste) variance that is
+    # shared by all markets (the rest is market-specific); the affinity correlation of a
+    # (user, item) pair between two markets. 1 = one taste space, 0 = unrelated markets.
+    taste_overlap: float = 1.0
+    popularity_overlap: float = 1.0  # the same share for log item popularity
     activity_sigma: float = 1.0  # lognormal sd of user activity
     item_noise: float = 0.3  # sd of the item-factor part not explained by content
     quantity_base: float = 0.25  # Poisson mean of extra units bought at average price
@@ -238,7 +263,8 @@ class SimConfig:
         if self.n_items < self.n_markets:
             raise ValueError("n_items must be at least n_markets")
         for name in ("source_market_share", "shared_user_share", "second_market_activity",
-                     "shared_item_share", "new_item_share", "new_item_window"):  # fmt: skip
+                     "shared_item_share", "new_item_share", "new_item_window",
+                     "taste_overlap", "popularity_overlap"):  # fmt: skip
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("view_rate", "click_rate", "favorite_rate", "cart_rate", "buy_rate",
@@ -286,7 +312,7 @@ class SimTruth:
     item_title_words: np.ndarray  # (I, 3) int into vocabulary: adjective, colour, noun
     item_price: np.ndarray  # (I,) float
     item_fit: np.ndarray  # (I,)
-    item_popularity: np.ndarray  # (I,) exposure weight
+    item_popularity: np.ndarray  # (I,) exposure weight (the shared part)
     item_home_market: np.ndarray  # (I,) int
     item_markets: np.ndarray  # (M, I) bool: sold in market m
     item_launch_day: np.ndarray  # (I,) int, 0 for items there from the start
@@ -313,22 +339,49 @@ class SimTruth:
     age_bands: list[str]
     genders: list[str]
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    # (M, U, 2D) and (M, I, 2D) float32 taste and factor in each market (taste_overlap < 1):
+    # the shared and the market-specific parts, stacked; None: every market uses
+    # user_taste and item_factors
+    market_user_taste: np.ndarray | None = None
+    market_item_factors: np.ndarray | None = None
+    # (M, I) exposure weight of each item in each market; None: item_popularity everywhere
+    market_item_popularity: np.ndarray | None = None
     stage_features: list[str] = field(default_factory=lambda: list(STAGE_FEATURES))
     config: dict[str, Any] = field(default_factory=dict)
 
-    def affinity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Standardised planted affinity of user/item index pairs.
+    def taste_in(self, market: int) -> tuple[np.ndarray, np.ndarray]:
+        """User tastes (U, D') and item factors (I, D') in one market: their dot products
+        are the raw affinities (``user_taste``, ``item_factors`` when tastes are shared)."""
+        if self.market_item_factors is None or self.market_user_taste is None:
+            return self.user_taste, self.item_factors
+        return self.market_user_taste[market], self.market_item_factors[market]
+
+    def popularity_in(self, market: int) -> np.ndarray:
+        """(I,) exposure popularity of the items in one market."""
+        if self.market_item_popularity is None:
+            return self.item_popularity
+        return self.market_item_popularity[market]
+
+    def affinity(
+        self, users: np.ndarray, items: np.ndarray, markets: np.ndarray | int = 0
+    ) -> np.ndarray:
+        """Standardised planted affinity of user/item index pairs, in a market.
 
         Args:
             users: (N,) user indices.
             items: (N,) item indices.
+            markets: (N,) market indices or one market index (matters when
+                ``taste_overlap < 1``).
 
         Returns:
-            (N,) float64 ``(taste . v - affinity_mean) / affinity_std``.
+            (N,) float64 ``(taste . v^m - affinity_mean) / affinity_std``.
         """
-        dots = np.einsum(
-            "nd,nd->n", self.user_taste[users].astype(np.float64), self.item_factors[items]
-        )
+        if self.market_item_factors is None or self.market_user_taste is None:
+            t, v = self.user_taste[users], self.item_factors[items]
+        else:
+            m = np.broadcast_to(markets, np.shape(items))
+            t, v = self.market_user_taste[m, users], self.market_item_factors[m, items]
+        dots = np.einsum("nd,nd->n", t.astype(np.float64), v)
         return (dots - self.affinity_mean) / self.affinity_std
 
     def mismatch(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -358,7 +411,7 @@ class SimTruth:
         logit = (
             a
             + self.market_stage_offset[markets, s]
-            + b * self.affinity(users, items)
+            + b * self.affinity(users, items, markets)
             + c * self.log_price_z(items)
             + d * self.mismatch(users, items)
         )
@@ -784,9 +837,21 @@ def _build_world(cfg: SimConfig, rng: np.random.Generator) -> SimTruth:
     user_activity = rng.lognormal(0.0, cfg.activity_sigma, U)
     user_fit = rng.normal(0.0, 1.0, U)
 
-    # affinity standardisation over random pairs
+    market_taste, market_factors, market_pop = _market_parts(
+        cfg,
+        np.random.default_rng([cfg.seed, 5]),  # own stream: rho = 1 leaves the world as it was
+        (taste, item_factors, item_popularity),
+        (user_home, age, gender),
+        (item_category, item_brand, item_title_words, lp_z),
+    )
+
+    # affinity standardisation over random pairs (each in its shopper's home market)
     pu, pi = rng.integers(0, U, 50_000), rng.integers(0, I, 50_000)
-    dots = np.einsum("nd,nd->n", taste[pu], item_factors[pi])
+    if market_taste is None or market_factors is None:
+        dots = np.einsum("nd,nd->n", taste[pu], item_factors[pi])
+    else:
+        m = user_home[pu]
+        dots = np.einsum("nd,nd->n", market_taste[m, pu], market_factors[m, pi])
     aff_mean, aff_std = float(dots.mean()), float(dots.std() + 1e-9)
 
     # funnel coefficients
@@ -841,7 +906,67 @@ def _build_world(cfg: SimConfig, rng: np.random.Generator) -> SimTruth:
         age_bands=list(_AGE_BANDS),
         genders=list(_GENDERS),
         config=dataclasses.asdict(cfg),
+        market_user_taste=market_taste,
+        market_item_factors=market_factors,
+        market_item_popularity=market_pop,
     )
+
+
+def _market_parts(
+    cfg: SimConfig,
+    rng: np.random.Generator,
+    shared: tuple[np.ndarray, np.ndarray, np.ndarray],
+    user_attrs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    content: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Per-market tastes, item factors and popularity: shared and market-specific parts.
+
+    Args:
+        cfg: the config (``taste_overlap``, ``popularity_overlap``).
+        rng: the stream for the market-specific parts.
+        shared: user tastes (U, D), item factors (I, D), item popularity (I,).
+        user_attrs: user home market, age band and gender, each (U,).
+        content: item category, brand, title words (I, 3) and z(log price).
+
+    Returns:
+        ``(M, U, 2D)`` tastes and ``(M, I, 2D)`` factors, float32 (both None when
+        ``taste_overlap`` is 1), and ``(M, I)`` popularity (None when ``popularity_overlap``
+        is 1).
+    """
+    taste, item_factors, item_popularity = shared
+    _, age, gender = user_attrs
+    category, brand, words, lp_z = content
+    M, (U, D), I = cfg.n_markets, taste.shape, len(item_factors)  # noqa: E741
+    market_taste = market_factors = None
+    if cfg.taste_overlap < 1.0:
+        a, b = cfg.taste_overlap**0.25, (1.0 - cfg.taste_overlap) ** 0.25
+        n_words = int(words.max()) + 1
+        market_taste = np.empty((M, U, 2 * D), dtype=np.float32)
+        market_factors = np.empty((M, I, 2 * D), dtype=np.float32)
+        for m in range(M):  # a few markets: one vectorised draw each, as the shared parts
+            # no home-market shift (where a shopper lives would carry across markets); its
+            # variance goes into the noise so both parts have the same spread
+            own_taste = (
+                rng.normal(0.0, 0.5, (len(_AGE_BANDS), D))[age]
+                + rng.normal(0.0, 0.5, (len(_GENDERS), D))[gender]
+                + rng.normal(0.0, math.sqrt(1.0 + cfg.market_taste_shift**2), (U, D))
+            )
+            own_factors = (
+                rng.normal(0.0, 0.7, (cfg.n_categories, D))[category]
+                + rng.normal(0.0, 0.4, (cfg.n_brands, D))[brand]
+                + rng.normal(0.0, 0.8, (n_words, D))[words].mean(axis=1)
+                + lp_z[:, None] * rng.normal(0.0, 0.3, D)[None, :]
+                + rng.normal(0.0, cfg.item_noise, (I, D))
+            )
+            market_taste[m] = np.concatenate([a * taste, b * own_taste], axis=1)
+            market_factors[m] = np.concatenate([a * item_factors, b * own_factors], axis=1)
+    popularity = None
+    if cfg.popularity_overlap < 1.0:
+        q = cfg.popularity_overlap
+        own_log = rng.normal(0.0, cfg.popularity_sigma, (M, I))
+        log_pop = math.sqrt(q) * np.log(item_popularity)[None, :] + math.sqrt(1.0 - q) * own_log
+        popularity = np.exp(log_pop)
+    return market_taste, market_factors, popularity
 
 
 def _sample_rows(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -940,10 +1065,10 @@ class _Sampler:
         self.day_cum = np.cumsum(weekly * trend)
         self.hour_cum = np.cumsum(_HOURS)
         self.pools = [np.flatnonzero(truth.item_markets[m]) for m in range(cfg.n_markets)]
-        self.pool_alias = [_Alias(truth.item_popularity[p]) for p in self.pools]
+        self.pool_alias = [_Alias(truth.popularity_in(m)[p]) for m, p in enumerate(self.pools)]
         self.launch_ms = truth.item_launch_day.astype(np.int64) * MS_PER_DAY
         self.is_new = truth.item_launch_day > 0
-        self.factors = truth.item_factors  # float32
+        self.tastes = [truth.taste_in(m) for m in range(cfg.n_markets)]  # float32
         self.lp_z = (np.log(truth.item_price) - truth.log_price_mean) / truth.log_price_std
 
     @staticmethod
@@ -971,13 +1096,15 @@ class _Sampler:
         # popularity-drawn candidates, then Gumbel-max on affinity / temperature (+ novelty)
         C = cfg.n_candidates
         cand = np.empty((n, C), dtype=np.int64)
+        dots = np.empty((n, C), dtype=np.float32)
         u_c = rng.random((n, C))
         for m in range(cfg.n_markets):
             rows = np.flatnonzero(market == m)
             if len(rows):
                 cand[rows] = self.pools[m][self.pool_alias[m].draw(u_c[rows])]
-        taste = truth.user_taste[user]  # (n, D)
-        dots = (self.factors[cand] @ taste[:, :, None])[..., 0]  # (n, C)
+                tastes, factors = self.tastes[m]
+                v = factors[cand[rows]]  # (r, C, D)
+                dots[rows] = (v @ tastes[user[rows]][:, :, None])[..., 0]
         aff = (dots - truth.affinity_mean) / truth.affinity_std
         score = aff / cfg.temperature  # (n, C)
         r, c = np.nonzero(self.is_new[cand])  # only new items need launch checks and boosts
