@@ -624,6 +624,7 @@ class Retrieval:
         seen: pl.DataFrame | None = None,
         *,
         folder: str | Path | None = None,
+        index_kind: str = "auto",
     ) -> Retrieval:
         """Load what :func:`build_retrieval` wrote into an artifact folder.
 
@@ -632,6 +633,8 @@ class Retrieval:
             items: its item table (read from ``items.parquet`` when None).
             seen: its training events (read from ``seen.parquet`` when None).
             folder: the retrieval files' folder (default: ``ARTIFACT/retrieval``).
+            index_kind: the item index (:data:`INDEX_KINDS`; ``auto``: by catalog size). A
+                saved index of another kind is not used: one of this kind is built.
         """
         directory = Path(directory)
         d = retrieval_dir(directory) if folder is None else Path(folder)
@@ -652,19 +655,25 @@ class Retrieval:
             item_vectors=vectors,
             similarity_vectors=centred(vectors, centre),
             centre=centre,
-            index=ItemIndex.load(d / INDEX_FILE, vectors),
+            index=ItemIndex.load(d / INDEX_FILE, vectors, kind=index_kind),
             cooccurrence=CoOccurrence.from_frame(pl.read_parquet(d / COOC_FILE), ids),
             popularity=popularity(seen, ids),
         )
 
     @classmethod
     def of_artifact(
-        cls, art: Artifact, *, build: bool = True, two_tower: TwoTowerConfig | None = None
+        cls,
+        art: Artifact,
+        *,
+        build: bool = True,
+        two_tower: TwoTowerConfig | None = None,
+        index_kind: str = "auto",
     ) -> Retrieval:
         """The retrieval of a loaded artifact: its own files where its manifest lists them
         (checked when it was loaded), else those in the cache folder
         (:func:`cache_folder`), built there first (with ``two_tower``) if missing and
-        ``build`` is true. The artifact folder itself is never written."""
+        ``build`` is true. The artifact folder itself is never written. ``index_kind`` as
+        in :meth:`load`."""
         listed = any(k.startswith(f"{RETRIEVAL_DIR}/") for k in art.manifest.get("files", {}))
         if listed:
             folder = retrieval_dir(art.directory)
@@ -678,7 +687,9 @@ class Retrieval:
                 log.info("no retrieval files in %s: building them into %s", art.directory, folder)
                 build_retrieval(art.directory, two_tower, out=folder)
         try:
-            return cls.load(art.directory, art.items, art.seen, folder=folder)
+            return cls.load(
+                art.directory, art.items, art.seen, folder=folder, index_kind=index_kind
+            )
         except Exception as e:
             if listed:
                 raise ArtifactError(
@@ -688,7 +699,9 @@ class Retrieval:
             log.warning("retrieval cache %s is unreadable (%s); building it again", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
             build_retrieval(art.directory, two_tower, out=folder)
-            return cls.load(art.directory, art.items, art.seen, folder=folder)
+            return cls.load(
+                art.directory, art.items, art.seen, folder=folder, index_kind=index_kind
+            )
 
     def user_vectors(self, users: list[str]) -> np.ndarray:
         """``(U, D)`` user-tower vectors (an unknown user gets the OOV user's)."""
