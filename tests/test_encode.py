@@ -277,3 +277,14 @@ def test_memory_bytes_reports_vocab_and_embedding_rows() -> None:
     assert mem["bytes_per_id"] == pytest.approx(
         mem["vocab_bytes_per_id"] + mem["embedding_bytes_per_id"]
     )
+
+
+def test_config_exposes_floor_and_buckets() -> None:
+    from pydantic import ValidationError
+
+    from shoprec.config import RecipeSection
+
+    section = RecipeSection(name="tabular", min_count=5, hash_buckets=100_000)
+    assert section.model_extra == {"min_count": 5, "hash_buckets": 100_000}
+    with pytest.raises(ValidationError, match="hash_buckets"):
+        RecipeSection(name="tabular", hash_buckets=-1)
