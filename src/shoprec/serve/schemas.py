@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shoprec.data.schema import Behavior
 
@@ -250,6 +250,26 @@ class StockIn(BaseModel):
         description="item -> units in stock (0 = out of stock, at most 1e9); checked whole "
         "before anything is written",
     )
+
+    @field_validator("stock", mode="before")
+    @classmethod
+    def _few_errors(cls, value: Any) -> Any:
+        """Many bad levels make one error, not one each: tens of thousands of per-field
+        errors cost the server a second to build and the client megabytes to read."""
+        if not isinstance(value, dict):
+            return value
+        bad = [
+            k
+            for k, v in value.items()
+            if type(v) is not int or not 0 <= v <= 1_000_000_000 or not isinstance(k, str)
+        ]
+        if len(bad) > 20:
+            first = bad[0]
+            raise ValueError(
+                f"{len(bad):,} stock levels are not whole numbers from 0 to 1,000,000,000 "
+                f"(first: {str(first)[:60]!r}: {str(value[first])[:40]}); nothing was written"
+            )
+        return value
 
 
 class StockOut(BaseModel):
