@@ -1135,6 +1135,7 @@ def neural_markdown(res: dict[str, Any]) -> str:
     n_ease, lams = NEURAL["ease"]["max_items"], NEURAL["ease"]["lambdas"]
     ks, epochs = NEURAL["itemknn"]["ks"], NEURAL_TRAIN["train.epochs"]
     blends = load_config(HISTORY_JOINT).recipe.options.blend
+    stopped = res.get("stopped_note", "")
     short = ("valid", "best_epoch", "fit_s", "recipe")
     facts = json.dumps({k: {x: v[x] for x in short if x in v} for k, v in res["facts"].items()
                         if isinstance(v, dict) and "valid" in v}, default=str)  # fmt: skip
@@ -1147,9 +1148,10 @@ def neural_markdown(res: dict[str, Any]) -> str:
   (`shoprec.models.history_encoder.HistoryEncoder`); our item neighbours:
   `benchmarks/configs/amazon_cdr_neighbours.yaml`; peers: `NEURAL` in `benchmarks/amazon_cdr.py`.
 
-Same data, test pairs and full-ranking protocol as the amazon_cdr section (all target items less
-the user's target train items; one held-out item per user); cold start: the same seeded 20%
-of users per target lose all target train history and every row is refit without it.
+{stopped}Same data, test pairs and full-ranking protocol as the amazon_cdr section (all target
+items less the user's target train items; one held-out item per user); cold start: the same
+seeded 20% of users per target lose all target train history and every row is refit
+without it.
 Validation: ours, one random target train item per user with two or more (the recipe's
 hold-out); EASE and item-kNN, the ALS peers' hold-out (one random train item per (user,
 domain) with two or more).
@@ -1227,6 +1229,8 @@ def report_neural(quick: bool, out: Path | None, owned: bool = True) -> dict[str
     res["total_s"] = sum(p.get("total_s", 0) for p in parts)
     res["stamp"] = parts[-1].get("stamp", "") if parts else ""
     res["load_end"] = max((p.get("load_end", 0) for p in parts), default=float("nan"))
+    stopped = [p["stopped_note"] for p in parts if p.get("stopped_note")]
+    res["stopped_note"] = "".join(dict.fromkeys(stopped))
     md = neural_markdown(res)
     if out is not None:
         out.write_text(md)
