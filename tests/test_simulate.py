@@ -371,3 +371,51 @@ def test_write_shop_in_chunks_gives_the_same_shop(tmp_path) -> None:
     assert len(summary["events_per_domain"]) == 4
     with pytest.raises(ValueError, match="chunk_events"):
         write_shop(tmp_path / "bad", cfg, chunk_events=0)
+
+
+# --------------------------------------------------------------------------- taste overlap
+
+
+def _cross_market_correlation(truth: SimTruth, n: int = 20_000) -> float:
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, len(truth.user_taste), n)
+    i = rng.integers(0, len(truth.item_factors), n)
+    return float(np.corrcoef(truth.affinity(u, i, 0), truth.affinity(u, i, 1))[0, 1])
+
+
+def test_taste_overlap_sets_the_cross_market_affinity_correlation(tmp_path) -> None:
+    cfg = SimConfig(n_users=600, n_items=300, n_events=6_000, n_days=30, n_markets=2, seed=5)
+    corr = {}
+    for rho in (0.0, 0.5, 0.9, 1.0):
+        s = simulate_shop(cfg, taste_overlap=rho, popularity_overlap=0.0)
+        corr[rho] = _cross_market_correlation(s.truth)
+        if rho == 1.0:  # the default: one taste space, the world as before the knob
+            assert s.truth.market_user_taste is None and s.truth.market_item_factors is None
+    # documented: the correlation of a pair's affinity between markets is rho (up to the
+    # scatter of one finite world, ~0.1)
+    assert abs(corr[0.0]) < 0.15
+    assert 0.35 < corr[0.5] < 0.65
+    assert 0.8 < corr[0.9] < 0.97
+    assert corr[1.0] == pytest.approx(1.0)
+    # and the events follow each market's own affinity: at overlap 0 what is clicked in
+    # market_1 is liked there, not (beyond chance) in market_0
+    s = simulate_shop(cfg, taste_overlap=0.0)
+    clicks = s.dataset.interactions.df.filter(
+        (pl.col("behavior") == "click") & (pl.col("domain") == "market_1")
+    )
+    u, i = id_index(clicks["user"]), id_index(clicks["item"])
+    assert s.truth.affinity(u, i, 1).mean() > s.truth.affinity(u, i, 0).mean() + 0.5
+    # the per-market parts survive save/load
+    back = SimulatedShop.load(s.save(tmp_path / "shop"))
+    np.testing.assert_array_equal(back.truth.affinity(u, i, 1), s.truth.affinity(u, i, 1))
+
+
+def test_popularity_overlap_sets_the_cross_market_popularity_correlation() -> None:
+    cfg = SimConfig(n_users=300, n_items=2_000, n_events=3_000, n_days=30, n_markets=2, seed=1)
+    for q, lo, hi in ((0.0, -0.1, 0.1), (0.5, 0.4, 0.6)):
+        pop = simulate_shop(cfg, popularity_overlap=q).truth.market_item_popularity
+        assert pop is not None
+        assert lo < np.corrcoef(np.log(pop[0]), np.log(pop[1]))[0, 1] < hi
+    assert simulate_shop(cfg).truth.market_item_popularity is None
+    with pytest.raises(ValueError, match="taste_overlap"):
+        SimConfig(taste_overlap=1.5)
