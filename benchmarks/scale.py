@@ -446,22 +446,26 @@ def ids_part(dim: int = 32) -> list[dict[str, Any]]:
 def _ann_markdown(res: dict[str, Any], command: str) -> str:
     from benchmarks._results import stamp
 
-    n, k = res["n_items"], res["k"]
+    n, k = res.get("n_items", 0), res.get("k", 100)
     lines = [
         f"### Scale: large id spaces - retrieval over {n:,} items, vocabularies of 10M ids",
         "",
         *stamp(command).rstrip().splitlines(),
         f"- cores: {_cores()}; load average {res['load_before']:.1f} before, "
         f"{res['load_after']:.1f} after (the machine is shared)",
-        f"- {n:,} random but clustered unit vectors (1,000 clusters), {res['n_queries']:,} "
-        f"queries from the same clusters; recall@{k} against exact search (faiss "
-        f"IndexFlatIP); latency: one query at a time, one thread, k={k}; build with "
-        f"{res['threads']} faiss threads; index MiB = the serialised index (vectors included)",
-        "",
-        f"| dim | index | build s | index MiB | RSS growth MiB | recall@{k} | p50 ms | p99 ms "
-        "| setting |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    if res["ann"]:
+        lines += [
+            f"- {n:,} random but clustered unit vectors (1,000 clusters), {res['n_queries']:,} "
+            f"queries from the same clusters; recall@{k} against exact search (faiss "
+            f"IndexFlatIP); latency: one query at a time, one thread, k={k}; build with "
+            f"{res['threads']} faiss thread(s); index MiB = the serialised index (vectors "
+            "included)",
+            "",
+            f"| dim | index | build s | index MiB | RSS growth MiB | recall@{k} | p50 ms | "
+            "p99 ms | setting |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
     for r in res["ann"]:
         lines.append(
             f"| {r['dim']} | {r.get('describe', r['kind'])} | {r['build_s']:.1f} | "
@@ -469,8 +473,9 @@ def _ann_markdown(res: dict[str, Any], command: str) -> str:
             f"{r['recall']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['note']} |"
         )
     auto = [r for r in res["ann"] if "auto" in r["note"]]
-    lines += ["", "Target recall@100 >= 0.95 against exact at 1M items (the index chosen for "
-              "the size, default settings):", ""]  # fmt: skip
+    if auto:
+        lines += ["", f"Target recall@100 >= 0.95 against exact at {n:,} items (the index "
+                  "chosen for the size, default settings):", ""]  # fmt: skip
     for r in auto:
         ok = "met" if r["recall"] >= 0.95 else "missed"
         lines.append(f"- dim {r['dim']}: {r['recall']:.3f} -> **{ok}** (p99 {r['p99_ms']:.2f} ms)")
@@ -506,8 +511,10 @@ def run_ann(a: argparse.Namespace) -> None:
         res = json.loads(saved.read_text())
         command = res["command"]
     else:
-        res = {"load_before": _loadavg()}
-        res.update(ann_part(a.ann_items, a.ann_dims, a.ann_queries, kinds=tuple(a.ann_kinds)))
+        res = {"load_before": _loadavg(), "ann": []}
+        if not a.no_ann:
+            kinds = tuple(a.ann_kinds)
+            res.update(ann_part(a.ann_items, a.ann_dims, a.ann_queries, kinds=kinds))
         if not a.no_ids:
             res["ids"] = ids_part()
         res.update(load_after=_loadavg(), command=command)
@@ -539,6 +546,7 @@ def main() -> None:
     ap.add_argument("--ann-queries", type=int, default=1000)
     ap.add_argument("--ann-kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw"])
     ap.add_argument("--no-ids", action="store_true", help="--part ann without vocabularies")
+    ap.add_argument("--no-ann", action="store_true", help="--part ann: vocabularies only")
     ap.add_argument("--stage", choices=["simulate", "prepare", "epoch"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--events", type=int, help=argparse.SUPPRESS)
