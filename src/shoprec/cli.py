@@ -714,14 +714,15 @@ def recommend(
                 "use shoprec evaluate, or its scorer's predict_rows in Python"
             )
         rec = art.recommender()
-        recs = rec.recommend(user, k, fusion=fusion, explain=explain)
+        uid = rec.user_key(user)  # hashed when the artifact was trained on hashed ids
+        recs = rec.recommend(uid, k, fusion=fusion, explain=explain)
     except (ShoprecError, ValueError) as e:
         _fail(str(e))
         return
     if as_json:
         sys.stdout.write(json.dumps([asdict(r) for r in recs], indent=2, default=str) + "\n")
         return
-    hist = art.history(user)
+    hist = art.history(uid)
     if hist.height == 0:
         out.print(f"[yellow]{user} is new to this model: a cold-start list.[/]")
     else:
@@ -764,21 +765,25 @@ def forget(
     events, user-table rows and ids in the artifact and their embedding rows (zeroed, out of
     retrieval) until the next training; the manifest is rewritten. A running service also
     holds live events in memory: use DELETE /users/USER there (it does all of this)."""
+    from shoprec.artifact import Artifact
     from shoprec.forget import forget_users
+    from shoprec.recommend.recommender import user_key
     from shoprec.serve.store import EventStore
 
     store_path = db if db is not None else artifact / "events.sqlite"
     try:
         if db is not None and not db.exists():
             raise ShoprecError(f"no event store at {db}")
+        key = user_key(Artifact.load(artifact))  # hashed ids when trained on them
+        keys = {u: key(u) for u in users}
         deleted = dict.fromkeys(users, 0)
         if store_path.exists():
             store = EventStore(store_path)
             try:
-                deleted = {u: store.forget(u) for u in users}
+                deleted = {u: store.forget(keys[u]) for u in users}
             finally:
                 store.close()
-        report = forget_users(artifact, users)
+        report = forget_users(artifact, list(keys.values()))
     except (ShoprecError, ValueError, OSError) as e:
         _fail(str(e))
         return
@@ -786,7 +791,7 @@ def forget(
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
-    unknown = [u for u in users if u not in report.known and not deleted.get(u)]
+    unknown = [u for u in users if keys[u] not in report.known and not deleted.get(u)]
     out.print(
         f"forgot {', '.join(users)} in {artifact}: {sum(deleted.values()):,} stored events, "
         f"{report.seen_rows:,} training events, scorer {report.scorer}, "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class Recommender:
         self.sessions = sessions if sessions is not None else SessionLog()
         self.tasks, self.target = list(self.scorer.tasks), self.scorer.target
         self.loaded_at = time.time()
+        self.user_key = user_key(artifact)
         ids = artifact.items["item"].cast(pl.String).to_list()
         if ids != list(self.scorer.items):
             raise ShoprecError(f"{artifact.directory}: items.parquet and the scorer's items differ")
@@ -463,3 +464,19 @@ class Recommender:
             "forecast": str(self.forecast.directory) if self.forecast is not None else None,
             "loaded_at": self.loaded_at,
         }
+
+
+def user_key(artifact: Artifact) -> Callable[[str], str]:
+    """Raw shopper id -> the id the artifact knows: the keyed hash when it was trained with
+    ``data.hash_user_ids`` (the key from the same environment variable), else the id itself.
+
+    The service and the CLI map every incoming id through it, so the event store, the session
+    log and the scorer only ever see what the training data held.
+    """
+    data = artifact.config_dict.get("data") or {}
+    if not (isinstance(data, dict) and data.get("hash_user_ids")):
+        return str
+    from shoprec.data.schema import hash_id, user_id_salt
+
+    salt = user_id_salt(str(data.get("user_id_salt_env") or "SHOPREC_USER_ID_SALT"))
+    return lambda raw: hash_id(raw, salt)

@@ -400,9 +400,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         reader: bool = True,
     ) -> Response:
         rec = svc.recommender
+        uid = rec.user_key(user)  # the id the artifact knows (hashed if it was trained so)
         try:
             ranking = rec.rank(
-                user, k, exclude_categories=exclude_category, fusion=fusion, explain=explain
+                uid, k, exclude_categories=exclude_category, fusion=fusion, explain=explain
             )
         except ValueError as e:
             raise HTTPException(400, str(e)) from e
@@ -413,8 +414,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                     _without_history(r.explanation, penalties)
         body = s.RecommendResponse(
             user=user,
-            known_user=rec.is_known_user(user),
-            live_events=len(svc.sessions.recent(user)),
+            known_user=rec.is_known_user(uid),
+            live_events=len(svc.sessions.recent(uid)),
             fusion=rec.resolve_fusion(fusion).formula(),
             model=rec.model_name,
             recipe=rec.scorer.recipe,
@@ -523,7 +524,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         rec = svc.recommender
 
         def run() -> Explanation:
-            exp = rec.explain(user, item, fusion=fusion)
+            exp = rec.explain(rec.user_key(user), item, fusion=fusion)
             if not reader:
                 _without_history(exp, dict(rec.resolve_fusion(fusion).penalties))
             return exp
@@ -549,10 +550,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     ) -> s.HistoryResponse:
         """Live events (newest first), then training events (deepest behavior first)."""
         rec = svc.recommender
+        uid = rec.user_key(user)
         return s.HistoryResponse(
             user=user,
-            known_user=rec.is_known_user(user),
-            events=[s.HistoryOut.model_validate(h) for h in rec.history(user, limit)],
+            known_user=rec.is_known_user(uid),
+            events=[s.HistoryOut.model_validate(h) for h in rec.history(uid, limit)],
         )
 
     @app.get(
@@ -617,8 +619,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         """Store an event (committed to SQLite before this returns); the shopper's next
         recommendation uses it. An unknown item is stored but cannot change the list."""
         ts = time.time() if event.timestamp is None else event.timestamp
-        row = svc.store.append(event.user, event.item, event.behavior.value, event.quantity, ts)
-        svc.sessions.add(event.user, event.item, event.behavior.value, ts)
+        uid = svc.recommender.user_key(event.user)  # stored as the artifact knows it
+        row = svc.store.append(uid, event.item, event.behavior.value, event.quantity, ts)
+        svc.sessions.add(uid, event.item, event.behavior.value, ts)
         svc.metrics.inc(
             "shoprec_events_total", "Events stored, by behavior.", behavior=event.behavior.value
         )
@@ -716,11 +719,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         from shoprec.forget import forget_users
 
         async with svc.reload_lock:
-            events = await asyncio.to_thread(svc.store.forget, user)
-            live = svc.sessions.forget(user)
+            uid = svc.recommender.user_key(user)
+            events = await asyncio.to_thread(svc.store.forget, uid)
+            live = svc.sessions.forget(uid)
             path = Path(svc.config.artifact)
             try:
-                report = await asyncio.to_thread(forget_users, path, [user])
+                report = await asyncio.to_thread(forget_users, path, [uid])
                 rec = await asyncio.to_thread(_load, path, svc.config, svc.sessions)
             except Exception as e:  # never a 500: the store and session are forgotten
                 log.warning("forgetting %s in %s failed: %s", user, path, e)
