@@ -8,6 +8,7 @@ that a notebook user can copy.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -283,6 +284,10 @@ def _show_recommendations(
 
 # --------------------------------------------------------------------------- transfer
 
+#: Test shoppers with at most this many training events in the small market form the
+#: "sparse" slice of :func:`compare_transfer`.
+SPARSE = 3
+
 #: Transfer settings tried on validation (``recipe.method``, ``recipe.lambda``).
 TRANSFER_TRIALS: tuple[tuple[str, float], ...] = (
     ("finetune", 1.0),
@@ -378,7 +383,9 @@ def compare_transfer(
     popularity on the small market's test, each scored once after selection.
 
     Returns:
-        ``name -> {hr@10, ndcg@10, valid_ndcg@10, users, setting}`` for ``popularity``
+        ``name -> {hr@10, ndcg@10, sparse_hr@10, sparse_ndcg@10, valid_ndcg@10, users,
+        sparse_users, setting}`` (``sparse_``: test shoppers with at most :data:`SPARSE`
+        market_1 training events, where transfer matters most) for ``popularity``
         (no validation score: nothing to select), ``target_only``, ``transfer``,
         ``neighbours_target`` (item neighbours from market_1 alone) and ``neighbours`` (from
         both markets); ``transfer`` also has ``tried``: each trial's validation NDCG@10.
@@ -409,26 +416,37 @@ def compare_transfer(
         "neighbours_target": (fit("neighbours", source_history=False), "market_1 only"),
         "neighbours": (fit("neighbours"), "both markets"),
     }
+    # the slice transfer is for: test shoppers with at most SPARSE market_1 training events
+    seen = split.train.df.filter(pl.col("domain") == "market_1").group_by("user").len()
+    rich = seen.filter(pl.col("len") > SPARSE)["user"]
+    sparse = dataclasses.replace(split, test=split.test.filter(~pl.col("user").is_in(rich)))
     rows: dict[str, dict[str, float | str]] = {}
     for name, ((run, exp), setting) in runs.items():
         ev = evaluate_scorer(run.scorer, split, exp.evaluate)
+        ev_sparse = evaluate_scorer(run.scorer, sparse, exp.evaluate)
         users = ev.counts["users"]
         if not rows:  # popularity, ranked by the same evaluation (its validation too)
             pop = ev.baselines["popularity"]["metrics"]
+            pop_sparse = ev_sparse.baselines["popularity"]["metrics"]
             rows["popularity"] = {
                 "hr@10": pop["hr@10"],
                 "ndcg@10": pop["ndcg@10"],
+                "sparse_hr@10": pop_sparse["hr@10"],
+                "sparse_ndcg@10": pop_sparse["ndcg@10"],
                 "valid_ndcg@10": float("nan"),  # not scored by the recipes' validation
                 "setting": "target popularity",
             }
         rows[name] = {
             "hr@10": ev.metrics["hr@10"],
             "ndcg@10": ev.metrics["ndcg@10"],
+            "sparse_hr@10": ev_sparse.metrics["hr@10"],
+            "sparse_ndcg@10": ev_sparse.metrics["ndcg@10"],
             "valid_ndcg@10": run.valid[run.monitor],
             "setting": setting,
         }
     for row in rows.values():
         row["users"] = float(users)
+        row["sparse_users"] = float(ev_sparse.counts["users"])
     rows["transfer"]["tried"] = ", ".join(
         f"{k} {r.valid[r.monitor]:.4f}" for k, (r, _) in candidates.items()
     )
