@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         exposures[name] = exp
     return {
         "name": art.config.name,
-        "artifact": str(path),
+        "artifact": _rel(Path(path)),
         "recipe": art.recipe,
         "target": art.target,
         "users": len(users),
@@ -261,6 +261,20 @@ def markdown(r: dict[str, Any]) -> str:
         f"(Gini {rep['gini@10']:.4f}); ours {base['coverage@10']:.4f} (Gini "
         f"{base['gini@10']:.4f}) served with the floor off.",
     ]
+    losses = [
+        f"{peer} {m[key]:.4f} vs ours {base[key]:.4f} ({label})"
+        for peer, m in (("popularity", pop), ("repeat purchase", rep))
+        for key, label, worse in (
+            ("hr@10", "HR@10", m["hr@10"] > base["hr@10"]),
+            ("coverage@10", "coverage@10", m["coverage@10"] > base["coverage@10"]),
+            ("gini@10", "Gini@10, lower is more even", m["gini@10"] < base["gini@10"]),
+        )
+        if worse
+    ]
+    if losses:
+        lines.append(
+            "**Where ours (served, floor off) loses to a peer:** " + "; ".join(losses) + "."
+        )
     if r["quick"]:
         lines.insert(0, "**--quick smoke run: not a result.**")
     return "\n".join(lines)
