@@ -229,8 +229,9 @@ Sections (unknown keys anywhere are refused; paths are relative to the YAML file
              events: {path, columns, behaviors, drop_unmapped} (+ catalog:, users:)
              release: {format: behavior_lines | domain_pairs, ...} (public release layouts)
   split      {kind: time | leave_last_out | given | random | cold_items | cold_users, ...}
-  recipe     {name: pairs | multibehavior | windows | content | cross_domain, ...options}
-  tasks      [view, cart, buy] or {name, kind: binary | regression | multiclass, ...}
+  recipe     {name: pairs | multibehavior | windows | content | cross_domain | sequence |
+             tabular | demand, ...options}
+  tasks      \\[view, cart, buy] or {name, kind: binary | regression | multiclass, ...}
   model      {name: mmoe | ple | shared_bottom | single_task | esmm | aitm, embedding_dim,
              config: {...}}
   weighting  {name: fixed | uncertainty | gradnorm | pcgrad, ...}
@@ -238,7 +239,7 @@ Sections (unknown keys anywhere are refused; paths are relative to the YAML file
              device: auto | cpu | cuda, amp, ...}
   evaluate   {protocol: full | sampled, ks, n_negatives, sampling, target, slices, bootstrap}
   serve      {fusion, exclude_behaviors, new_item_slots, diversity, ...} (the Recommender)
-  search     {method: grid | tpe, space: {dotted.setting: [values]}, trials, minutes, metric}
+  search     {method: grid | tpe, space: {dotted.setting: \\[values]}, trials, minutes, metric}
   output     the artifact folder (default runs/NAME)
 
 `shoprec config check FILE` validates a file without training."""
