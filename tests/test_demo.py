@@ -34,7 +34,7 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
         for method in ("popularity", "target_only", "transfer", "neighbours"):
             assert 0.0 <= row[f"{method}/ndcg@10"] <= row[f"{method}/hr@10"] <= 1.0
         assert f"taste overlap {overlap} " in printed
-    assert "vs target only" in printed
+    assert "7. Transfer" in printed and "only taste carries over" in printed
     assert "Test metrics" in printed and "shopper u" in printed
     art = Artifact.load(tmp_path / "demo")
     assert (tmp_path / "demo" / "retrieval").is_dir()  # the retrieval index for serving
