@@ -124,7 +124,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AUX_WEIGHT",
     "FLAGS_KNOWN",
+    "INTEREST_LABEL",
+    "INTEREST_WEIGHT",
     "BehaviorLog",
+    "ItemClasses",
     "MultiBehaviorConfig",
     "MultiBehaviorOptions",
     "MultiBehaviorRecipe",
@@ -137,6 +140,8 @@ __all__ = [
     "history_baseline",
     "history_baseline_scores",
     "hold_out_one",
+    "interest_labels",
+    "item_classes",
     "make_evaluator",
     "model_scores",
     "numeric_features",
@@ -148,6 +153,10 @@ __all__ = [
 
 _FIRST = 2  # model id of dense index 0 (ids 0 and 1 are padding and OOV, as in the Encoder)
 AUX_WEIGHT = "aux_weight"  #: batch key of the auxiliary tasks' 0/1 mask
+INTEREST_LABEL = "interest_label"  #: batch key: int64 class of the user's interest label
+INTEREST_WEIGHT = "interest_weight"  #: batch key: 1 where the user has an interest label
+CATEGORY = "category"  #: batch key: the candidate item's class + 1 (0: padding)
+UNKNOWN_CLASS = "<unknown>"  #: the class of items without a category
 FLAGS_KNOWN = "flags_known"  #: batch key: 1 when the ``in_<b>`` flags are shown
 
 #: A retrieval score: dense user indices ``(C,)`` -> float scores ``(C, n_items)``.
@@ -203,6 +212,26 @@ class MultiBehaviorConfig:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class ItemClasses:
+    """A class (category) per item, for the multi-class ``interest`` task.
+
+    Attributes:
+        names: class names; the last is :data:`UNKNOWN_CLASS` (items without a category).
+        of_item: int64 ``(n_items,)``: each dense item's class index.
+        prior: float ``(n_classes,)``: the share of each class among the training labels
+            (the interest of a user the scorer knows nothing about).
+    """
+
+    names: tuple[str, ...]
+    of_item: np.ndarray
+    prior: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.names)
+
+
 @dataclass(frozen=True)
 class BehaviorLog:
     """Which (user, item) pairs each behavior holds, over dense indices.
@@ -215,6 +244,7 @@ class BehaviorLog:
         users: user id map (dense index ``i`` <-> ``users.values[i]``).
         items: item id map.
         keys: behavior -> sorted unique int64 pair keys.
+        classes: the items' classes when the interest task is trained (else None).
 
     Example:
         >>> import polars as pl
@@ -229,6 +259,7 @@ class BehaviorLog:
     users: IdMap
     items: IdMap
     keys: Mapping[str, np.ndarray]
+    classes: ItemClasses | None = None
 
     @classmethod
     def from_interactions(
@@ -311,7 +342,7 @@ class BehaviorLog:
         q = np.asarray(users, dtype=np.int64) * self.n_items + np.asarray(items, dtype=np.int64)
         keys = dict(self.keys)
         keys[behavior] = keys[behavior][~np.isin(keys[behavior], q)]
-        return BehaviorLog(self.users, self.items, keys)
+        return replace(self, keys=keys)
 
     def user_index(self, values: Sequence[str] | pl.Series) -> np.ndarray:
         """Dense indices of user values (-1 for unknown users)."""
@@ -350,6 +381,98 @@ def hold_out_one(
     pick = starts[users] + (rng.random(len(users)) * counts[users]).astype(np.int64)
     items = i[pick]
     return blog.without(behavior, users, items), users.astype(np.int64), items.astype(np.int64)
+
+
+def item_classes(
+    catalog: pl.DataFrame | None, items: IdMap, column: str = "category", task: str = "interest"
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Each item's class from a catalog column, for the multi-class interest task.
+
+    Classes are the column's distinct non-empty values, sorted, then :data:`UNKNOWN_CLASS`
+    (items with an empty category or missing from the catalog), so ``n_classes`` is the
+    number of categories + 1.
+
+    Args:
+        catalog: the catalog frame (``item`` plus ``column``), or None.
+        items: the log's item id map.
+        column: the catalog column holding the category.
+        task: the task's name (for the error message).
+
+    Returns:
+        ``(class names, int64 (n_items,) class index per dense item)``.
+
+    Raises:
+        ConfigError: without a catalog, or when it has no ``column``.
+    """
+    empty = (
+        catalog is not None
+        and column in catalog.columns
+        and catalog[column].null_count() == catalog.height
+    )
+    if catalog is None or column not in catalog.columns or empty:
+        found = "no catalog" if catalog is None else f"a catalog with columns {catalog.columns}"
+        found += f" ('{column}' is empty in every row)" if empty else ""
+        raise ConfigError(
+            f"task '{task}' (kind: multiclass) learns the category of the user's next "
+            f"purchase, read from the catalog column '{column}', but the data has {found}. "
+            f"Add a catalog with an item and a '{column}' column (data.catalog: {{path: ..., "
+            f"columns: {{item: ..., {column}: ...}}}}), name the category column with the "
+            f"task's label: (e.g. {{name: {task}, kind: multiclass, label: department}}), or "
+            f"remove the task."
+        )
+    cat = catalog.select(
+        pl.col("item").cast(pl.String), pl.col(column).cast(pl.String).str.strip_chars()
+    ).filter(pl.col(column).is_not_null() & (pl.col(column) != ""))
+    cat = cat.unique(subset="item", keep="first", maintain_order=True)
+    names = (*sorted(cat[column].unique().to_list()), UNKNOWN_CLASS)
+    index = pl.DataFrame(
+        {column: names[:-1], "class": np.arange(len(names) - 1)},
+        schema={column: pl.String, "class": pl.Int64},
+    )
+    table = cat.join(index, on=column, how="left")
+    of_item = np.full(len(items), len(names) - 1, dtype=np.int64)
+    dense = items.encode(table["item"]) - _FIRST
+    known = dense >= 0
+    of_item[dense[known]] = table["class"].to_numpy()[known]
+    return names, of_item
+
+
+def interest_labels(blog: BehaviorLog, target: str) -> np.ndarray:
+    """Each user's interest label: the class the user bought most in ``blog`` (the training
+    window: the held-out validation and test events are never in it), ties to the lower
+    class; ``-1`` for users without a target-behavior item.
+
+    Args:
+        blog: the log, with :attr:`BehaviorLog.classes`.
+        target: the target behavior.
+
+    Returns:
+        int64 ``(n_users,)``.
+    """
+    if blog.classes is None:
+        raise ValueError("the log has no item classes")
+    n_classes = blog.classes.n_classes
+    u, i = blog.pairs(target)
+    keys, counts = np.unique(u * n_classes + blog.classes.of_item[i], return_counts=True)
+    ku, kc = keys // n_classes, keys % n_classes
+    order = np.lexsort((kc, -counts, ku))  # per user: most bought first, then lower class
+    ku, kc = ku[order], kc[order]
+    first = np.ones(len(ku), dtype=bool)
+    first[1:] = ku[1:] != ku[:-1]
+    labels = np.full(blog.n_users, -1, dtype=np.int64)
+    labels[ku[first]] = kc[first]
+    return labels
+
+
+def with_classes(
+    blog: BehaviorLog, names: tuple[str, ...], of_item: np.ndarray, target: str
+) -> BehaviorLog:
+    """``blog`` with :class:`ItemClasses` attached, the prior from its own labels."""
+    bare = replace(blog, classes=ItemClasses(names, of_item, np.zeros(len(names))))
+    labels = interest_labels(bare, target)
+    counts = np.bincount(labels[labels >= 0], minlength=len(names)).astype(np.float64)
+    prior = (counts + 1.0) / (counts.sum() + len(names))  # add-one: no class is impossible
+    return replace(blog, classes=ItemClasses(names, of_item, prior))
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +528,7 @@ class _Stats:
     user: dict[str, np.ndarray]
     item_scale: dict[str, float]
     user_scale: dict[str, float]
+    item_class: np.ndarray | None = None  # dense item -> class (with the interest task)
 
     @classmethod
     def of(cls, blog: BehaviorLog, behaviors: Sequence[str]) -> _Stats:
@@ -415,6 +539,7 @@ class _Stats:
             user,
             {b: float(np.log1p(max(int(c.max()) if len(c) else 0, 1))) for b, c in item.items()},
             {b: float(np.log1p(max(int(c.max()) if len(c) else 0, 1))) for b, c in user.items()},
+            None if blog.classes is None else blog.classes.of_item,
         )
 
 
@@ -475,6 +600,8 @@ def _assemble(
         shown: bool ``(N,)``: rows whose ``in_<b>`` flags are shown.
     """
     out: dict[str, np.ndarray] = {"user": user_ids, "item": items + _FIRST}
+    if stats.item_class is not None:  # the candidate's category (interest task)
+        out[CATEGORY] = stats.item_class[items] + 1
     for b in config.auxiliary:
         out[f"in_{b}"] = (own[b] & shown).astype(np.float32)
     out[FLAGS_KNOWN] = shown.astype(np.float32)
@@ -547,7 +674,7 @@ def _to_columns(arrays: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
     out = {}
     for k, v in arrays.items():
         t = torch.from_numpy(np.ascontiguousarray(v))
-        out[k] = t.long() if k in ("user", "item") else t.float()
+        out[k] = t.long() if k in ("user", "item", CATEGORY, INTEREST_LABEL) else t.float()
     return out
 
 
@@ -564,7 +691,9 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
     Returns:
         :class:`PairData` with the :func:`pair_features`, one float 0/1 label column per
         behavior, and ``aux_weight`` (1 where the flags are hidden: the auxiliary tasks'
-        mask). Row order: touched pairs sorted by (user, item), then negatives.
+        mask); with :attr:`BehaviorLog.classes`, also ``interest_label`` (the row's user's
+        :func:`interest_labels`) and ``interest_weight`` (0 for users without one).
+        Row order: touched pairs sorted by (user, item), then negatives.
     """
     rng = np.random.default_rng(config.seed)
     touched = np.unique(np.concatenate([blog.keys[b] for b in config.behaviors]))
@@ -584,6 +713,10 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
     for b in config.behaviors:
         arrays[b] = blog.contains(b, users, items).astype(np.float32)
     arrays[AUX_WEIGHT] = (~known).astype(np.float32)
+    if blog.classes is not None:  # per row, its user's interest label (from this log only)
+        labels = interest_labels(blog, config.target)[users]
+        arrays[INTEREST_LABEL] = np.maximum(labels, 0)
+        arrays[INTEREST_WEIGHT] = (labels >= 0).astype(np.float32)
     log.info(
         "training_data: %d rows (%d touched, %d negatives), %.0f%% flags hidden",
         len(keys),
@@ -596,7 +729,8 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
 
 def feature_specs(blog: BehaviorLog, config: MultiBehaviorConfig) -> list[FeatureSpec]:
     """Feature specs of the recipe's batches: the id embeddings and histories the config
-    asks for (histories share the item table), then every :func:`numeric_features` name.
+    asks for (histories share the item table), the candidate's category when the log has
+    item classes (interest task), then every :func:`numeric_features` name.
 
     Batches always carry ``user`` and ``item``; a model reads only the features it has specs
     for, so ``user_id=False`` simply leaves the user id unused.
@@ -611,6 +745,8 @@ def feature_specs(blog: BehaviorLog, config: MultiBehaviorConfig) -> list[Featur
     for b in config.histories:
         pooling = "attention" if b in config.attention else "mean"
         specs.append(SequenceFeature(f"hist_{b}", vocab_items, d, pooling, embedding_of="item"))
+    if blog.classes is not None:
+        specs.append(CategoricalFeature(CATEGORY, blog.classes.n_classes + 1, d))
     specs.extend(NumericFeature(n) for n in numeric_features(config))
     return specs
 
@@ -986,12 +1122,20 @@ class MultiBehaviorScorer(Scorer):
     (a live cart makes the item a candidate with ``in_cart = 1``, a live purchase excludes it
     from the candidates). Id-sequence histories are read from the log only.
 
+    With a multi-class ``interest`` task (the category of the user's next purchase), its
+    per-item score is the user's interest distribution read at the item's category: the mean
+    of the interest head's class probabilities over the user's candidate rows (the class
+    prior of the training labels for users without candidates). It is the same for every
+    item of a category and sums to 1 over the categories, so ``fusion: buy*interest``
+    re-ranks p(buy) towards the categories the user is likely to buy from next.
+
     Args:
         model: the trained model (tasks named as the config's tasks).
         blog: the log features are read from (train + valid).
         config: the recipe settings.
-        behaviors: task name -> the behavior it predicts.
+        behaviors: task name -> the behavior it predicts (binary tasks).
         target: the target task's name.
+        interest: the multi-class interest task's name (``blog.classes`` must be set).
     """
 
     recipe: ClassVar[str] = "multibehavior"
@@ -1007,10 +1151,15 @@ class MultiBehaviorScorer(Scorer):
         config: MultiBehaviorConfig,
         behaviors: Mapping[str, str],
         target: str,
+        interest: str | None = None,
     ) -> None:
-        super().__init__(list(behaviors), target, blog.items.values)
+        tasks = list(behaviors) + ([interest] if interest else [])
+        super().__init__(tasks, target, blog.items.values)
         if behaviors[target] != config.target:
             raise ValueError(f"target task {target!r} does not predict {config.target!r}")
+        if interest and blog.classes is None:
+            raise ValueError(f"interest task {interest!r} needs a log with item classes")
+        self.interest = interest
         self.model = model.eval()
         self.blog = blog
         self.config = config
@@ -1128,8 +1277,8 @@ class MultiBehaviorScorer(Scorer):
         counts = {b: n_known[b][rows] for b in cfg.behaviors}
         user_ids = np.where(dense >= 0, dense + _FIRST, OOV)[rows]
         probs: dict[str, Tensor] = {}
-        targets = [t for t in tasks if t == self.target]
-        aux = [t for t in tasks if t != self.target]
+        targets = [t for t in tasks if t == self.target or t == self.interest]
+        aux = [t for t in tasks if t not in targets]
         for shown, wanted in ((True, targets), (False, aux)):
             if not wanted or not len(rows):
                 continue
@@ -1140,6 +1289,9 @@ class MultiBehaviorScorer(Scorer):
                 probs[t] = preds[t].float()
         out = {}
         for t in tasks:
+            if t == self.interest:
+                out[t] = self._interest_scores(rows_t, probs.get(t), len(dense), pos)
+                continue
             fb = self._fallback[self.behaviors[t]][torch.from_numpy(pos)]
             low = torch.full((len(dense),), 2e-6)  # per user: half its lowest candidate
             if t in probs:
@@ -1150,6 +1302,22 @@ class MultiBehaviorScorer(Scorer):
                 s[rows_t, cols_t] = p
             out[t] = s.numpy()
         return out
+
+    def _interest_scores(
+        self, rows: Tensor, probs: Tensor | None, n_users: int, pos: np.ndarray
+    ) -> np.ndarray:
+        """``(C, P)``: each user's mean class distribution over its candidate rows (the
+        prior without any), read at each item's class."""
+        classes = self.blog.classes
+        assert classes is not None
+        prior = torch.from_numpy(classes.prior.astype(np.float32))
+        dist = prior.unsqueeze(0).repeat(n_users, 1)
+        if probs is not None and len(rows):
+            sums = torch.zeros_like(dist).index_add_(0, rows, probs.reshape(len(rows), -1))
+            n = torch.bincount(rows, minlength=n_users)
+            has = n > 0
+            dist[has] = sums[has] / n[has].unsqueeze(1).float()
+        return dist[:, torch.from_numpy(classes.of_item[pos])].numpy()
 
     # ------------------------------------------------------------------ explanations
 
@@ -1202,6 +1370,7 @@ class MultiBehaviorScorer(Scorer):
             **super().describe(),
             "model": getattr(self.model, "model_name", type(self.model).__name__),
             "behaviors": list(self.config.behaviors),
+            **({"interest_classes": self.blog.classes.n_classes} if self.blog.classes else {}),
             "users": self.blog.n_users,
             "items": self.blog.n_items,
         }
@@ -1226,8 +1395,8 @@ class MultiBehaviorScorer(Scorer):
         rows = zero_embedding_rows(self.model, "user", ids)
         # the statistics, histories and caches built from the log, built again
         self.__init__(  # type: ignore[misc]
-            self.model, BehaviorLog(ids_map, blog.items, keys), self.config, self.behaviors,
-            self.target,
+            self.model, BehaviorLog(ids_map, blog.items, keys, blog.classes), self.config,
+            self.behaviors, self.target, self.interest,
         )  # fmt: skip
         return {"ids": int(ids.size), "pair_rows": removed, "embedding_rows": rows}
 
@@ -1245,6 +1414,7 @@ class MultiBehaviorScorer(Scorer):
             "config": asdict(self.config),
             "tasks": self.behaviors,
             "target": self.target,
+            "interest": self.interest,
         }
         (directory / "multibehavior.json").write_text(json.dumps(meta, indent=2) + "\n")
         ids = {"users": list(self.blog.users.values), "items": list(self.blog.items.values)}
@@ -1254,6 +1424,11 @@ class MultiBehaviorScorer(Scorer):
             u, i = self.blog.pairs(b)
             frames.append(pl.DataFrame({"behavior": b, "user": u, "item": i}))
         pl.concat(frames).write_parquet(directory / "log.parquet")
+        if self.blog.classes is not None:
+            c = self.blog.classes
+            classes = {"names": list(c.names), "prior": c.prior.tolist()}
+            (directory / "classes.json").write_text(json.dumps(classes) + "\n")
+            pl.DataFrame({"class": c.of_item}).write_parquet(directory / "item_classes.parquet")
         save_model(self.model, directory / "model")  # type: ignore[arg-type]
 
     @classmethod
@@ -1276,9 +1451,14 @@ class MultiBehaviorScorer(Scorer):
             part = pairs.filter(pl.col("behavior") == b)
             k = part["user"].to_numpy().astype(np.int64) * len(items) + part["item"].to_numpy()
             keys[b] = np.unique(k)
-        blog = BehaviorLog(users, items, keys)
+        classes = None
+        if (directory / "classes.json").exists():
+            c = json.loads((directory / "classes.json").read_text())
+            of_item = pl.read_parquet(directory / "item_classes.parquet")["class"].to_numpy()
+            classes = ItemClasses(tuple(c["names"]), of_item.astype(np.int64), np.array(c["prior"]))
+        blog = BehaviorLog(users, items, keys, classes)
         model = load_model(directory / "model")
-        return cls(model, blog, config, meta["tasks"], meta["target"])
+        return cls(model, blog, config, meta["tasks"], meta["target"], meta.get("interest"))
 
 
 class MultiBehaviorRecipe(Recipe):
@@ -1299,6 +1479,20 @@ class MultiBehaviorRecipe(Recipe):
     holds one target item out per user (:func:`hold_out_one`), trains the configured model
     with the one loop, selecting the epoch by full-ranking ``<target>/ndcg@k`` of those
     targets, and (``retrain_on_full``) refits on train + valid for that many epochs.
+
+    An auxiliary multi-class interest task, the category of the user's next purchase::
+
+        tasks: [view, cart, buy, {name: interest, kind: multiclass}]
+
+    ``n_classes`` is inferred (the catalog's categories + 1 for items without one; a given
+    value must match), ``label:`` names the catalog column (default ``category``). Its label
+    on every row of a user is the category the user bought most in the training window
+    (:func:`interest_labels`: the train part, less the held-out validation pairs, at the
+    refit train + valid; never the test part); users without a purchase are masked out. The
+    candidate's category becomes an input feature. The ranking stays the target task's
+    (the last binary task); the scorer's ``interest`` score is the user's interest
+    distribution mapped onto each item's category (see :class:`MultiBehaviorScorer`), for
+    fusions such as ``buy*interest``.
     """
 
     name: ClassVar[str] = "multibehavior"
@@ -1307,16 +1501,42 @@ class MultiBehaviorRecipe(Recipe):
     scorer_class: ClassVar[type[Scorer]] = MultiBehaviorScorer
 
     @property
+    def target(self) -> str:
+        """``evaluate.target`` when it names a binary task, else the last binary task."""
+        t = self.config.evaluate.target
+        binary = list(self.task_behaviors)
+        return t if t in binary else binary[-1]
+
+    @property
+    def interest_task(self) -> Any:
+        """The config's multi-class interest task section (None without one)."""
+        found = [t for t in self.config.tasks if t.kind == "multiclass"]
+        if len(found) > 1:
+            raise ConfigError(
+                f"the multibehavior recipe learns one multi-class interest task; tasks "
+                f"{[t.name for t in found]} are all kind: multiclass"
+            )
+        return found[0] if found else None
+
+    @property
     def task_behaviors(self) -> dict[str, str]:
-        """Task name -> the behavior it predicts (binary tasks only)."""
+        """Task name -> the behavior it predicts (binary tasks only; the multi-class
+        interest task is :attr:`interest_task`)."""
         out = {}
         for t in self.config.tasks:
+            if t.kind == "multiclass":
+                continue
             if t.kind != "binary":
                 raise ConfigError(
                     f"the multibehavior recipe learns binary behaviors; task '{t.name}' is "
                     f"{t.kind} (use recipe: windows for quantities)"
                 )
             out[t.name] = t.behavior or t.name
+        if not out and self.config.tasks:
+            raise ConfigError(
+                "the multibehavior recipe ranks by a binary behavior task: tasks has only "
+                f"{[t.name for t in self.config.tasks]}; add e.g. view, cart, buy before it"
+            )
         return out or {b: b for b in self.default_tasks}
 
     def recipe_config(self) -> MultiBehaviorConfig:
@@ -1370,7 +1590,29 @@ class MultiBehaviorRecipe(Recipe):
             label = None if b == name else b
             weight_key = None if name == self.target else AUX_WEIGHT
             out.append(Task(name, label=label, weight_key=weight_key))
+        interest = self.interest_task
+        if interest is not None:
+            n = getattr(self, "_interest_names", None)
+            if n is None:
+                raise ValueError("the interest task's classes are read from the data in fit")
+            if interest.n_classes is not None and interest.n_classes != len(n):
+                raise ConfigError(
+                    f"task '{interest.name}': n_classes {interest.n_classes} does not match "
+                    f"the catalog's {len(n) - 1} categories + 1 for unknown = {len(n)}; "
+                    "leave n_classes out to infer it"
+                )
+            out.append(
+                Task(interest.name, "multiclass", len(n), None, INTEREST_LABEL, INTEREST_WEIGHT)
+            )
         return out
+
+    def _classes(self, dataset: Dataset, blog: BehaviorLog) -> tuple[tuple[str, ...], np.ndarray]:
+        """The items' classes for the interest task, read from the catalog."""
+        t = self.interest_task
+        catalog = None if dataset.catalog is None else dataset.catalog.df
+        names, of_item = item_classes(catalog, blog.items, t.label or "category", t.name)
+        self._interest_names = names
+        return names, of_item
 
     def logs(
         self, dataset: Dataset, split: Split, config: MultiBehaviorConfig
@@ -1429,6 +1671,11 @@ class MultiBehaviorRecipe(Recipe):
         tick = time.perf_counter()
         config = self.recipe_config()
         fit_log, full_log, vu, vi = self.logs(dataset, split, config)
+        interest = self.interest_task
+        if interest is not None and full_log is not fit_log:  # labels: each log's own
+            names, of_item = self._classes(dataset, full_log)
+            fit_log = with_classes(fit_log, names, of_item, config.target)
+            full_log = with_classes(full_log, names, of_item, config.target)
         ks = tuple(self.config.evaluate.ks)
         k0 = 10 if 10 in ks else ks[0]
         given_monitor = self.config.train.get("monitor")
@@ -1481,7 +1728,14 @@ class MultiBehaviorRecipe(Recipe):
             info["retrain_rows"] = len(data)
             info["retrain_epochs"] = epochs
         info["wall_seconds"] = time.perf_counter() - tick
-        scorer = MultiBehaviorScorer(model, full_log, config, self.task_behaviors, self.target)
+        scorer = MultiBehaviorScorer(
+            model,
+            full_log,
+            config,
+            self.task_behaviors,
+            self.target,
+            None if interest is None else interest.name,
+        )
         return TrainingRun(
             scorer=scorer,
             valid=dict(result.best_scores),
