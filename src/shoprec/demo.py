@@ -418,7 +418,7 @@ def compare_transfer(
     }
     # the slice transfer is for: test shoppers with at most SPARSE market_1 training events
     seen = split.train.df.filter(pl.col("domain") == "market_1").group_by("user").len()
-    rich = seen.filter(pl.col("len") > SPARSE)["user"]
+    rich = seen.filter(pl.col("len") > SPARSE)["user"].implode()
     sparse = dataclasses.replace(split, test=split.test.filter(~pl.col("user").is_in(rich)))
     rows: dict[str, dict[str, float | str]] = {}
     for name, ((run, exp), setting) in runs.items():
