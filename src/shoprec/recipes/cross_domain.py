@@ -609,13 +609,7 @@ class CrossDomainScorer(Scorer):
             "settings": self.settings,
         }
         (directory / "cross_domain.json").write_text(json.dumps(meta, indent=2) + "\n")
-        ix = self.index
-        ids = {
-            "domains": list(ix.domains),
-            "users": list(ix.users),
-            "items": [list(x) for x in ix.items],
-        }
-        (directory / "index.json").write_text(json.dumps(ids))
+        self.index.save(directory / "index.json")
         k = self._known
         pl.DataFrame({"user": k.u, "item": k.i, "domain": k.d}).write_parquet(
             directory / "known.parquet"
@@ -632,12 +626,7 @@ class CrossDomainScorer(Scorer):
         meta = json.loads((directory / "cross_domain.json").read_text())
         if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
             raise ValueError(f"{directory} does not hold a {_FORMAT} v{_VERSION} scorer")
-        ids = json.loads((directory / "index.json").read_text())
-        index = DomainIndex(
-            domains=tuple(ids["domains"]),
-            users=tuple(ids["users"]),
-            items=tuple(tuple(x) for x in ids["items"]),
-        )
+        index = DomainIndex.load(directory / "index.json")
         frame = pl.read_parquet(directory / "known.parquet")
         known = Pairs(*(frame[c].to_numpy().astype(np.int64) for c in ("user", "item", "domain")))
         settings = meta["settings"]

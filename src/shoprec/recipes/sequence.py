@@ -372,10 +372,7 @@ class SequenceScorer(Scorer):
         meta = {"format": _FORMAT, "version": _VERSION, "tasks": self.tasks,
                 "target": self.target, "settings": self.settings}  # fmt: skip
         (directory / "sequence.json").write_text(json.dumps(meta, indent=2) + "\n")
-        ix = self.index
-        ids = {"domains": list(ix.domains), "users": list(ix.users),
-               "items": [list(x) for x in ix.items]}  # fmt: skip
-        (directory / "index.json").write_text(json.dumps(ids))
+        self.index.save(directory / "index.json")
         k = self._known
         pl.DataFrame({"user": k.u, "item": k.i, "domain": k.d, "order": self._order}).write_parquet(
             directory / "known.parquet"
@@ -391,9 +388,7 @@ class SequenceScorer(Scorer):
         meta = json.loads((directory / "sequence.json").read_text())
         if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
             raise ValueError(f"{directory} does not hold a {_FORMAT} v{_VERSION} scorer")
-        ids = json.loads((directory / "index.json").read_text())
-        index = DomainIndex(domains=tuple(ids["domains"]), users=tuple(ids["users"]),
-                            items=tuple(tuple(x) for x in ids["items"]))  # fmt: skip
+        index = DomainIndex.load(directory / "index.json")
         f = pl.read_parquet(directory / "known.parquet")
         known = Pairs(*(f[c].to_numpy().astype(np.int64) for c in ("user", "item", "domain")))
         settings = meta["settings"]

@@ -37,8 +37,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,6 +116,25 @@ class DomainIndex:
             for d in names
         )
         return cls(domains=names, users=users, items=items)
+
+    def save(self, path: Path) -> None:
+        """Write the ids as JSON (``{"domains", "users", "items"}``) to ``path``."""
+        ids = {
+            "domains": list(self.domains),
+            "users": list(self.users),
+            "items": [list(x) for x in self.items],
+        }
+        Path(path).write_text(json.dumps(ids))
+
+    @classmethod
+    def load(cls, path: Path) -> DomainIndex:
+        """The index :meth:`save` wrote to ``path``."""
+        ids = json.loads(Path(path).read_text())
+        return cls(
+            domains=tuple(ids["domains"]),
+            users=tuple(ids["users"]),
+            items=tuple(tuple(x) for x in ids["items"]),
+        )
 
     @property
     def n_users(self) -> int:
