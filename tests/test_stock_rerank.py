@@ -190,6 +190,23 @@ def test_reorder_stock_fills_unknown_catalog_stock(art: Artifact, tmp_path: Path
     assert rec.catalog.stock[1] == 9 and rec.stock_overrides[items[1]] == 9
 
 
+def test_reorder_list_made_without_stock_leaves_stock_unknown(
+    art: Artifact, tmp_path: Path
+) -> None:
+    """``shoprec forecast`` on a shop with no stock assumes 0 on hand for its reorder list;
+    the recommender must not read those zeros as "out of stock" (it would filter everything)."""
+    items = art.items["item"].to_list()
+    folder = write_forecast(tmp_path / "fc", items, stock=dict.fromkeys(items, 0.0))
+    (folder / "forecast.json").write_text('{"stock_source": "none (0 assumed)"}')
+    signals = StockSignals(load_forecast(folder), items, lead_time_weeks=1.0)
+    assert np.isnan(signals.forecast_stock).all()
+    rec = make(art, forecast=str(folder))
+    rec.catalog.stock[:] = -1  # a catalog without stock
+    rec.load_forecast(folder)
+    assert (rec.catalog.stock < 0).all() and not rec.stock_overrides
+    assert len(rec.recommend(rec.known_users[0], k=10)) == 10
+
+
 def test_bad_forecast_settings(art: Artifact, tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match=r"forecast\.parquet is missing"):
         make(art, forecast=str(tmp_path / "nowhere"))

@@ -521,7 +521,10 @@ class StockSignals:
         self._fitted = _fit(self.p50, self.p90, self.p_zero)  # per item, fixed per forecast
         self.weekly = aligned["mean_weekly"].fill_null(0.0).to_numpy()
         self.lead = aligned["lead_time_weeks"].fill_null(self.lead_time_weeks).to_numpy()
-        if rt is not None:
+        # a reorder list made without any stock (``shoprec forecast`` assumed 0 on hand) says
+        # nothing about stock: taking its zeros would mark every product out of stock
+        assumed = str(tables.meta.get("stock_source", "")).startswith("none")
+        if rt is not None and not assumed:
             st = pos.join(
                 rt.select("item", pl.col("stock").cast(pl.Float64)), on="item", how="left"
             )
