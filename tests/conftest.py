@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from shoprec.data.paths import data_root
 
@@ -32,3 +33,13 @@ def retrieval_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("SHOPREC_CACHE", None)
     else:
         os.environ["SHOPREC_CACHE"] = before
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models gain nothing from intra-op threads, and on a busy machine they cost a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from serving_helpers import API_KEY, fake_artifact, serving, tiny_artifact
@@ -27,12 +26,7 @@ EVENT = {"user": "u1", "item": "i1", "behavior": "view"}
 JSON_TYPE = {"content-type": "application/json"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

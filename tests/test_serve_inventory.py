@@ -11,7 +11,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from serving_helpers import API_KEY, TINY_CONFIG, tiny_artifact
@@ -34,12 +33,7 @@ TINY_DEMAND = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from serving_helpers import API_KEY, serving, tiny_artifact
 from shoprec.recommend import RecommenderConfig
@@ -19,17 +18,12 @@ from shoprec.serve import ServeConfig, create_app
 from test_serve_inventory import tiny_forecast
 from test_web import CHROMIUM, LAUNCH_ARGS, _screenshot
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"
+    ),
+    pytest.mark.usefixtures("one_thread"),  # conftest: one torch thread
+]
 
 
 def _serve(root: Path, db: Path, forecast: Path | None) -> ServeConfig:
