@@ -47,11 +47,9 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,19 +157,7 @@ class LoadServer(Server):
             "OMP_NUM_THREADS": "1",
         }
         cmd = [sys.executable, "-m", "benchmarks.load", "--serve", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError("the server did not start in 300 s")
+        return self._start(cmd, env)
 
 
 def serve(port: int) -> None:

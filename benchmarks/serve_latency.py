@@ -54,7 +54,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import numpy as np
@@ -324,6 +324,10 @@ class Server:
         }
         cmd = [sys.executable, "-m", "benchmarks.serve_latency", "--serve", str(self.port)]
         cmd += ["--workers", str(self.workers)]
+        return self._start(cmd, env)
+
+    def _start(self, cmd: list[str], env: dict[str, str]) -> Self:
+        """Run ``cmd`` and wait until its ``/health`` answers (300 s at most)."""
         # Its own session, as a service would run: with autogroup scheduling the kernel then
         # shares the CPU between it and the load generator as two jobs, not one.
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
