@@ -46,6 +46,7 @@ from benchmarks._results import (
     write_html_report,
     write_section,
 )
+from benchmarks.served_path import repeat_counts
 from shoprec.artifact import Artifact, is_artifact
 from shoprec.config import load_config
 from shoprec.evaluate import fairness, protocols
@@ -95,17 +96,9 @@ def peers(
     )
     index = {u: i for i, u in enumerate(spec.users)}
     sub = spec.take(np.array([index[u] for u in users], dtype=np.int64))
-    items = pl.DataFrame({"item": art.scorer.items, "col": np.arange(len(art.scorer.items))})
     bought = known_before(split).df.filter(pl.col("behavior") == target)
     pop = item_popularity(known_before(split).of(target), art.scorer.items)
-    past = (
-        bought.group_by("user", "item")
-        .len()
-        .join(pl.DataFrame({"user": users, "row": np.arange(len(users))}), on="user")
-        .join(items, on="item")
-    )
-    repeat = np.zeros((len(users), len(pop)))
-    repeat[past["row"].to_numpy(), past["col"].to_numpy()] = past["len"].to_numpy()
+    repeat = repeat_counts(bought, users, art.scorer.items)
     tie = pop / (pop.max() + 1.0)  # below one purchase
 
     def popularity(r: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:

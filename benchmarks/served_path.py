@@ -54,6 +54,21 @@ HERE = Path(__file__).parent
 DEFAULT = [HERE / "configs" / "online_retail.yaml", HERE / "configs" / "tmall.yaml"]
 
 
+def repeat_counts(bought: pl.DataFrame, users: list[str], items: list[str]) -> np.ndarray:
+    """``(U, I)`` how often each of ``users`` bought each of ``items`` (rows of ``bought``:
+    ``user, item``): the repeat-purchase baseline's scores."""
+    cols = pl.DataFrame({"item": items, "col": np.arange(len(items))})
+    past = (
+        bought.group_by("user", "item")
+        .len()
+        .join(pl.DataFrame({"user": users, "row": np.arange(len(users))}), on="user")
+        .join(cols, on="item")
+    )
+    repeat = np.zeros((len(users), len(items)))
+    repeat[past["row"].to_numpy(), past["col"].to_numpy()] = past["len"].to_numpy()
+    return repeat
+
+
 def baselines(art: Artifact, split: Any, users: list[str], ks: tuple[int, ...]) -> dict:
     """Popularity and repeat purchase on ``users``, full ranking, the artifact's exclusions."""
     target = art.target
@@ -70,14 +85,7 @@ def baselines(art: Artifact, split: Any, users: list[str], ks: tuple[int, ...]) 
         .to_numpy()
         .astype(np.float64)
     )
-    past = (
-        train.group_by("user", "item")
-        .len()
-        .join(pl.DataFrame({"user": users, "row": np.arange(len(users))}), on="user")
-        .join(items, on="item")
-    )
-    repeat = np.zeros((len(users), len(pop)))
-    repeat[past["row"].to_numpy(), past["col"].to_numpy()] = past["len"].to_numpy()
+    repeat = repeat_counts(train, users, art.scorer.items)
 
     sub = spec.take(rows)
     relevant, exclude = sub.relevant, sub.exclude
