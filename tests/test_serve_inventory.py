@@ -198,3 +198,15 @@ def test_openapi_documents_the_merchant_endpoints(client: TestClient) -> None:
         "/ReorderResponse"
     )
     assert "ReorderRow" in spec["components"]["schemas"]
+
+
+def test_items_of_unknown_stock_are_counted_not_listed(client: TestClient) -> None:
+    before = client.get("/inventory/reorder", params={"limit": 1000}).json()
+    assert before["stock_unknown"] == 0  # the tiny catalog knows every item's stock
+    rec = client.app.state.service.recommender  # type: ignore[attr-defined]
+    gone = [x["item"] for x in before["reorder"][:3]]
+    for item in gone:  # as for a product whose stock the shop never sent
+        rec.catalog.stock[rec.catalog.pos[item]] = -1
+    after = client.get("/inventory/reorder", params={"limit": 1000}).json()
+    assert after["stock_unknown"] == 3 and after["items"] == before["items"] - 3
+    assert not set(gone) & {x["item"] for x in after["reorder"] + after["at_risk"]}

@@ -132,6 +132,11 @@ class ReorderResponse(BaseModel):
         None, description="the lead time asked for (null: each item's own or the default)"
     )
     items: int = Field(description="items with a forecast and a known stock")
+    stock_unknown: int = Field(
+        0,
+        description="items with a forecast whose stock the service does not know (not in "
+        "the lists: set it with PUT /admin/stock or a stock column in the catalog)",
+    )
     to_order: int = Field(description="items with a quantity to order")
     at_risk_count: int = Field(description="items at risk of running out")
     reorder: list[ReorderRow] = Field(description="items to order: at-risk first, by risk")
@@ -242,12 +247,14 @@ def get_reorder(
     order = table.filter(table["reorder_qty"] > 0)
     risky = table.filter(table["at_risk"])
     origin, model = _meta(rec)
+    forecast_items = rec.forecast.latest["item"].n_unique() if rec.forecast is not None else 0
     return ReorderResponse(
         origin=origin,
         model=model,
         service_level=rec.config.service_level if service_level is None else service_level,
         lead_time_weeks=lead_time_weeks,
         items=table.height,
+        stock_unknown=max(forecast_items - table.height, 0),
         to_order=order.height,
         at_risk_count=risky.height,
         reorder=_titled(rec, order.head(limit).to_dicts()),
