@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,8 +28,11 @@ app.add_typer(config_app, name="config")
 catalog_app = typer.Typer(help="Change a trained artifact's catalog.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
-out = Console()
-err = Console(stderr=True)
+# Piped or logged output (not a terminal, no COLUMNS) gets 120 columns instead of rich's 80,
+# so that tables are not cut (``make demo | tee demo.log``, CI logs).
+_WIDTH = None if os.environ.get("COLUMNS") or sys.stdout.isatty() else 120
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
 
 
 @app.callback()
