@@ -5,6 +5,7 @@ ranking as the recipe's :func:`model_scores`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +340,12 @@ def test_explanations_of_a_candidate_pair(trained: Any) -> None:
 
     attributions, raw, value, base = scorer.feature_attributions(user, cand, log_buy, steps=32)
     assert "in_view" in attributions and raw["in_view"] in (0.0, 1.0)
-    assert value == pytest.approx(float(np.log(scores[cand])), abs=1e-4)  # the scored pair
+    # the model's own probability of the pair (the served score may blend in the rule)
+    plain = MultiBehaviorScorer(
+        scorer.model, blog, replace(scorer.config, rule_weight=0.0), scorer.behaviors, "buy"
+    )
+    p_model = plain.score([user])["buy"][0][cand]
+    assert value == pytest.approx(float(np.log(p_model)), abs=1e-4)  # the scored pair
     assert sum(attributions.values()) == pytest.approx(value - base, abs=0.05)
     # a fallback item has no model output to explain
     assert scorer.feature_attributions(user, other, log_buy) is None

@@ -611,6 +611,12 @@ def check_config(path: str | Path) -> dict[str, Any]:
     is_path = d.dataset is not None and ("/" in d.dataset or Path(d.dataset).suffix)
     if is_path and not Path(str(d.dataset)).exists():
         raise ConfigError(f"data.dataset {d.dataset} does not exist", file=path)
+    from shoprec.recipes import check_tasks
+
+    try:
+        check_tasks(cfg.recipe.name, [(t.name, t.kind) for t in cfg.tasks])
+    except ValueError as e:
+        raise ConfigError(str(e), file=path) from e
     return {
         "name": cfg.name,
         "data": d.dataset or (str(d.events.path) if d.events else "release"),

@@ -31,7 +31,17 @@ import importlib
 
 from shoprec.recipes.base import Recipe, RecipeOptions, Scorer, TrainingRun
 
-__all__ = ["REGISTRY", "Recipe", "RecipeOptions", "Scorer", "TrainingRun", "get", "names"]
+__all__ = [
+    "REGISTRY",
+    "TASK_KINDS",
+    "Recipe",
+    "RecipeOptions",
+    "Scorer",
+    "TrainingRun",
+    "check_tasks",
+    "get",
+    "names",
+]
 
 #: Recipe name -> "module:class" (imported on first use, so a config check stays fast).
 REGISTRY: dict[str, str] = {
@@ -44,6 +54,40 @@ REGISTRY: dict[str, str] = {
     "sequence": "shoprec.recipes.sequence:SequenceRecipe",
     "demand": "shoprec.recipes.demand:DemandRecipe",
 }
+
+#: Recipe name -> the task kinds it learns (checked when a recipe is built and by
+#: ``shoprec config check``, before any data is read). Content, cross-domain and sequence rank
+#: one behavior; the tabular recipe takes any label column.
+TASK_KINDS: dict[str, frozenset[str]] = {
+    "pairs": frozenset({"binary"}),
+    "multibehavior": frozenset({"binary", "multiclass"}),
+    "windows": frozenset({"binary", "regression"}),
+    "content": frozenset({"binary"}),
+    "cross_domain": frozenset({"binary"}),
+    "sequence": frozenset({"binary"}),
+    "tabular": frozenset({"binary", "regression", "multiclass"}),
+    "demand": frozenset({"binary", "regression"}),
+}
+
+
+def check_tasks(recipe: str, tasks: list[tuple[str, str]]) -> None:
+    """Refuse a task the recipe cannot learn, naming the recipes that can.
+
+    Args:
+        recipe: the recipe name.
+        tasks: ``(name, kind)`` of each configured task.
+
+    Raises:
+        ValueError: a task of a kind ``recipe`` does not learn.
+    """
+    kinds = TASK_KINDS.get(recipe)
+    for name, kind in tasks:
+        if kinds is not None and kind not in kinds:
+            others = [r for r, k in TASK_KINDS.items() if kind in k]
+            raise ValueError(
+                f"tasks: the {recipe} recipe learns {sorted(kinds)} tasks; task '{name}' is "
+                f"{kind} (recipes that learn {kind} tasks: {', '.join(others)})"
+            )
 
 
 def names() -> list[str]:

@@ -210,6 +210,9 @@ class Recipe(ABC):
     needs_timestamps: ClassVar[bool] = False
 
     def __init__(self, config: ExperimentConfig) -> None:
+        from shoprec.recipes import check_tasks
+
+        check_tasks(self.name, [(t.name, t.kind) for t in config.tasks])
         self.config = config
         self.options: Any = config.recipe.options
 

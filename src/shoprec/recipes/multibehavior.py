@@ -82,7 +82,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -124,6 +124,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AUX_WEIGHT",
     "FLAGS_KNOWN",
+    "HIDE_MODES",
     "INTEREST_LABEL",
     "INTEREST_WEIGHT",
     "BehaviorLog",
@@ -134,6 +135,7 @@ __all__ = [
     "MultiBehaviorScorer",
     "PairData",
     "Retrieval",
+    "aux_weight_key",
     "candidate_mask",
     "feature_specs",
     "full_ranking_metrics",
@@ -147,6 +149,8 @@ __all__ = [
     "numeric_features",
     "pair_features",
     "popularity_scores",
+    "rule_blend_metrics",
+    "rule_scores",
     "task_specs",
     "training_data",
 ]
@@ -158,6 +162,7 @@ INTEREST_WEIGHT = "interest_weight"  #: batch key: 1 where the user has an inter
 CATEGORY = "category"  #: batch key: the candidate item's class + 1 (0: padding)
 UNKNOWN_CLASS = "<unknown>"  #: the class of items without a category
 FLAGS_KNOWN = "flags_known"  #: batch key: 1 when the ``in_<b>`` flags are shown
+HIDE_MODES = ("rows", "own")  #: how the ``in_<b>`` flags are hidden (see training_data)
 
 #: A retrieval score: dense user indices ``(C,)`` -> float scores ``(C, n_items)``.
 Retrieval = Callable[[np.ndarray], np.ndarray | Tensor]
@@ -181,6 +186,8 @@ class MultiBehaviorConfig:
     rate_prior: float = 10.0  # pseudo-count of the smoothed item_rate_<b> features
     n_retrieved: int = 0  # retrieval candidates per user besides the user's own items
     seed: int = 0
+    rule_weight: float = 0.0  # weight of the own-behavior rule in a candidate's score (0: model)
+    hide_mode: str = "rows"  # "rows": all in_<b> flags hidden together; "own": each on its own
 
     def __post_init__(self) -> None:
         if self.target not in self.behaviors:
@@ -200,6 +207,10 @@ class MultiBehaviorConfig:
             raise ValueError(f"hide_fraction must be in [0, 1), got {self.hide_fraction}")
         if self.max_history < 1 or self.n_negatives < 0 or self.n_retrieved < 0:
             raise ValueError("max_history must be >= 1, n_negatives and n_retrieved >= 0")
+        if not 0.0 <= self.rule_weight <= 1.0:
+            raise ValueError(f"rule_weight must be in [0, 1], got {self.rule_weight}")
+        if self.hide_mode not in HIDE_MODES:
+            raise ValueError(f"hide_mode must be one of {HIDE_MODES}, got {self.hide_mode!r}")
 
     @property
     def auxiliary(self) -> tuple[str, ...]:
@@ -508,12 +519,24 @@ def history_table(blog: BehaviorLog, behavior: str, max_len: int, seed: int = 0)
     return torch.from_numpy(table)
 
 
+def aux_weight_key(config: MultiBehaviorConfig, behavior: str) -> str:
+    """The batch key of an auxiliary behavior's 0/1 task mask: :data:`AUX_WEIGHT` when the
+    flags are hidden together (``hide_mode="rows"``), ``aux_weight_<b>`` when each flag is
+    hidden on its own (``"own"``)."""
+    return AUX_WEIGHT if config.hide_mode == "rows" else f"{AUX_WEIGHT}_{behavior}"
+
+
 def numeric_features(config: MultiBehaviorConfig) -> list[str]:
-    """Names of the numeric features :func:`pair_features` makes, in order."""
+    """Names of the numeric features :func:`pair_features` makes, in order.
+
+    With ``hide_mode="rows"`` one ``flags_known`` says whether the row's ``in_<b>`` flags are
+    shown; with ``"own"`` a ``known_<b>`` per auxiliary behavior says it for each flag.
+    """
     aux = config.auxiliary
+    known = [FLAGS_KNOWN] if config.hide_mode == "rows" else [f"known_{b}" for b in aux]
     return [
         *(f"in_{b}" for b in aux),
-        FLAGS_KNOWN,
+        *known,
         *(f"item_{b}" for b in config.behaviors),
         *(f"item_rate_{b}" for b in aux),
         *(f"user_{b}" for b in config.behaviors),
@@ -548,7 +571,7 @@ def pair_features(
     users: np.ndarray,
     items: np.ndarray,
     config: MultiBehaviorConfig,
-    known: np.ndarray | None = None,
+    known: np.ndarray | Mapping[str, np.ndarray] | None = None,
     stats: _Stats | None = None,
 ) -> dict[str, np.ndarray]:
     """Ids and numeric features of (user, item) pairs, from ``blog`` (see the module doc).
@@ -558,7 +581,8 @@ def pair_features(
         users: dense user indices ``(N,)``.
         items: dense item indices ``(N,)``.
         config: the recipe settings.
-        known: bool ``(N,)``: rows whose ``in_<b>`` flags are shown (all by default).
+        known: bool ``(N,)``: rows whose ``in_<b>`` flags are shown (all by default), or
+            auxiliary behavior -> bool ``(N,)``: rows whose ``in_<b>`` flag is shown.
         stats: precomputed counts of ``blog`` (computed here when None).
 
     Returns:
@@ -568,7 +592,7 @@ def pair_features(
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
     stats = stats or _Stats.of(blog, config.behaviors)
-    shown = np.ones(len(users), dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    shown = np.ones(len(users), dtype=bool) if known is None else known
     own = {b: blog.contains(b, users, items) for b in config.behaviors}
     counts = {b: stats.user[b][users] for b in config.behaviors}
     return _assemble(stats, users + _FIRST, items, config, own, own, counts, shown)
@@ -582,7 +606,7 @@ def _assemble(
     own_log: Mapping[str, np.ndarray],
     own: Mapping[str, np.ndarray],
     user_counts: Mapping[str, np.ndarray],
-    shown: np.ndarray,
+    shown: np.ndarray | Mapping[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
     """The features of :func:`pair_features` from per-pair facts (shared with the scorer,
     whose users may carry live events the log does not hold).
@@ -597,14 +621,27 @@ def _assemble(
         own: behavior -> bool ``(N,)``: is the pair in the user's known behaviors (the log
             plus live events).
         user_counts: behavior -> ``(N,)`` the user's number of items of that behavior.
-        shown: bool ``(N,)``: rows whose ``in_<b>`` flags are shown.
+        shown: bool ``(N,)``: rows whose ``in_<b>`` flags are shown, or auxiliary behavior
+            -> bool ``(N,)`` (a behavior left out is shown).
     """
     out: dict[str, np.ndarray] = {"user": user_ids, "item": items + _FIRST}
     if stats.item_class is not None:  # the candidate's category (interest task)
         out[CATEGORY] = stats.item_class[items] + 1
+    if isinstance(shown, Mapping):
+        every = np.ones(len(items), dtype=bool)
+        per = {b: np.asarray(shown.get(b, every), dtype=bool) for b in config.auxiliary}
+    else:
+        per = {b: np.asarray(shown, dtype=bool) for b in config.auxiliary}
     for b in config.auxiliary:
-        out[f"in_{b}"] = (own[b] & shown).astype(np.float32)
-    out[FLAGS_KNOWN] = shown.astype(np.float32)
+        out[f"in_{b}"] = (own[b] & per[b]).astype(np.float32)
+    if config.hide_mode == "rows":
+        row_shown = np.ones(len(items), dtype=bool)
+        for b in config.auxiliary:  # one flag for the row: shown when all its flags are
+            row_shown &= per[b]
+        out[FLAGS_KNOWN] = row_shown.astype(np.float32)
+    else:
+        for b in config.auxiliary:
+            out[f"known_{b}"] = per[b].astype(np.float32)
     others = {b: stats.item[b][items] - own_log[b] for b in config.behaviors}  # leave-user-out
     for b in config.behaviors:
         out[f"item_{b}"] = (np.log1p(others[b]) / stats.item_scale[b]).astype(np.float32)
@@ -688,11 +725,18 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
         blog: the training log (labels and features both come from it).
         config: the recipe settings.
 
+    With ``hide_mode="rows"`` a share ``hide_fraction`` of the rows have all their
+    ``in_<b>`` flags hidden and every auxiliary task learns there; with ``"own"`` each
+    auxiliary behavior's flag is hidden on its own draw of rows and that behavior's task
+    learns where its own flag is hidden, still seeing the other behaviors' flags (so cart
+    learns "carted, given viewed": the funnel step).
+
     Returns:
         :class:`PairData` with the :func:`pair_features`, one float 0/1 label column per
-        behavior, and ``aux_weight`` (1 where the flags are hidden: the auxiliary tasks'
-        mask); with :attr:`BehaviorLog.classes`, also ``interest_label`` (the row's user's
-        :func:`interest_labels`) and ``interest_weight`` (0 for users without one).
+        behavior, and the auxiliary tasks' 0/1 masks (:func:`aux_weight_key`: 1 where the
+        task's flag is hidden); with :attr:`BehaviorLog.classes`, also ``interest_label``
+        (the row's user's :func:`interest_labels`) and ``interest_weight`` (0 for users
+        without one).
         Row order: touched pairs sorted by (user, item), then negatives.
     """
     rng = np.random.default_rng(config.seed)
@@ -708,21 +752,29 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
     neg = np.unique(neg[~np.isin(neg, touched)])
     keys = np.concatenate([touched, neg])
     users, items = keys // blog.n_items, keys % blog.n_items
-    known = rng.random(len(keys)) >= config.hide_fraction
+    known: np.ndarray | dict[str, np.ndarray]
+    if config.hide_mode == "rows":
+        known = rng.random(len(keys)) >= config.hide_fraction
+        hidden = {AUX_WEIGHT: ~known}
+    else:
+        known = {b: rng.random(len(keys)) >= config.hide_fraction for b in config.auxiliary}
+        hidden = {aux_weight_key(config, b): ~k for b, k in known.items()}
     arrays = pair_features(blog, users, items, config, known=known)
     for b in config.behaviors:
         arrays[b] = blog.contains(b, users, items).astype(np.float32)
-    arrays[AUX_WEIGHT] = (~known).astype(np.float32)
+    for key, h in hidden.items():
+        arrays[key] = h.astype(np.float32)
     if blog.classes is not None:  # per row, its user's interest label (from this log only)
         labels = interest_labels(blog, config.target)[users]
         arrays[INTEREST_LABEL] = np.maximum(labels, 0)
         arrays[INTEREST_WEIGHT] = (labels >= 0).astype(np.float32)
     log.info(
-        "training_data: %d rows (%d touched, %d negatives), %.0f%% flags hidden",
+        "training_data: %d rows (%d touched, %d negatives), %.0f%% flags hidden (%s)",
         len(keys),
         len(touched),
         len(neg),
-        100 * (1 - known.mean()) if len(keys) else 0.0,
+        100 * np.mean([h.mean() for h in hidden.values()]) if len(keys) else 0.0,
+        config.hide_mode,
     )
     return PairData(_to_columns(arrays), _histories(blog, config))
 
@@ -757,7 +809,8 @@ def task_specs(config: MultiBehaviorConfig, multi_task: bool = True) -> list[Tas
     if not multi_task:
         return [Task(config.target)]
     return [
-        Task(b) if b == config.target else Task(b, weight_key=AUX_WEIGHT) for b in config.behaviors
+        Task(b) if b == config.target else Task(b, weight_key=aux_weight_key(config, b))
+        for b in config.behaviors
     ]
 
 
@@ -872,10 +925,129 @@ def model_scores(
     rows, items = (t.numpy() for t in cand.nonzero(as_tuple=True))
     arrays = pair_features(blog, users[rows], items, config, stats=stats)
     data = PairData(_to_columns(arrays), dict(histories or _histories(blog, config)))
-    prob = predict(model, data, batch_size)[config.target]
+    prob = predict(model, data, batch_size)[config.target].float()
+    if config.rule_weight > 0:
+        own = {b: blog.contains(b, users[rows], items) for b in config.auxiliary}
+        tiebreak = _rule_tiebreak(stats or _Stats.of(blog, config.behaviors), config)
+        prob = _blend(prob, rule_scores(own, items, tiebreak, config), config.rule_weight)
     scores = _tail(r)
-    scores[torch.from_numpy(rows), torch.from_numpy(items)] = prob.float()
+    scores[torch.from_numpy(rows), torch.from_numpy(items)] = prob
     return scores
+
+
+# --------------------------------------------------------------------------------------------
+# The own-behavior rule ("carted > viewed items first") and its blend with the model
+# --------------------------------------------------------------------------------------------
+
+
+def _rule_tiebreak(stats: _Stats, config: MultiBehaviorConfig) -> np.ndarray:
+    """Float64 ``(n_items,)`` in ``[0, 1)``: the rule's tie-break, the item's smoothed
+    target-per-first-auxiliary-behavior rate (e.g. buys per view), as :func:`history_baseline`
+    with ``tiebreak="rate"``."""
+    t = stats.item[config.target].astype(np.float64)
+    if config.auxiliary:
+        first = stats.item[config.auxiliary[0]].astype(np.float64)
+        a = config.rate_prior
+        prior = t.sum() / max(first.sum(), 1.0)
+        t = (t + a * prior) / (first + a)
+    top = t.max() if len(t) else 0.0
+    return t / (top * 1.001) if top > 0 else t
+
+
+def rule_scores(
+    own: Mapping[str, np.ndarray],
+    items: np.ndarray,
+    tiebreak: np.ndarray,
+    config: MultiBehaviorConfig,
+) -> Tensor:
+    """The own-behavior rule's score of candidate pairs, float32 ``(N,)`` in ``[0, 1)``.
+
+    ``(sum_k 2**k [did auxiliary behavior k] + tiebreak[item]) / 2**n_auxiliary``, with the
+    auxiliary behaviors in funnel order: carted-and-viewed > carted > viewed, ties by the
+    item's rate. It orders pairs exactly as :func:`history_baseline` (``tiebreak="rate"``).
+
+    Args:
+        own: auxiliary behavior -> bool ``(N,)``: did the pair's user do it on the item.
+        items: dense item indices ``(N,)``.
+        tiebreak: ``(n_items,)`` in ``[0, 1)`` (:func:`_rule_tiebreak`).
+        config: the recipe settings.
+    """
+    tier = np.zeros(len(items), dtype=np.float64)
+    for k, b in enumerate(config.auxiliary):
+        tier += (2.0**k) * np.asarray(own[b], dtype=np.float64)
+    rule = (tier + tiebreak[items]) / (2.0 ** len(config.auxiliary))
+    return torch.from_numpy(rule.astype(np.float32))
+
+
+def _blend(prob: Tensor, rule: Tensor, weight: float) -> Tensor:
+    """``(1 - weight) * prob + weight * rule``: in ``[0, 1]``; weight 1 is the rule alone."""
+    return (1.0 - weight) * prob + weight * rule
+
+
+def rule_blend_metrics(
+    model: nn.Module,
+    blog: BehaviorLog,
+    users: np.ndarray,
+    targets: np.ndarray,
+    config: MultiBehaviorConfig,
+    weights: Sequence[float],
+    *,
+    ks: Sequence[int] = (10,),
+    max_users: int | None = None,
+) -> dict[float, dict[str, float]]:
+    """Full-ranking metrics of held-out targets for each blend weight of the rule, from one
+    forward pass over the candidates (the blend only changes the candidates' scores).
+
+    Args:
+        model: a trained model.
+        blog: the log it trained on (the held-out pairs removed).
+        users: dense indices of the validation users ``(U,)``.
+        targets: their held-out items ``(U,)``.
+        config: the recipe settings (its own ``rule_weight`` is ignored).
+        weights: blend weights in ``[0, 1]`` (0: the model alone, 1: the rule alone).
+        ks: cut-offs.
+        max_users: a seeded sample of this many users (all when None), as
+            :func:`make_evaluator` draws it.
+
+    Returns:
+        weight -> :func:`full_ranking_metrics` of the blend.
+
+    Example:
+        >>> by_w = rule_blend_metrics(model, fit_log, vu, vi, cfg, (0.0, 0.5, 1.0))
+        ... # doctest: +SKIP
+    """
+    users = np.asarray(users, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    if max_users is not None and max_users < len(users):
+        pick = np.sort(np.random.default_rng(config.seed).choice(len(users), max_users, False))
+        users, targets = users[pick], targets[pick]
+    plain = replace(config, rule_weight=0.0)
+    histories = _histories(blog, plain)
+    stats = _Stats.of(blog, plain.behaviors)
+    csrs = {b: blog.csr(b) for b in plain.behaviors}
+    tiebreak = _rule_tiebreak(stats, plain)
+
+    def variants(uu: np.ndarray) -> list[Tensor]:
+        base = model_scores(
+            model, blog, uu, plain, histories=histories, stats=stats, csrs=csrs
+        )  # (C, I): candidates hold the model's probability
+        pop = popularity_scores(blog, plain.target)(uu)
+        cand, _ = candidate_mask(blog, uu, plain, torch.as_tensor(pop).float(), csrs)
+        rows, items = cand.nonzero(as_tuple=True)
+        own = {b: blog.contains(b, uu[rows.numpy()], items.numpy()) for b in plain.auxiliary}
+        rule = rule_scores(own, items.numpy(), tiebreak, plain)
+        prob = base[rows, items]
+        out = []
+        for w in weights:
+            s = base.clone()
+            s[rows, items] = _blend(prob, rule, float(w))
+            out.append(s)
+        return out
+
+    per = _ranking_sums(
+        variants, blog, users, targets, target=plain.target, ks=ks, n_variants=len(weights)
+    )
+    return {float(w): m for w, m in zip(weights, per, strict=True)}
 
 
 def history_baseline(
@@ -966,6 +1138,24 @@ def full_ranking_metrics(
         Means over all ``U`` users, as :func:`~shoprec.evaluate.metrics.ranking_metrics`
         names them (``hr@10``, ``ndcg@10``, ...), plus ``users``.
     """
+    return _ranking_sums(
+        lambda uu: [scorer(uu)], blog, users, targets, target=target, ks=ks, chunk_size=chunk_size
+    )[0]
+
+
+def _ranking_sums(
+    scorers: Callable[[np.ndarray], Sequence[np.ndarray | Tensor]],
+    blog: BehaviorLog,
+    users: np.ndarray,
+    targets: np.ndarray,
+    *,
+    target: str,
+    ks: Sequence[int] = (10, 20),
+    chunk_size: int = 1024,
+    n_variants: int = 1,
+) -> list[dict[str, float]]:
+    """:func:`full_ranking_metrics` of ``n_variants`` score variants of each chunk of users
+    (``scorers(users) -> [scores (C, n_items), ...]``), one metrics dict per variant."""
     users = np.asarray(users, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
     ok = (users >= 0) & (targets >= 0)
@@ -974,20 +1164,24 @@ def full_ranking_metrics(
             "full_ranking_metrics: %d unknown users or targets count as misses", (~ok).sum()
         )
     excl = blog.csr(target)
-    sums: dict[str, float] = {}
+    sums: list[dict[str, float]] = [{} for _ in range(n_variants)]
     u_ok, t_ok = users[ok], targets[ok]
     for start in range(0, len(u_ok), chunk_size):
         uu, tt = u_ok[start : start + chunk_size], t_ok[start : start + chunk_size]
-        scores = torch.as_tensor(scorer(uu))
         shape = (len(uu), excl.shape[1])
         rel = sp.csr_array((np.ones(len(tt), bool), tt, np.arange(len(uu) + 1)), shape=shape)
         exc = excl[uu]
-        per = ranking_metrics(scores, rel, exc, ks=ks, chunk_size=chunk_size, per_user=True)
-        for name, values in per.items():
-            sums[name] = sums.get(name, 0.0) + float(np.nansum(values))
+        for v, scores in enumerate(scorers(uu)):
+            s = torch.as_tensor(scores)
+            per = ranking_metrics(s, rel, exc, ks=ks, chunk_size=chunk_size, per_user=True)
+            for name, values in per.items():
+                sums[v][name] = sums[v].get(name, 0.0) + float(np.nansum(values))
     n = max(len(users), 1)
-    out = {name: total / n for name, total in sums.items()}
-    out["users"] = float(len(users))
+    out = []
+    for part in sums:
+        m = {name: total / n for name, total in part.items()}
+        m["users"] = float(len(users))
+        out.append(m)
     return out
 
 
@@ -1072,6 +1266,17 @@ class MultiBehaviorOptions(RecipeOptions):
     retrain_on_full: bool = True  # refit on train + valid for the selected number of epochs
     validation_users: int | None = Field(None, gt=0)  # a seeded sample scored per epoch
     hold_out_seed: int = 0  # the hold-out draw when the split has no target-behavior valid
+    # How the auxiliary tasks learn what the target lacks: "rows" hides every in_<b> flag on
+    # a share hide_fraction of the rows (the auxiliary tasks learn there); "own" hides each
+    # flag on its own draw, and task b learns where its own flag is hidden while seeing the
+    # other flags (cart learns "carted given viewed", the funnel step).
+    hide_mode: Literal["rows", "own"] = "rows"
+    # The own-behavior rule (carted > viewed, ties by buys per view) blended into the
+    # candidates' score: (1 - w) * p(target) + w * rule, w picked from rule_weights on the
+    # validation targets after the epoch is selected (0: the model alone, 1: the rule alone,
+    # so the pick is never below the rule on validation). false: the model alone (w = 0).
+    rule_blend: bool = True
+    rule_weights: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> MultiBehaviorOptions:
@@ -1082,6 +1287,11 @@ class MultiBehaviorOptions(RecipeOptions):
         named = set(self.histories) | set(self.attention)
         if self.behaviors is not None and not named <= set(self.behaviors):
             raise ValueError(f"histories name behaviors outside {list(self.behaviors)}")
+        if not self.rule_weights or not all(0.0 <= w <= 1.0 for w in self.rule_weights):
+            raise ValueError(
+                f"rule_weights must be one or more weights in [0, 1] (0: the model alone, 1: "
+                f"the rule alone), got {list(self.rule_weights)}"
+            )
         return self
 
 
@@ -1279,14 +1489,22 @@ class MultiBehaviorScorer(Scorer):
         probs: dict[str, Tensor] = {}
         targets = [t for t in tasks if t == self.target or t == self.interest]
         aux = [t for t in tasks if t not in targets]
-        for shown, wanted in ((True, targets), (False, aux)):
+        every, none = np.ones(len(rows), dtype=bool), np.zeros(len(rows), dtype=bool)
+        passes: list[tuple[np.ndarray | dict[str, np.ndarray], list[str]]] = [(every, targets)]
+        if cfg.hide_mode == "rows":  # the auxiliary tasks learned with every flag hidden
+            passes.append((none, aux))
+        else:  # each auxiliary task learned with its own behavior's flag hidden
+            passes.extend(({self.behaviors[t]: none}, [t]) for t in aux)
+        for flags, wanted in passes:
             if not wanted or not len(rows):
                 continue
-            flags = np.full(len(rows), shown, dtype=bool)
             arrays = _assemble(self._stats, user_ids, items, cfg, own_log, own, counts, flags)
             preds = predict(self.model, PairData(_to_columns(arrays), dict(self._histories)), 8192)
             for t in wanted:
                 probs[t] = preds[t].float()
+        if self.target in probs and cfg.rule_weight > 0:
+            rule = rule_scores(own, items, _rule_tiebreak(self._stats, cfg), cfg)
+            probs[self.target] = _blend(probs[self.target], rule, cfg.rule_weight)
         out = {}
         for t in tasks:
             if t == self.interest:
@@ -1342,7 +1560,10 @@ class MultiBehaviorScorer(Scorer):
     def feature_attributions(
         self, user: str, position: int, log_score: Any, steps: int = 64
     ) -> tuple[dict[str, float], dict[str, Any], float, float] | None:
-        """Integrated gradients of one candidate pair's fused log score (None otherwise)."""
+        """Integrated gradients of one candidate pair's fused log score (None otherwise).
+
+        They explain the model's probability; with a rule blend (``rule_weight > 0``) the
+        rule's share of the served score is not attributed to features."""
         import copy
 
         from shoprec.recommend.explain import integrated_gradients
@@ -1579,6 +1800,7 @@ class MultiBehaviorRecipe(Recipe):
                 rate_prior=o.rate_prior,
                 n_retrieved=o.n_retrieved,
                 seed=o.seed,
+                hide_mode=o.hide_mode,
             )
         except ValueError as e:
             raise ConfigError(f"recipe: {e}") from None
@@ -1588,7 +1810,7 @@ class MultiBehaviorRecipe(Recipe):
         out = []
         for name, b in self.task_behaviors.items():
             label = None if b == name else b
-            weight_key = None if name == self.target else AUX_WEIGHT
+            weight_key = None if name == self.target else aux_weight_key(config, b)
             out.append(Task(name, label=label, weight_key=weight_key))
         interest = self.interest_task
         if interest is not None:
@@ -1666,6 +1888,48 @@ class MultiBehaviorRecipe(Recipe):
         m = self.config.model
         return build_model(m.name, feature_specs(blog, config), self.task_specs(config), **m.config)
 
+    def _pick_rule_weight(
+        self,
+        model: nn.Module,
+        blog: BehaviorLog,
+        users: np.ndarray,
+        items: np.ndarray,
+        config: MultiBehaviorConfig,
+        monitor: str,
+        ks: Sequence[int],
+        info: dict[str, Any],
+    ) -> MultiBehaviorConfig:
+        """``config`` with the ``rule_weight`` of ``rule_weights`` whose blend of the selected
+        model and the own-behavior rule ranks the validation targets best (by the monitor's
+        ranking metric, else ``ndcg@k``; ties to the smaller weight); noted in ``info``."""
+        metric = monitor.split("/", 1)[-1]
+        if metric.split("@")[0] not in {"hr", "ndcg", "recall", "mrr"}:
+            metric = f"ndcg@{10 if 10 in ks else ks[0]}"
+        cut = int(metric.split("@")[1]) if "@" in metric else max(ks)
+        weights = tuple(sorted(set(self.options.rule_weights)))
+        by_w = rule_blend_metrics(
+            model,
+            blog,
+            users,
+            items,
+            config,
+            weights,
+            ks=tuple(sorted({*ks, cut})),
+            max_users=self.options.validation_users,
+        )
+        best = max(weights, key=lambda w: (by_w[w].get(metric, 0.0), -w))
+        info["rule_weight"] = best
+        info["rule_blend_valid"] = {
+            w: {k: round(v, 4) for k, v in m.items() if k != "users"} for w, m in by_w.items()
+        }
+        log.info(
+            "rule blend: weight %s picked on validation %s (%s)",
+            best,
+            metric,
+            {w: round(m.get(metric, 0.0), 4) for w, m in by_w.items()},
+        )
+        return replace(config, rule_weight=best)
+
     def fit(self, dataset: Dataset, split: Split) -> TrainingRun:
         """Train on the split's train part, select on its valid part (see the class)."""
         tick = time.perf_counter()
@@ -1716,6 +1980,8 @@ class MultiBehaviorRecipe(Recipe):
             "train_seconds": result.train_seconds,
             "samples_per_second": result.samples_per_second,
         }
+        if self.options.rule_blend and evaluator is not None:
+            config = self._pick_rule_weight(model, fit_log, vu, vi, config, monitor, ks, info)
         epochs = result.best_epoch or train_cfg.epochs
         if self.options.retrain_on_full and full_log is not fit_log and epochs > 0:
             data = training_data(full_log, config)
