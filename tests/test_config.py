@@ -143,3 +143,24 @@ def test_round_trip_through_dict(tmp_path: Path) -> None:
 def test_every_shipped_config_validates(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.recipe.name
+
+
+def test_a_task_the_recipe_cannot_learn_is_refused_before_training(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "data: {dataset: simulated}\nrecipe: {name: pairs}\n"
+        "tasks: [buy, {name: interest, kind: multiclass}]\n",
+    )
+    with pytest.raises(ConfigError, match=r"pairs recipe learns \['binary'\].*multibehavior"):
+        check_config(path)
+    from shoprec.recipes import get
+
+    with pytest.raises(ValueError, match="task 'interest' is multiclass"):
+        get("pairs")(load_config(path))  # a recipe is never built with it either
+    ok = write(
+        tmp_path,
+        "data: {dataset: simulated}\nrecipe: {name: multibehavior}\n"
+        "tasks: [view, buy, {name: interest, kind: multiclass}]\n",
+        "ok.yaml",
+    )
+    assert check_config(ok)["tasks"] == ["view", "buy", "interest"]
