@@ -119,6 +119,8 @@ class SimulateSection(Strict):
     popularity_sigma: float | None = Field(None, ge=0)  # lognormal sd of item popularity
     temperature: float | None = Field(None, gt=0)  # exposure ~ exp(affinity / temperature)
     n_candidates: int | None = Field(None, gt=0)  # popularity-drawn candidates per exposure
+    cart_rate: float | None = Field(None, gt=0, le=1)  # P(cart | click); lower: sparser carts
+    buy_rate: float | None = Field(None, gt=0, le=1)  # P(buy | cart); lower: sparser buys
 
 
 class DataSection(Strict):
