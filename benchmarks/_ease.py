@@ -4,11 +4,19 @@ closed-form item-item linear model, a peer of the benchmarks.
 With the user x item matrix ``X`` and ``G = X^T X + lambda I``, ``P = G^-1``, the weights are
 ``B = I - P diag(1 / diag(P))`` (zero diagonal) and a user's scores are ``x_u B``.
 
-Memory: ``G`` is dense, ``n^2`` float32 (n = 30,796 Sport items: 3.8 GB; 39,008 Cloth: 6.1 GB;
-both domains 69,804: 19.5 GB), and the Cholesky inverse costs ``n^3 / 3`` flops (6,000
-items: 4 s on one core of the benchmark machine, so 30,000 about 8 min). ``max_items`` keeps
-the model on the most frequent items (ties by id); the rest get no learned weights and score
-below every modelled item, in popularity order.
+Two exact ways to the same model:
+
+* primal (``max_items`` set, or fewer items than users): ``G`` is dense, ``n^2`` float32
+  (n = 30,796 Sport items: 3.8 GB; both domains 69,804: 19.5 GB) and its Cholesky inverse
+  costs ``n^3 / 3`` flops. ``max_items`` keeps the model on the most frequent items (ties by
+  id); the rest get no learned weights and score below every modelled item, by popularity.
+* dual (``max_items=None`` and fewer users than items; the Woodbury identity):
+  ``P = (I - X^T K^-1 X) / lambda`` with the ``(users, users)`` matrix
+  ``K = X X^T + lambda I``, so ``diag P`` is ``(1 - g) / lambda`` with
+  ``g_j = x_j^T K^-1 x_j`` and a user's ``x P`` is ``(x - (x X^T) K^-1 X) / lambda``
+  (``K^-1 X`` row ``u`` for a user of ``X`` itself). Scores ``x B = x - (x P) / diag P``.
+  Memory ``users^2`` (9,928 users: 0.8 GB in float64), every item modelled, no ``n^2`` matrix;
+  ``weights`` (the ``n x n`` B) is not formed.
 
 Example:
     >>> import numpy as np, scipy.sparse as sp
@@ -45,6 +53,10 @@ class EASE:
         self.weights: np.ndarray | None = None  # (m, m) over the modelled items
         self.kept: np.ndarray | None = None  # (m,) item columns modelled
         self.prior: np.ndarray | None = None  # (n,) popularity tie-break, below any real score
+        # dual form: the fitted matrix, K^-1 and diag(P) * lambda
+        self._x: sp.csr_matrix | None = None
+        self._kinv: np.ndarray | None = None
+        self._diag: np.ndarray | None = None
 
     def fit(self, x: sp.csr_matrix) -> EASE:
         """Fit on a binary ``(users, items)`` matrix."""
@@ -55,7 +67,11 @@ class EASE:
         m = len(count) if self.max_items is None else min(self.max_items, len(count))
         kept = np.sort(order[:m])
         kept = kept[count[kept] > 0]
+        self.prior = (count / (count.max() + 1.0) * 1e-6).astype(np.float32)
+        self.kept = kept
         xs = x[:, kept]
+        if self.max_items is None and x.shape[0] < len(kept):
+            return self._fit_dual(sp.csr_matrix(xs))
         gram = torch.from_numpy((xs.T @ xs).toarray().astype(np.float32))  # (m, m)
         gram.diagonal().add_(self.lam)
         p = torch.cholesky_inverse(torch.linalg.cholesky(gram))
@@ -63,17 +79,42 @@ class EASE:
         b = -p / p.diagonal().unsqueeze(0)  # B = I - P diag(1 / diag P)
         b.diagonal().zero_()
         self.weights = b.numpy()
-        self.kept = kept
-        self.prior = (count / (count.max() + 1.0) * 1e-6).astype(np.float32)
         return self
 
-    def score(self, x: sp.csr_matrix) -> np.ndarray:
+    def _fit_dual(self, xs: sp.csr_matrix) -> EASE:
+        """The Woodbury form over users (see the module docstring)."""
+        xd = xs.astype(np.float64)
+        k = torch.from_numpy((xd @ xd.T).toarray())
+        k.diagonal().add_(self.lam)
+        kinv = torch.cholesky_inverse(torch.linalg.cholesky(k)).numpy()
+        del k
+        kx = np.asarray((xd.T @ kinv).T)  # (users, m) = K^-1 X; X sparse, so U * nnz flops
+        g = np.asarray(xd.multiply(kx).sum(axis=0)).ravel()
+        del kx
+        # scoring in float32 (g, the one cancellation-prone quantity, came out in float64)
+        self._x, self._kinv = xs.astype(np.float32).tocsr(), kinv.astype(np.float32)
+        self._diag = np.maximum(1.0 - g, 1e-12).astype(np.float32)
+        return self
+
+    def score(self, x: sp.csr_matrix, rows: np.ndarray | None = None) -> np.ndarray:
         """``(U, n_items)`` scores of users given their binary rows ``(U, n_items)``: learned
-        scores on the modelled items, plus a popularity tie-break far below them."""
-        if self.weights is None or self.kept is None or self.prior is None:
+        scores on the modelled items, plus a popularity tie-break far below them. ``rows``:
+        when ``x`` is exactly those rows of the fitted matrix (a shortcut of the dual form)."""
+        if self.kept is None or self.prior is None:
             raise RuntimeError("EASE is not fitted")
         x = sp.csr_matrix(x, dtype=np.float32)
         out = np.tile(self.prior - 1.0, (x.shape[0], 1))  # unmodelled: below any modelled
-        modelled = np.asarray(x[:, self.kept] @ self.weights)
-        out[:, self.kept] = modelled + self.prior[self.kept]
+        out[:, self.kept] = self._modelled(x[:, self.kept], rows) + self.prior[self.kept]
         return out
+
+    def _modelled(self, xs: sp.csr_matrix, rows: np.ndarray | None) -> np.ndarray:
+        if self._kinv is not None and self._x is not None and self._diag is not None:
+            xd = xs.astype(np.float32)
+            if rows is not None:  # users of the fitted matrix: x P lambda = lambda K^-1 X rows
+                xp = self.lam * np.asarray((self._x.T @ self._kinv[rows].T).T)
+            else:
+                z = np.asarray((xd @ self._x.T).todense()) @ self._kinv  # (B, users)
+                xp = xd.toarray() - np.asarray((self._x.T @ z.T).T)
+            return (xd.toarray() - xp / self._diag).astype(np.float32)
+        assert self.weights is not None
+        return np.asarray(xs @ self.weights)

@@ -16,8 +16,10 @@ from shoprec import artifact, recipes
 from shoprec.config import ConfigError, ExperimentConfig
 from shoprec.data.schema import Dataset, Interactions
 from shoprec.data.split import Split
+from shoprec.models.features import CategoricalFeature, SequenceFeature, Task
+from shoprec.models.history_encoder import HistoryEncoder, HistoryEncoderConfig
 from shoprec.recipes.cross_domain import Pairs
-from shoprec.recipes.sequence import SequenceScorer, history_rows
+from shoprec.recipes.sequence import SequenceScorer, bag_rows, history_rows
 
 torch.set_num_threads(1)
 
@@ -162,6 +164,70 @@ def test_sasrec_rows_follow_time() -> None:
     assert np.mean(hits) >= 0.5, hits
 
 
+def test_bag_rows_one_per_user_and_domain() -> None:
+    p = Pairs(np.array([1, 1, 1, 2]), np.array([5, 6, 7, 9]), np.array([0, 0, 1, 0]))
+    hist = history_rows(p, np.arange(4), n_users=3, width=3)
+    rows = bag_rows(p, np.arange(4), hist, n_users=3, width=2).columns
+    np.testing.assert_array_equal(rows["targets"].numpy(), [[5, 6], [0, 9], [0, 7]])
+    np.testing.assert_array_equal(rows["domain"].numpy(), [0, 0, 1])
+    np.testing.assert_array_equal(rows["item"].numpy(), [6, 9, 7])
+    np.testing.assert_array_equal(rows["history"].numpy(), hist[[1, 2, 1]])  # every domain
+
+
+def bag_encoder(**fields: Any) -> HistoryEncoder:
+    torch.manual_seed(0)
+    features = [CategoricalFeature("item", 6, 4),
+                SequenceFeature("history", 6, 4, "mean", embedding_of="item")]  # fmt: skip
+    config = HistoryEncoderConfig(domain_sizes=(3, 2), encoder="mean", **fields)
+    return HistoryEncoder(features, [Task("s"), Task("t")], config)
+
+
+def test_full_softmax_bag_loss_is_the_multinomial_likelihood() -> None:
+    """loss: full over a bag = mean over rows of -sum log softmax of the bag's items (per
+    domain); bag_loss: hidden counts only what the encoder did not read."""
+    model = bag_encoder(loss="full", history_dropout=0.0, tied=False)
+    model.eval()  # no dropout: every history item is read
+    batch = {"history": torch.tensor([[1, 2], [0, 4]]), "targets": torch.tensor([[1, 3], [0, 5]]),
+             "item": torch.tensor([3, 5]), "domain": torch.tensor([0, 1])}  # fmt: skip
+    losses = model.task_losses(model(batch), batch)
+    with torch.no_grad():
+        logp0 = torch.log_softmax(model.score_domain(model.user_vectors(batch, 0)[:1], 0), 1)
+        logp1 = torch.log_softmax(model.score_domain(model.user_vectors(batch, 1)[1:], 1), 1)
+    torch.testing.assert_close(losses["s"], -(logp0[0, 0] + logp0[0, 2]))
+    torch.testing.assert_close(losses["t"], -logp1[0, 1])
+    assert model.output_embedding is not None  # untied: scoring reads the second table
+    torch.testing.assert_close(
+        model.item_vectors(torch.tensor([2]), 0), model.output_embedding(torch.tensor([2]))
+    )  # zero-init heads
+    hidden = bag_encoder(loss="full", history_dropout=0.0, bag_loss="hidden")
+    hidden.eval()
+    got = hidden.task_losses(hidden(batch), batch)
+    with torch.no_grad():
+        lp = torch.log_softmax(hidden.score_domain(hidden.user_vectors(batch, 0)[:1], 0), 1)
+    torch.testing.assert_close(got["s"], -lp[0, 2])  # item 1 was read: not counted
+    assert float(got["t"].detach()) > 0  # item 5 was not in the history
+    # sampled softmax over bags trains too (one sampled softmax per row and bag item)
+    sampled = bag_encoder(loss="sampled", n_negatives=2)
+    total = sum(sampled.task_losses(sampled(batch), batch).values())
+    total.backward()
+    assert torch.isfinite(total) and sampled.item_embedding.weight.grad is not None
+
+
+def test_bags_with_full_softmax_and_svd_init_rank_the_group(
+    shop: tuple[Dataset, Split, list[str]],
+) -> None:
+    """The denoising-autoencoder setting (bags, full softmax, heavy input dropout, item
+    tables from co-occurrence factors) serves film-less users from their books."""
+    ds, split, cold = shop
+    model = {**MODEL, "loss": "full", "history_dropout": 0.5, "temperature": 1.0,
+             "bag_loss": "hidden", "tied": False, "domain_dropout": 0.3}  # fmt: skip
+    cfg = config(target="films", sources=["books"], method="joint", rows="bags", init="svd",
+                 model=model)  # fmt: skip
+    run = fit(cfg, ds, split)
+    assert top_in_group(run.scorer, cold) >= 0.7
+    assert run.scorer.settings["network"]["loss"] == "full"
+
+
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [
@@ -172,6 +238,9 @@ def test_sasrec_rows_follow_time() -> None:
         ({"blend": [1.5]}, "blend"),
         ({"model": {"encoder": "rnn"}}, "encoder"),
         ({"model": {"domain_sizes": [3]}}, "domain_sizes"),
+        ({"model": {"loss": "nce"}}, "loss"),
+        ({"rows": "bags", "model": {"encoder": "sasrec"}}, "bags"),
+        ({"init": "pca"}, "init"),
     ],
 )
 def test_config_errors_name_the_key(recipe: dict[str, Any], message: str) -> None:

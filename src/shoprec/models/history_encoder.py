@@ -27,6 +27,16 @@ corpus item recommendations"), ``log(n * p_i + N / I_d)`` for ``n`` rows and ite
 ``p_i`` (:meth:`HistoryEncoder.set_item_frequency`), so the model does not learn to push
 popular items down. Accidental hits (a uniform draw equal to the row's positive) are masked.
 
+Full softmax and bags (``loss: full``; the multinomial likelihood of Mult-DAE / Mult-VAE:
+Liang et al., WWW 2018, "Variational Autoencoders for Collaborative Filtering"): each row's
+logits over every item of its domain, no sampling. A training row may carry a *bag*
+(``targets`` ``(B, T)``, all the user's items of the row's domain): the loss is the mean over
+rows of ``-sum_{i in bag} log softmax_i`` (``bag_loss: all``), or of the items the history
+dropout hid from the encoder only (``bag_loss: hidden``: the encoder is not paid to copy its
+input). With ``history`` the same bag and a large ``history_dropout`` this is the denoising
+autoencoder of Liang et al. with a pooled encoder; ``tied: false`` gives the output side its
+own item table.
+
 Training regularisers for sparse data: ``history_dropout`` hides items of each training
 history; ``domain_dropout`` hides all history of the row's own domain in a share of rows, so
 the model learns to encode a user from their other domains (a user cold in the target).
@@ -60,6 +70,8 @@ from shoprec.models.layers import Batch
 __all__ = ["ENCODERS", "HistoryEncoder", "HistoryEncoderConfig"]
 
 ENCODERS = ("mean", "attention", "sasrec")
+LOSSES = ("sampled", "full")
+BAG_LOSSES = ("all", "hidden")
 
 
 @dataclass(frozen=True)
@@ -80,12 +92,19 @@ class HistoryEncoderConfig:
     temperature: float = 0.1  # logits = <u, v> / temperature + bias
     init_std: float = 0.05  # normal init of the item table
     domain_items: bool = True  # per-domain residual map of the item vectors (else shared)
+    loss: str = "sampled"  # sampled (in-batch + uniform, log-Q) | full (softmax over the domain)
+    bag_loss: str = "all"  # rows with a bag: every bag item | only those hidden from the encoder
+    tied: bool = True  # one item table for reading and scoring (else a second, output table)
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.bag_loss not in BAG_LOSSES:
+            raise ValueError(f"bag_loss must be one of {BAG_LOSSES}, got {self.bag_loss!r}")
 
 
 class _Block(nn.Module):
@@ -115,7 +134,8 @@ class HistoryEncoder(MultiTaskModel):
 
     Batch keys: ``history`` ``(B, L)`` item ids, oldest first, left-padded with 0;
     ``item`` ``(B,)`` the positive (or ``(B, L)`` the next item at each position, sasrec);
-    ``domain`` ``(B,)`` the row's domain (training only).
+    ``domain`` ``(B,)`` the row's domain (training only); optionally ``targets`` ``(B, T)``
+    a bag of positives per row (0 = padding; training only, see the module docstring).
     """
 
     model_name = "history_encoder"
@@ -144,6 +164,12 @@ class HistoryEncoder(MultiTaskModel):
         nn.init.normal_(self.item_embedding.weight, std=c.init_std)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+        self.output_embedding: nn.Embedding | None = None
+        if not c.tied:
+            self.output_embedding = nn.Embedding(item.vocab_size, dim, padding_idx=0)
+            nn.init.normal_(self.output_embedding.weight, std=c.init_std)
+            with torch.no_grad():
+                self.output_embedding.weight[0].zero_()
         self.item_bias = nn.Embedding(item.vocab_size, 1, padding_idx=0)
         nn.init.zeros_(self.item_bias.weight)
         self.drop = nn.Dropout(c.dropout)
@@ -192,8 +218,11 @@ class HistoryEncoder(MultiTaskModel):
         user and item heads)."""
         enc = [m for n, m in self.named_children() if n in ("pool_mlp", "blocks", "out_norm",
                                                            "positions")]  # fmt: skip
+        tables = [self.item_embedding]
+        if self.output_embedding is not None:
+            tables.append(self.output_embedding)
         return {
-            "item_embeddings": [self.item_embedding],
+            "item_embeddings": tables,
             "item_bias": [self.item_bias],
             "encoder": enc,
             "heads": [self.user_heads, self.item_heads],
@@ -207,7 +236,8 @@ class HistoryEncoder(MultiTaskModel):
     # ---- items
     def item_vectors(self, ids: Tensor, domain: int) -> Tensor:
         """Scoring vectors of item ids in one domain, ``(...)`` -> ``(..., D)``."""
-        e = self.item_embedding(ids)
+        table = self.output_embedding if self.output_embedding is not None else self.item_embedding
+        e = table(ids)
         return e + self.item_heads[domain](e) if self.config.domain_items else e
 
     # ---- users
@@ -296,7 +326,10 @@ class HistoryEncoder(MultiTaskModel):
     def task_losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
         """Per domain: sampled softmax with log-Q correction over in-batch + uniform
         candidates (see the module docstring). A domain with no row in the batch gets 0."""
-        h = self.encode(batch["history"], self._visible(batch))
+        visible = self._visible(batch)
+        h = self.encode(batch["history"], visible)
+        if "targets" in batch:
+            return self._bag_losses(outputs, batch, h, visible)
         item = batch["item"]
         if h.dim() == 3 and item.dim() == 1:  # one positive per row: the newest position
             h = h[:, -1]
@@ -314,7 +347,49 @@ class HistoryEncoder(MultiTaskModel):
             if pos.numel() == 0:
                 losses[task.name] = outputs[task.name].sum() * 0.0
                 continue
-            losses[task.name] = self._sampled_softmax(self.domain_vectors(q, k), pos, k)
+            u = self.domain_vectors(q, k)
+            if self.config.loss == "full":
+                logits = self.score_domain(u, k)  # (n, I_d), column = id - lo
+                losses[task.name] = F.cross_entropy(logits, pos - self.item_range(k)[0])
+            else:
+                losses[task.name] = self._sampled_softmax(u, pos, k)
+        return losses
+
+    def _bag_losses(
+        self, outputs: dict[str, Tensor], batch: Batch, h: Tensor, visible: Tensor | None
+    ) -> dict[str, Tensor]:
+        """Rows with a bag of positives ``targets`` ``(B, T)``: per domain, the mean over its
+        rows of the summed negative log-likelihood of the bag's (counted) items."""
+        if h.dim() == 3:
+            raise ValueError("bag rows ('targets') take the mean or attention encoder")
+        targets, domain = batch["targets"], batch["domain"]
+        weight = (targets > 0).float()  # (B, T)
+        if self.config.bag_loss == "hidden":
+            seen = batch["history"] > 0 if visible is None else visible & (batch["history"] > 0)
+            read = torch.where(seen, batch["history"], -1)  # (B, L) what the encoder read
+            shown = (targets.unsqueeze(2) == read.unsqueeze(1)).any(2)  # (B, T)
+            weight = weight * (~shown).float()
+        losses: dict[str, Tensor] = {}
+        for k, task in enumerate(self.tasks):
+            rows = domain == k
+            if not bool(rows.any()):
+                losses[task.name] = outputs[task.name].sum() * 0.0
+                continue
+            u = self.domain_vectors(h[rows], k)
+            lo, _ = self.item_range(k)
+            tgt, w = targets[rows], weight[rows]
+            col = (tgt - lo).clamp_min(0)  # padding -> column 0, weight 0
+            if self.config.loss == "full":
+                logp = torch.log_softmax(self.score_domain(u, k), dim=1).gather(1, col)
+                losses[task.name] = -(logp * w).sum() / len(u)
+            else:  # one sampled softmax per (row, bag item)
+                sel = w > 0
+                if not bool(sel.any()):
+                    losses[task.name] = outputs[task.name].sum() * 0.0
+                    continue
+                q = u.unsqueeze(1).expand(-1, tgt.shape[1], -1)[sel]
+                n_per_row = sel.sum() / len(u)
+                losses[task.name] = self._sampled_softmax(q, tgt[sel], k) * n_per_row
         return losses
 
     def _sampled_softmax(self, u: Tensor, pos: Tensor, k: int) -> Tensor:
@@ -359,6 +434,8 @@ class HistoryEncoder(MultiTaskModel):
     def shared_parameters(self) -> list[nn.Parameter]:
         """The item table, item bias and encoder feed every domain's loss."""
         shared = [*self.item_embedding.parameters(), *self.item_bias.parameters()]
+        if self.output_embedding is not None:
+            shared.extend(self.output_embedding.parameters())
         for m in self.parts()["encoder"]:
             shared.extend(m.parameters() if isinstance(m, nn.Module) else [m])
         if self.config.encoder == "attention":

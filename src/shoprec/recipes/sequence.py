@@ -21,11 +21,15 @@ ItemNeighbours` over the same histories) mixed into the model's distribution; ea
 on validation after training and the best is kept (0 = the model alone).
 
 Rows: without timestamps (or with several domains), one row per training pair, the history
-being a seeded random subset of the user's other items; with timestamps and one domain
-(``sequential``), one row per user, the last ``max_history + 1`` items in time order, the
-next item predicted at every position (SASRec). Validation: the split's target events of
-users with training events, else one item per user with two or more (the newest when
-sequential, else a random one) held out of training. Example::
+being a seeded random subset of the user's other items; with ``rows: bags``, one row per
+(user, domain) whose positives are all the user's items of that domain (``targets``) and
+whose history is the user's items of every domain read, the same bag included: with
+``model: {loss: full, history_dropout: 0.5}`` the multinomial denoising autoencoder of Liang
+et al. (WWW 2018), the encoder paid to predict the items it was not shown; with timestamps
+and one domain (``sequential``), one row per user, the last ``max_history + 1`` items in
+time order, the next item predicted at every position (SASRec). Validation: the split's
+target events of users with training events, else one item per user with two or more (the
+newest when sequential, else a random one) held out of training. Example::
 
     name: sport_history
     data: {dataset: amazon_cross_domain}
@@ -102,6 +106,8 @@ class SequenceOptions(RecipeOptions):
     sequential: bool | None = None  # SASRec rows; None: when the events have timestamps
     dim: int = Field(64, gt=0)  # embedding width
     max_history: int = Field(50, gt=0)  # history items per user (newest, or a random subset)
+    rows: Literal["pairs", "bags"] = "pairs"  # a row per pair, or per (user, domain) bag
+    init: Literal["random", "svd"] = "random"  # item tables; svd: co-occurrence factors
     model: dict[str, Any] = Field(default_factory=dict)  # HistoryEncoderConfig fields
     blend: tuple[float, ...] = (0.0,)  # neighbour shares tried on validation
     neighbours: NeighbourOptions = Field(default_factory=NeighbourOptions)
@@ -140,6 +146,8 @@ class SequenceOptions(RecipeOptions):
             raise ValueError(f"method {self.method} needs 'sources'")
         if self.freeze and self.method != "finetune":
             raise ValueError("'freeze' goes with method: finetune")
+        if self.rows == "bags" and (self.sequential or self.model.get("encoder") == "sasrec"):
+            raise ValueError("rows: bags take a set encoder (mean or attention), not sequential")
         return self
 
     @property
@@ -193,6 +201,29 @@ def pair_rows(pairs: Pairs, hist: np.ndarray) -> TensorData:
     return TensorData({
         "history": torch.as_tensor(h), "item": torch.as_tensor(pairs.i),
         "domain": torch.as_tensor(pairs.d),
+    })  # fmt: skip
+
+
+def bag_rows(pairs: Pairs, order: np.ndarray, hist: np.ndarray, n_users: int,
+             width: int) -> TensorData:  # fmt: skip
+    """One row per (user, domain) with events: ``history`` the user's history rows ``hist``
+    (every domain read), ``targets`` up to ``width`` of the user's items of the domain (the
+    newest by ``order``), ``item`` one of them, ``domain`` its index."""
+    hs, ts, ds = [], [], []
+    for d in np.unique(pairs.d):
+        mask = pairs.d == d
+        t = history_rows(pairs.where(mask), order[mask], n_users, width)
+        users = np.flatnonzero(t[:, -1] > 0)  # left-padded: the last column is filled
+        hs.append(hist[users])
+        ts.append(t[users])
+        ds.append(np.full(len(users), d, dtype=np.int64))
+    if not hs:
+        hs, ts, ds = [hist[:0]], [np.zeros((0, width), np.int64)], [np.zeros(0, np.int64)]
+    targets = np.concatenate(ts)
+    return TensorData({
+        "history": torch.as_tensor(np.concatenate(hs)), "targets": torch.as_tensor(targets),
+        "item": torch.as_tensor(targets[:, -1].copy()),
+        "domain": torch.as_tensor(np.concatenate(ds)),
     })  # fmt: skip
 
 
@@ -400,6 +431,36 @@ class SequenceScorer(Scorer):
                    f["order"].to_numpy(), model, nb)  # fmt: skip
 
 
+def svd_init(model: HistoryEncoder, pairs: Pairs, n_users: int, n_items: int) -> None:
+    """Item tables from the top singular vectors of the binary user x item matrix ``X``
+    (``V sqrt(S)``, rows scaled to mean norm 1: PureSVD's item factors, Cremonesi et al.,
+    RecSys 2010), and the encoder's residual MLP silenced (its last layer zero), so that
+    before training a user ranks items by ``<mean of their items' factors, item factor>``,
+    a low-rank item-item model; training starts from there."""
+    from scipy.sparse.linalg import svds
+
+    dim = model.item_embedding.weight.shape[1]
+    x = sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs.u, pairs.i)),
+                      shape=(n_users, n_items))  # fmt: skip
+    x.data[:] = 1.0
+    k = min(dim, min(x.shape) - 1)
+    if k < 1 or x.nnz == 0:
+        return
+    _, s, vt = svds(x, k=k, random_state=0)
+    emb = np.zeros((n_items, dim), dtype=np.float32)
+    emb[:, :k] = vt.T * np.sqrt(s)
+    norm = np.linalg.norm(emb, axis=1)
+    emb /= max(float(norm[norm > 0].mean()) if (norm > 0).any() else 1.0, 1e-12)
+    emb[0] = 0.0
+    with torch.no_grad():
+        for table in model.parts()["item_embeddings"]:
+            table.weight.copy_(torch.from_numpy(emb))
+        mlp = getattr(model, "pool_mlp", None)
+        if mlp is not None:
+            mlp[-1].weight.zero_()
+            mlp[-1].bias.zero_()
+
+
 def _network(index: DomainIndex, dim: int, fields: dict[str, Any]) -> HistoryEncoder:
     """A :class:`HistoryEncoder` over the index's domains (one task per domain)."""
     vocab = index.n_items + 1
@@ -475,6 +536,8 @@ class SequenceRecipe(Recipe):
         model = _network(index, o.dim, {**o.model, "max_len": o.max_history})
         counts = np.bincount(fit_pairs.i, minlength=index.n_items + 1)
         model.set_item_frequency(counts)
+        if o.init == "svd":
+            svd_init(model, fit_pairs, index.n_users + 1, index.n_items + 1)
         settings: dict[str, Any] = {
             "method": o.method, "domains": domains, "by_domain": by_domain,
             "sequential": bool(sequential), "max_history": o.max_history, "dim": o.dim,
@@ -552,6 +615,17 @@ class SequenceRecipe(Recipe):
         if sequential:
             return fit(model, sequence_rows(train, order, index.n_users, width), config=cfg,
                        evaluator=served)  # fmt: skip
+        if o.rows == "bags":
+            shuffle = np.random.default_rng(o.seed + 2)  # which items fill a bag over width
+
+            def rows(p: Pairs) -> TensorData:
+                return bag_rows(p, shuffle.permutation(len(p)), hist, index.n_users, width)
+
+        else:
+
+            def rows(p: Pairs) -> TensorData:
+                return pair_rows(p, hist)
+
         if o.method == "finetune":
             # 1. pretrain on the source rows; a source hold-out stops it
             src = train.of(sources)
@@ -575,17 +649,18 @@ class SequenceRecipe(Recipe):
                         got.append(h.scores(score))
                 return {m: float(np.mean([g[m] for g in got])) for m in ("ndcg", "hr")}
 
-            pre = fit(model, pair_rows(src.where(~out), hist), config=cfg, evaluator=on_source)
+            pre = fit(model, rows(src.where(~out)), config=cfg, evaluator=on_source)
             info["pretrain_best_epoch"] = pre.best_epoch
             # 2. freeze what should stay
             if o.freeze:
                 freeze(model, parts=o.freeze)
                 info["frozen"] = list(o.freeze)
             # 3. fine-tune on the target rows
-            return fit(model, pair_rows(train.of([t]), hist), config=cfg, evaluator=served)
+            return fit(model, rows(train.of([t])), config=cfg, evaluator=served)
         if o.method == "joint":
             names = index.domains
             weighting = FixedWeights({**{names[k]: 1.0 for k in sources}, names[t]: o.lambda_})
-            return fit(model, pair_rows(train, hist), config=cfg, evaluator=served,
+            return fit(model, rows(train), config=cfg, evaluator=served,
                        weighting=weighting)  # fmt: skip
-        return fit(model, pair_rows(train.of([t]), hist), config=cfg, evaluator=served)
+        return fit(model, rows(train.of([t])), config=cfg, evaluator=served)
+
