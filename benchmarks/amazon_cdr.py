@@ -951,7 +951,8 @@ def _linear_scorer(data: Data, model: Any, matrix: Any, k: int) -> ScoreFn:
     hi = lo + data.index.domain_sizes[k]
     if getattr(model, "_kinv", None) is not None:  # dual EASE: users of its own matrix
         return lambda u: torch.from_numpy(
-            np.ascontiguousarray(model.score(matrix[u], rows=u)[:, lo:hi]))
+            np.ascontiguousarray(model.score(matrix[u], rows=u)[:, lo:hi])
+        )
     return lambda u: torch.from_numpy(np.ascontiguousarray(model.score(matrix[u])[:, lo:hi]))
 
 

@@ -663,4 +663,3 @@ class SequenceRecipe(Recipe):
             return fit(model, rows(train), config=cfg, evaluator=served,
                        weighting=weighting)  # fmt: skip
         return fit(model, rows(train.of([t])), config=cfg, evaluator=served)
-
