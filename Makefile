@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fuzz lint format clean venv
+.PHONY: demo test bench configs fuzz lint format clean venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# Every YAML in configs/ and benchmarks/configs/ through `shoprec train --set train.epochs=1`,
+# `shoprec evaluate` and `shoprec recommend`, each in a fresh process (about an hour on 2
+# cores; QUICK=1: one config per recipe); writes RESULTS.md "Every config from the CLI".
+configs: $(STAMP)
+	$(BIN)/python -m benchmarks.every_config $(if $(QUICK),--quick)
 
 FUZZ_STAMP := $(VENV)/.installed-fuzz
 

@@ -164,3 +164,82 @@ def test_a_task_the_recipe_cannot_learn_is_refused_before_training(tmp_path: Pat
         "ok.yaml",
     )
     assert check_config(ok)["tasks"] == ["view", "buy", "interest"]
+
+
+def test_parse_settings_reads_yaml_values() -> None:
+    from shoprec.config import parse_settings
+
+    got = parse_settings(
+        [
+            "train.epochs=1",
+            "train.lr=1e-4",  # YAML 1.1 leaves this as text; --set reads a number
+            "evaluate.ks=[10, 20]",
+            "evaluate.protocol=sampled",
+            "evaluate.max_users=null",
+            "evaluate.slices=false",
+            "name=a=b",  # only the first '=' splits
+        ]
+    )
+    assert got == {
+        "train.epochs": 1,
+        "train.lr": 1e-4,
+        "evaluate.ks": [10, 20],
+        "evaluate.protocol": "sampled",
+        "evaluate.max_users": None,
+        "evaluate.slices": False,
+        "name": "a=b",
+    }
+    for bad in ("train.epochs", "=1", "train..epochs=1", "train.epochs=[1"):
+        with pytest.raises(ConfigError, match="--set"):
+            parse_settings([bad])
+
+
+def test_overrides_are_validated_like_the_file_and_recorded(tmp_path: Path) -> None:
+    (tmp_path / "other.csv").write_text("user,item\nu,i\n")
+    path = write(
+        tmp_path,
+        "data: {dataset: simulated, simulate: {n_events: 500}}\ntasks: [view, buy]\n"
+        "train: {epochs: 8}\nrecipe: {name: pairs}\n",
+    )
+    cfg = load_config(
+        path,
+        **{
+            "train.epochs": 1,
+            "data.simulate.n_events": 300,
+            "evaluate.protocol": "sampled",  # a section the file does not have
+            "tasks.0": "cart",  # a list entry by index
+            "recipe.n_negatives": 2,
+        },
+    )
+    assert cfg.train.train_config().epochs == 1
+    assert cfg.data.simulate.n_events == 300 and cfg.evaluate.protocol == "sampled"
+    assert cfg.task_names == ["cart", "buy"] and cfg.recipe.options.n_negatives == 2
+    assert cfg.overrides["train.epochs"] == 1
+    saved = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert saved.overrides == cfg.overrides and saved.train.train_config().epochs == 1
+
+    # a path given on the command line is taken from the config file's folder, as in the file
+    moved = load_config(path, **{"data.dataset": None, "data.simulate": None,
+                                 "data.events.path": "other.csv"})  # fmt: skip
+    assert moved.data.events.path == tmp_path.resolve() / "other.csv"
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ({"train.epoch": 1}, ["'train.epoch'", "epochs", "train.epoch=1"]),
+        ({"evaluate.protocl": "sampled"}, ["'evaluate.protocl'", "allowed here", "protocol"]),
+        ({"nmae": "x"}, ["'nmae'", "allowed here", "name"]),
+        ({"train.epochs.x": 1}, ["'train.epochs.x'", "'train.epochs' is a value"]),
+        ({"tasks.5.name": "x"}, ["'tasks.5.name'", "list of 2 entries"]),
+        ({"train.lr": "fast"}, ["'train.lr'", "'fast'"]),
+    ],
+)
+def test_bad_overrides_name_the_key(tmp_path: Path, setting: dict, words: list[str]) -> None:
+    path = write(tmp_path, "data: {dataset: simulated}\ntasks: [view, buy]\ntrain: {epochs: 8}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, **setting)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    for word in words:
+        assert word in message

@@ -246,6 +246,11 @@ Sections (unknown keys anywhere are refused; paths are relative to the YAML file
   search     {method: grid | tpe, space: {dotted.setting: \\[values]}, trials, minutes, metric}
   output     the artifact folder (default runs/NAME)
 
+`--set KEY=VALUE` (repeatable) replaces one setting before the file is validated, e.g.
+`--set train.epochs=1 --set evaluate.protocol=sampled --set evaluate.ks=\\[10]`; values
+are YAML, unknown keys are refused as in the file, and the artifact's experiment.yaml records
+them under `overrides`.
+
 `shoprec config check FILE` validates a file without training."""
 
 
@@ -275,8 +280,18 @@ def train(
             "Scale section.",
         ),
     ] = 1,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Replace one config setting (repeatable): a dotted key and a YAML value, "
+            "e.g. --set train.epochs=1 --set evaluate.protocol=sampled. Applied before "
+            "validation and recorded in the artifact's experiment.yaml (overrides).",
+        ),
+    ] = None,
 ) -> None:
-    from shoprec.config import load_config
+    from shoprec.config import load_config, parse_settings
     from shoprec.train import distributed
     from shoprec.train.loop import checkpointing
 
@@ -284,9 +299,10 @@ def train(
         args = ["train", str(config), "--search" if search else "--no-search"]
         args += ["--output", str(output)] if output is not None else []
         args += [] if resume is None else ["--resume" if resume else "--restart"]
+        args += [a for s in settings or [] for a in ("--set", s)]
         raise typer.Exit(distributed.launch(nproc, args))
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, **parse_settings(settings or []))
         ctx = distributed.setup(cfg.train.get("device", "auto"))
         if ctx.distributed and cfg.search is not None and search:
             raise distributed.DistributedError(

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -61,6 +63,7 @@ __all__ = [
     "TaskSection",
     "check_config",
     "load_config",
+    "parse_settings",
 ]
 
 
@@ -490,6 +493,9 @@ class ExperimentConfig(Strict):
     search: SearchSection | None = None
     forecast: dict[str, Any] | None = None  # demand forecaster (shoprec forecast), see below
     output: Path | None = None  # the artifact folder; default runs/<name>
+    # settings replaced on the command line (``shoprec train --set``), already applied to the
+    # sections above; kept so that an artifact's experiment.yaml says how it differs from its file
+    overrides: dict[str, Any] | None = None
     source: Path | None = Field(None, exclude=True)  # the YAML file it was read from
 
     _output = field_validator("output", mode="before")(_resolve)
@@ -577,13 +583,21 @@ class ExperimentConfig(Strict):
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     """Read an experiment YAML (see the module docstring).
 
+    Overrides replace values in the file's raw mapping before it is validated, so they are
+    checked exactly as the file is (an unknown key is refused, relative paths are taken from
+    the file's folder); they are recorded in the config's ``overrides``.
+
     Args:
         path: the YAML file.
-        **overrides: dotted settings to replace, e.g. ``output="runs/x"``.
+        **overrides: dotted settings to replace, e.g. ``output="runs/x"`` or
+            ``**{"train.epochs": 1, "evaluate.protocol": "sampled"}``.
 
     Raises:
         ConfigError: a missing or unreadable file, or a value the schema refuses; the
             message is one paragraph naming the file and the key.
+
+    Example:
+        >>> cfg = load_config("configs/sim_mmoe.yaml", **{"train.epochs": 1})  # doctest: +SKIP
     """
     path = Path(path)
     if not path.exists():
@@ -594,9 +608,94 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
         raise ConfigError(f"cannot read the config: {e}", file=path) from e
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a YAML mapping of sections", file=path)
-    for dotted, value in overrides.items():
-        raw[dotted] = value
-    return ExperimentConfig.from_dict(raw, base=path.parent.resolve(), source=path)
+    if overrides:
+        for dotted, value in overrides.items():
+            _set_dotted(raw, dotted, value, path)
+        raw["overrides"] = {**(raw.get("overrides") or {}), **overrides}
+    try:
+        return ExperimentConfig.from_dict(raw, base=path.parent.resolve(), source=path)
+    except ConfigError as e:
+        if not overrides:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ConfigError(f"{_message(e)} (with the overrides {given})", file=path) from None
+
+
+def parse_settings(settings: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``shoprec train --set``) as dotted settings.
+
+    Each value is read as a YAML scalar or list (``1``, ``0.5``, ``1.0e-4``, ``true``,
+    ``null``, ``[10, 20]``, ``{n_experts: 2}``); a number that YAML 1.1 leaves as text
+    (``1e-4``) is read as a number.
+
+    Raises:
+        ConfigError: a setting without ``=`` or with an empty key, or a value that is not YAML.
+
+    Example:
+        >>> parse_settings(["train.epochs=1", "evaluate.ks=[10, 20]"])
+        {'train.epochs': 1, 'evaluate.ks': [10, 20]}
+    """
+    out: dict[str, Any] = {}
+    for text in settings:
+        key, eq, value = text.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise ConfigError(
+                f"--set takes KEY=VALUE with a dotted key such as train.epochs=1; got {text!r}"
+            )
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: {value!r} is not a YAML value ({e})") from None
+        if isinstance(parsed, str) and _NUMBER.fullmatch(parsed.strip()):
+            parsed = float(parsed)
+        out[key] = parsed
+    return out
+
+
+# a number in exponent form that YAML 1.1 reads as text (1e-4, 5E3)
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    """Set ``a.b.c`` in a raw (unvalidated) mapping, making the missing sections on the way;
+    a list is entered by index (``tasks.0.weight``). Keys the schema does not know are left
+    for validation to refuse (it names the key and the ones allowed)."""
+    node: Any = raw
+    *parents, leaf = dotted.split(".")
+    for depth, key in enumerate(parents):
+        where = ".".join(parents[: depth + 1])
+        if isinstance(node, list):
+            node = node[_index(key, node, where, dotted, path)]
+        else:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            node = child
+        if not isinstance(node, dict | list):
+            raise ConfigError(
+                f"cannot set '{dotted}': '{where}' is a value ({node!r}), not a section",
+                file=path,
+            )
+    if isinstance(node, list):
+        node[_index(leaf, node, dotted, dotted, path)] = value
+    else:
+        node[leaf] = value
+
+
+def _index(key: str, node: list[Any], where: str, dotted: str, path: Path) -> int:
+    if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
+        raise ConfigError(
+            f"cannot set '{dotted}': '{where}' indexes a list of {len(node)} entries "
+            f"(0..{len(node) - 1})",
+            file=path,
+        )
+    return int(key)
+
+
+def _message(error: ConfigError) -> str:
+    """A ConfigError's own words, without the 'In FILE: ' prefix it adds."""
+    return str(error).removeprefix(f"In {error.file}: ")
 
 
 def check_config(path: str | Path) -> dict[str, Any]:
