@@ -7,8 +7,11 @@ candidates, move the two-tower query towards them, boost similar items in the re
 (for excluded behaviors such as buys) filter them out. :class:`LiveEvents` is one shopper's
 share of it, as a request reads it.
 
-It is thread-safe; the HTTP service fills it from its SQLite event store at start-up and shares
-one log between the recommenders it swaps in on reload.
+It is thread-safe and in memory, for one process (the Python API, ``shoprec recommend``). The
+HTTP service hands its recommenders :class:`shoprec.serve.store.StoredSessions` instead, the
+same interface over its SQLite event store: each read is a query, so every worker process
+of ``shoprec serve --workers N`` sees every acknowledged event, and a forgotten shopper's
+events are gone for all of them at once.
 
 Example:
     >>> log = SessionLog(max_events=3)

@@ -31,10 +31,18 @@ OpenAPI document.
 
 The artifact is loaded in the lifespan. Every request reads the current recommender once and
 uses that object to the end, so a reload (which builds the new one off the event loop, then
-swaps one reference) never drops or mixes a request. Live events go to the shared
-:class:`~shoprec.recommend.SessionLog`, which survives reloads and is refilled from the store
-at start-up; stock set and products added through the API are applied again after a reload.
-Write and admin endpoints need the ``X-API-Key`` header.
+swaps one reference) never drops or mixes a request. Stock set and products added through
+the API are applied again after a reload. Write and admin endpoints need the ``X-API-Key``
+header.
+
+Several worker processes (``shoprec serve --workers N``, :func:`worker_app`) serve one
+SQLite store alike, because the store holds the live state (see :mod:`shoprec.serve.store`):
+live events are read from it per request (:class:`~shoprec.serve.store.StoredSessions`),
+and every change of the served state (reload, stock, products added, a shopper forgotten) is
+a numbered row that each worker applies, in order, before it answers its next request
+(:meth:`Service.sync`). Every answer names its worker in ``X-Shoprec-Worker`` (the process
+id); ``/metrics`` counts the requests of the worker that answers (see
+:mod:`shoprec.serve.metrics`).
 
 Example:
     >>> app = create_app(ServeConfig("runs/sim_mmoe", api_key="secret"))  # doctest: +SKIP
@@ -44,7 +52,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -63,6 +74,8 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import shoprec
 from shoprec.artifact import Artifact
@@ -79,11 +92,15 @@ from shoprec.serve import inventory
 from shoprec.serve import schemas as s
 from shoprec.serve.limits import BodyLimit, ConcurrencyLimit, RateLimit
 from shoprec.serve.metrics import Metrics, MetricsMiddleware
-from shoprec.serve.store import EventStore
+from shoprec.serve.store import Change, EventStore, StoredSessions
 
 log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
+WORKER_HEADER = "X-Shoprec-Worker"
+#: The environment variable through which ``shoprec serve --workers N`` hands each worker
+#: process its :class:`ServeConfig` (JSON; see :func:`worker_app`).
+CONFIG_ENV = "SHOPREC_SERVE_CONFIG"
 STATIC = resources.files("shoprec.serve") / "static"
 
 
@@ -134,6 +151,8 @@ class ServeConfig:
         limits: request size, concurrency and cost limits (:class:`ServeLimits`).
         artifact_root: ``POST /admin/reload`` loads only artifacts inside this folder (403
             otherwise); None: the folder holding ``artifact`` at start-up.
+        epoch: the ``start`` change (:meth:`EventStore.begin_epoch`) whose later changes this
+            worker replays at start-up; None: the app marks a start itself (one process).
     """
 
     artifact: str | Path
@@ -145,11 +164,36 @@ class ServeConfig:
     private_reads: bool = True
     limits: ServeLimits = field(default_factory=ServeLimits)
     artifact_root: str | Path | None = None
+    epoch: int | None = None
+
+    def to_json(self) -> str:
+        """This config as JSON (what a worker process is handed)."""
+        data = {k: v for k, v in self.__dict__.items() if k not in ("recommender", "limits")}
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+        data["limits"] = dict(self.limits.__dict__)
+        if self.recommender is not None:
+            data["recommender"] = dict(self.recommender.__dict__)
+        return json.dumps(data, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        """The config :meth:`to_json` wrote."""
+        data = json.loads(text)
+        data["limits"] = ServeLimits(**data.get("limits", {}))
+        if data.get("recommender") is not None:  # JSON lists back to the tuples they were
+            fields = data["recommender"].items()
+            data["recommender"] = RecommenderConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in fields}
+            )
+        return cls(**data)
 
 
 @dataclass
 class Service:
-    """What the running app holds; ``recommender`` is swapped on reload."""
+    """What the running app holds; ``recommender`` is swapped on reload.
+
+    ``applied`` is the number of the last change of the store (:mod:`shoprec.serve.store`)
+    this worker has applied; :meth:`sync` applies newer ones, :meth:`changing` makes one."""
 
     config: ServeConfig
     recommender: Recommender
@@ -160,6 +204,56 @@ class Service:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     explaining: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)
     explain_rate: RateLimit = field(default_factory=lambda: RateLimit(30))
+    applied: int = 0
+
+    async def sync(self) -> None:
+        """Apply the changes other workers made since the last one applied here (none: one
+        indexed read). Requests wait for it: a forgotten shopper or a new model is never
+        served stale by a worker that has not caught up."""
+        if self.store.last_change() <= self.applied:
+            return
+        async with self.reload_lock:
+            await asyncio.to_thread(self._catch_up)
+
+    def _catch_up(self, lock: bool = True) -> None:
+        """Apply pending changes in order (``lock``: with the store's change lock held
+        shared, so that no artifact is rewritten while it loads)."""
+        with self.store.change_lock(exclusive=False) if lock else contextlib.nullcontext():
+            for change in self.store.changes_since(self.applied):
+                self._apply(change)
+                self.applied = change.id
+
+    def _apply(self, change: Change) -> None:
+        rec, p = self.recommender, change.payload
+        if change.kind in ("start", "reload", "forget"):  # start: another run of the service
+            path = Path(p["artifact"])
+            new = _load(path, self.config, self.sessions)
+            _carry_over(rec, new)
+            self.recommender, self.config.artifact = new, path
+        elif change.kind == "stock":
+            rec.set_stock(p["stock"])
+        elif change.kind == "catalog":
+            _add_missing(rec, pl.DataFrame(p["items"]))
+        log.info("worker %d applied change %d (%s) of %d", os.getpid(), change.id, change.kind,
+                 change.pid)  # fmt: skip
+
+    @asynccontextmanager
+    async def changing(self) -> AsyncIterator[None]:
+        """Make a change of the served state: this worker's reload lock and the store's
+        exclusive change lock are held and every earlier change is applied first; record
+        the change inside (:meth:`record`)."""
+        async with self.reload_lock:
+            lock = self.store.change_lock(exclusive=True)
+            await asyncio.to_thread(lock.__enter__)
+            try:
+                await asyncio.to_thread(self._catch_up, False)
+                yield
+            finally:
+                lock.__exit__(None, None, None)
+
+    def record(self, kind: str, payload: dict[str, Any]) -> None:
+        """Store a change made here (inside :meth:`changing`) for the other workers."""
+        self.applied = self.store.record_change(kind, payload)
 
 
 def _load(path: Path, config: ServeConfig, sessions: SessionLog) -> Recommender:
@@ -182,6 +276,61 @@ def _inside_root(svc: Service, asked: str | None) -> Path:
             "inside it (serve --artifact-root sets it)",
         )
     return real
+
+
+def _add_missing(rec: Recommender, items: pl.DataFrame) -> None:
+    """Products added at run time by another worker (or before a restart), less those the
+    model already has."""
+    items = items.filter(~pl.col("item").is_in(rec.items))
+    if items.height:
+        try:
+            rec.add_items(items)
+        except CatalogError as e:
+            log.warning("%d products added at run time are dropped: %s", items.height, e)
+
+
+def _replay(
+    store: EventStore, epoch: int, config: ServeConfig, sessions: SessionLog
+) -> tuple[Recommender, int]:
+    """A worker's start: the model the changes since ``epoch`` end with (the last start,
+    reload or forget names it), then the stock levels and products added since, in order;
+    returns it and the number of the last change applied."""
+    changes = store.changes_since(epoch - 1)
+    models = [c for c in changes if c.kind in ("start", "reload", "forget")]
+    path = Path(models[-1].payload["artifact"]) if models else Path(config.artifact)
+    rec = _load(path, config, sessions)
+    config.artifact = path
+    for c in changes:
+        if c.kind == "stock":
+            rec.set_stock(c.payload["stock"])
+        elif c.kind == "catalog":
+            _add_missing(rec, pl.DataFrame(c.payload["items"]))
+    return rec, max([epoch, *(c.id for c in changes)])
+
+
+class WorkerMiddleware:
+    """Before each request: apply the store's newer changes (:meth:`Service.sync`); after:
+    name the worker process in ``X-Shoprec-Worker``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.header = (WORKER_HEADER.lower().encode(), str(os.getpid()).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        svc: Service | None = getattr(scope["app"].state, "service", None)
+        if svc is not None:
+            await svc.sync()
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_named)
 
 
 def _carry_over(old: Recommender, new: Recommender) -> None:
@@ -304,9 +453,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         artifact = Path(config.artifact)
         store = EventStore(config.db or artifact / "events.sqlite")
-        sessions = SessionLog(config.session_events)
-        sessions.extend(store.recent(config.session_events))
-        rec = await asyncio.to_thread(_load, artifact, config, sessions)
+        sessions = StoredSessions(store, config.session_events)  # the store is the log
+        epoch = config.epoch if config.epoch is not None else store.begin_epoch(artifact)
+        rec, applied = await asyncio.to_thread(_replay, store, epoch, config, sessions)
         app.state.service = Service(
             config,
             rec,
@@ -316,10 +465,12 @@ def create_app(config: ServeConfig) -> FastAPI:
             api_key,
             explaining=asyncio.Semaphore(limits.max_explaining),
             explain_rate=RateLimit(limits.anonymous_explains_per_minute),
+            applied=applied,
         )
         log.info(
-            "serving %s (%s recipe, %s, %d items); %d stored events",
-            artifact, rec.scorer.recipe, rec.model_name, rec.n_items, store.count(),
+            "worker %d serving %s (%s recipe, %s, %d items); %d stored events",
+            os.getpid(), config.artifact, rec.scorer.recipe, rec.model_name, rec.n_items,
+            store.count(),
         )  # fmt: skip
         try:
             yield
@@ -347,6 +498,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # innermost: a request that got its turn applies other workers' changes first
+    app.user_middleware.append(Middleware(WorkerMiddleware))
 
     def error_response(
         status: int,
@@ -620,8 +773,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         recommendation uses it. An unknown item is stored but cannot change the list."""
         ts = time.time() if event.timestamp is None else event.timestamp
         uid = svc.recommender.user_key(event.user)  # stored as the artifact knows it
+        # committed (and synced) before the answer; every worker's next read sees it
         row = svc.store.append(uid, event.item, event.behavior.value, event.quantity, ts)
-        svc.sessions.add(uid, event.item, event.behavior.value, ts)
         svc.metrics.inc(
             "shoprec_events_total", "Events stored, by behavior.", behavior=event.behavior.value
         )
@@ -638,10 +791,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         tags=["admin"],
         responses=errors(400, 401, 403, 422),
     )
-    def put_stock(svc: Svc, body: s.StockIn) -> s.StockOut:
+    async def put_stock(svc: Svc, body: s.StockIn) -> s.StockOut:
         """Set live stock levels; items at 0 are no longer recommended. All or nothing: the
         whole body is checked (ids, 0 <= stock <= 1e9) before any level is written."""
-        unknown = svc.recommender.set_stock(body.stock)
+        async with svc.changing():
+            unknown = svc.recommender.set_stock(body.stock)
+            svc.record("stock", {"stock": body.stock})
         return s.StockOut(updated=len(body.stock) - len(unknown), unknown=unknown)
 
     @app.post(
@@ -661,7 +816,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         frame = frame.select(
             [c for c in frame.columns if c == "item" or frame[c].null_count() < frame.height]
         )
-        async with svc.reload_lock:  # a reload carries over what the current model holds
+        async with svc.changing():  # a reload carries over what the current model holds
             rec = svc.recommender
             try:
                 added = await asyncio.to_thread(rec.add_items, frame)
@@ -669,6 +824,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 raise HTTPException(409, str(e)) from e
             except CatalogError as e:
                 raise HTTPException(422, str(e)) from e
+            svc.record("catalog", {"items": frame.to_dicts()})
         svc.metrics.inc("shoprec_products_added_total", "Products added at run time.", len(added))
         return s.CatalogOut(added=added, items=rec.n_items, new_items=len(rec.new_items()))
 
@@ -685,7 +841,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         and products added through the API, and live events, carry over."""
         path = _inside_root(svc, body.artifact if body and body.artifact else None)
         start = time.perf_counter()
-        async with svc.reload_lock:
+        async with svc.changing():
             try:  # every file is checked against the manifest first; nothing is written
                 rec = await asyncio.to_thread(_load, path, svc.config, svc.sessions)
             except Exception as e:  # a broken artifact is the caller's 4xx, never a 500
@@ -694,6 +850,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             await asyncio.to_thread(_carry_over, svc.recommender, rec)
             svc.recommender = rec  # the swap: one reference, atomic for every reader
             svc.config.artifact = path
+            svc.record("reload", {"artifact": str(path)})  # the other workers load it too
         svc.metrics.inc("shoprec_reloads_total", "Model reloads.", outcome="ok")
         log.info("reloaded %s in %.1f s", path, time.perf_counter() - start)
         return s.ReloadOut(
@@ -718,10 +875,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         reloaded from the rewritten artifact; they are an unknown shopper from now on."""
         from shoprec.forget import forget_users
 
-        async with svc.reload_lock:
+        async with svc.changing():
             uid = svc.recommender.user_key(user)
-            events = await asyncio.to_thread(svc.store.forget, uid)
-            live = svc.sessions.forget(uid)
+            live = len(svc.sessions.recent(uid))
+            events = await asyncio.to_thread(svc.store.forget, uid)  # gone for every worker
             path = Path(svc.config.artifact)
             try:
                 report = await asyncio.to_thread(forget_users, path, [uid])
@@ -735,6 +892,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 ) from e
             await asyncio.to_thread(_carry_over, svc.recommender, rec)
             svc.recommender = rec
+            svc.record("forget", {"artifact": str(path), "user": uid})  # others reload it
         svc.metrics.inc("shoprec_forgotten_users_total", "Shoppers forgotten.")
         return s.ForgetOut(
             user=user,
@@ -794,3 +952,20 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.include_router(inventory.router)  # GET /forecast/{item}, GET /inventory/reorder
     app.mount("/ui", StaticFiles(directory=str(STATIC), html=True), name="ui")
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of ``shoprec serve --workers N`` (uvicorn's app
+    factory): its :class:`ServeConfig` comes from the ``SHOPREC_SERVE_CONFIG`` environment
+    variable (:meth:`ServeConfig.to_json`), written by the parent process, which also
+    marked the start (:meth:`EventStore.begin_epoch`) every worker replays from."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise RuntimeError(f"worker_app needs {CONFIG_ENV} (shoprec serve --workers sets it)")
+    config = ServeConfig.from_json(text)
+    threads = int(os.environ.get("SHOPREC_SERVE_THREADS", "1"))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return create_app(config)
