@@ -948,13 +948,24 @@ def serve(
         float,
         typer.Option(envvar="SHOPREC_QUEUE_TIMEOUT", help="Seconds a request may wait (503)."),
     ] = 0.05,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="SHOPREC_WORKERS",
+            help="Worker processes on the one port (each loads the model; all share the "
+            "event store, so each sees every event, reload, stock level and forget).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve recommendations over HTTP, with a web page at /ui/ and API docs at /docs.
 
     Every file of the artifact is checked against its manifest first (exit 2 naming a
     missing, truncated or changed one). Serving never writes into the artifact: retrieval
     files it lacks are built into a cache folder ($SHOPREC_CACHE, default ~/.cache/shoprec);
-    --rebuild builds them into the artifact (and its manifest)."""
+    --rebuild builds them into the artifact (and its manifest). With --workers N, N processes
+    answer on the port; live events and every change (reload, stock, products, forget) go
+    through the SQLite event store, so any worker's next answer reflects them."""
     import uvicorn
 
     from shoprec.recommend import Retrieval, build_retrieval
@@ -997,19 +1008,46 @@ def serve(
         max_queue=max_queue,
         queue_timeout=queue_timeout,
     )
-    app_ = create_app(
-        ServeConfig(
-            artifact,
-            db=db,
-            api_key=api_key,
-            recommender=rec_cfg,
-            artifact_root=artifact_root,
-            read_key=read_key,
-            private_reads=not open_reads,
-            limits=limits,
-        )
+    config = ServeConfig(
+        artifact,
+        db=db,
+        api_key=api_key,
+        recommender=rec_cfg,
+        artifact_root=artifact_root,
+        read_key=read_key,
+        private_reads=not open_reads,
+        limits=limits,
     )
-    uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
+    if workers == 1:
+        app_ = create_app(config)
+        uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
+        return
+    import os
+    import secrets
+
+    from shoprec.serve.app import CONFIG_ENV
+    from shoprec.serve.store import EventStore
+
+    if not api_key:  # one key for every worker
+        config.api_key = secrets.token_urlsafe(18)
+        err.print(f"write and admin endpoints accept X-API-Key={config.api_key}")
+    config.artifact = artifact.resolve()
+    config.db = (db or artifact / "events.sqlite").resolve()
+    store = EventStore(config.db)  # the workers replay the changes from this start
+    config.epoch = store.begin_epoch(config.artifact)
+    store.close()
+    os.environ[CONFIG_ENV] = config.to_json()
+    os.environ["SHOPREC_SERVE_THREADS"] = str(threads)
+    err.print(f"{workers} worker processes share the event store {config.db}")
+    uvicorn.run(
+        "shoprec.serve.app:worker_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point
