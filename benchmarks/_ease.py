@@ -88,9 +88,12 @@ class EASE:
         k.diagonal().add_(self.lam)
         kinv = torch.cholesky_inverse(torch.linalg.cholesky(k)).numpy()
         del k
-        kx = np.asarray((xd.T @ kinv).T)  # (users, m) = K^-1 X; X sparse, so U * nnz flops
-        g = np.asarray(xd.multiply(kx).sum(axis=0)).ravel()
-        del kx
+        # g_j = x_j^T K^-1 x_j, by blocks of items: K^-1 X costs users * nnz flops (X sparse)
+        xc = xd.tocsc()
+        g = np.zeros(xs.shape[1])
+        for lo in range(0, xs.shape[1], 4096):
+            block = xc[:, lo : lo + 4096]
+            g[lo : lo + 4096] = np.asarray(block.multiply((block.T @ kinv).T).sum(axis=0)).ravel()
         # scoring in float32 (g, the one cancellation-prone quantity, came out in float64)
         self._x, self._kinv = xs.astype(np.float32).tocsr(), kinv.astype(np.float32)
         self._diag = np.maximum(1.0 - g, 1e-12).astype(np.float32)

@@ -56,6 +56,25 @@ def test_ease_scores_and_the_items_it_leaves_out() -> None:
         EASE(0.0)
 
 
+def test_ease_dual_form_equals_the_primal_over_every_item() -> None:
+    """Fewer users than items: the Woodbury (user-space) form gives the primal's scores, for
+    users of the fitted matrix (``rows``) and for new rows; an unseen item stays below."""
+    x = random_matrix(2, users=12, items=30)
+    x[:, 5] = 0
+    x.eliminate_zeros()
+    primal = EASE(3.0, max_items=10**6).fit(x)
+    dual = EASE(3.0).fit(x)
+    assert primal.weights is not None and dual.weights is None and dual._kinv is not None
+    np.testing.assert_allclose(dual.score(x[:4]), primal.score(x[:4]), rtol=1e-4, atol=1e-5)
+    rows = np.array([1, 7])
+    np.testing.assert_allclose(dual.score(x[rows], rows=rows), primal.score(x[rows]),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    new = random_matrix(3, users=3, items=30)
+    s = dual.score(new)
+    np.testing.assert_allclose(s, primal.score(new), rtol=1e-4, atol=1e-5)
+    assert (s[:, 5] < np.delete(s, 5, axis=1).min(1)).all()
+
+
 def test_itemknn_cosine_top_k_by_hand() -> None:
     # users x items: item 0 bought by all three users, item 1 by users 0 and 2, item 2 by 1
     x = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 1], [1, 1, 0]], dtype=np.float32))
