@@ -141,12 +141,17 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean(hits) / k)
 
 
-def exact_top(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
-    """``(Q, k)`` indices of the largest inner products, best first (exhaustive)."""
-    sims = queries.astype(np.float32) @ vectors.astype(np.float32).T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, 1)
+def exact_top(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 64) -> np.ndarray:
+    """``(Q, k)`` indices of the largest inner products, best first (exhaustive; ``chunk``
+    queries at a time, so 1M items need ``chunk`` x 4 MB, not Q x 4 MB)."""
+    vectors = vectors.astype(np.float32)
+    out = []
+    for i in range(0, len(queries), chunk):
+        sims = queries[i : i + chunk].astype(np.float32) @ vectors.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
+        out.append(np.take_along_axis(top, order, 1))
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- artifacts
