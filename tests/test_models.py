@@ -498,6 +498,13 @@ CASES: dict[str, Case] = {
         save_history_encoder,
         load_history_encoder,
     ),
+    "history_encoder_full_softmax": Case(  # Mult-DAE likelihood, own output table
+        lambda seed: build_history_encoder(seed, encoder="mean", loss="full", tied=False),
+        cross_domain_batch,
+        multitask_shapes,
+        save_history_encoder,
+        load_history_encoder,
+    ),
     "two_tower": Case(
         build_two_tower,
         two_tower_batch,

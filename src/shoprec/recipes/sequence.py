@@ -108,6 +108,7 @@ class SequenceOptions(RecipeOptions):
     max_history: int = Field(50, gt=0)  # history items per user (newest, or a random subset)
     rows: Literal["pairs", "bags"] = "pairs"  # a row per pair, or per (user, domain) bag
     init: Literal["random", "svd"] = "random"  # item tables; svd: co-occurrence factors
+    svd_power: float = Field(0.0, ge=0.0, le=1.0)  # svd: item factors V diag(s)^power
     model: dict[str, Any] = Field(default_factory=dict)  # HistoryEncoderConfig fields
     blend: tuple[float, ...] = (0.0,)  # neighbour shares tried on validation
     neighbours: NeighbourOptions = Field(default_factory=NeighbourOptions)
@@ -431,12 +432,14 @@ class SequenceScorer(Scorer):
                    f["order"].to_numpy(), model, nb)  # fmt: skip
 
 
-def svd_init(model: HistoryEncoder, pairs: Pairs, n_users: int, n_items: int) -> None:
+def svd_init(
+    model: HistoryEncoder, pairs: Pairs, n_users: int, n_items: int, power: float = 0.0
+) -> None:
     """Item tables from the top singular vectors of the binary user x item matrix ``X``
-    (``V sqrt(S)``, rows scaled to mean norm 1: PureSVD's item factors, Cremonesi et al.,
-    RecSys 2010), and the encoder's residual MLP silenced (its last layer zero), so that
-    before training a user ranks items by ``<mean of their items' factors, item factor>``,
-    a low-rank item-item model; training starts from there."""
+    (``V diag(s)^power``, rows scaled to mean norm 1; power 0: PureSVD's ``x V V^T``,
+    Cremonesi et al., RecSys 2010), and the encoder's residual MLP silenced (its last layer
+    zero), so that before training a user ranks items by ``<mean of their items' factors,
+    item factor>``, a low-rank item-item model; training starts from there."""
     from scipy.sparse.linalg import svds
 
     dim = model.item_embedding.weight.shape[1]
@@ -448,7 +451,7 @@ def svd_init(model: HistoryEncoder, pairs: Pairs, n_users: int, n_items: int) ->
         return
     _, s, vt = svds(x, k=k, random_state=0)
     emb = np.zeros((n_items, dim), dtype=np.float32)
-    emb[:, :k] = vt.T * np.sqrt(s)
+    emb[:, :k] = vt.T * s**power
     norm = np.linalg.norm(emb, axis=1)
     emb /= max(float(norm[norm > 0].mean()) if (norm > 0).any() else 1.0, 1e-12)
     emb[0] = 0.0
@@ -537,7 +540,7 @@ class SequenceRecipe(Recipe):
         counts = np.bincount(fit_pairs.i, minlength=index.n_items + 1)
         model.set_item_frequency(counts)
         if o.init == "svd":
-            svd_init(model, fit_pairs, index.n_users + 1, index.n_items + 1)
+            svd_init(model, fit_pairs, index.n_users + 1, index.n_items + 1, o.svd_power)
         settings: dict[str, Any] = {
             "method": o.method, "domains": domains, "by_domain": by_domain,
             "sequential": bool(sequential), "max_history": o.max_history, "dim": o.dim,
