@@ -101,11 +101,12 @@ def _config(folder: Path, batch: int) -> Any:
     return load_config(path)
 
 
-def stage(name: str, folder: Path, events: int, batch: int) -> dict[str, Any]:
+def stage(
+    name: str, folder: Path, events: int, batch: int, stream: str = "shards", max_shards: int = 0
+) -> dict[str, Any]:
     """Run one stage in this process; return its numbers."""
     import torch
 
-    import shoprec.experiment as ex
     from shoprec import recipes
     from shoprec.train import distributed
     from shoprec.train.loop import fit
@@ -121,31 +122,58 @@ def stage(name: str, folder: Path, events: int, batch: int) -> dict[str, Any]:
         return {"seconds": time.perf_counter() - t0, "peak_mib": _rss_mib(), "base_mib": base}
     cfg = _config(folder, batch)
     recipe = recipes.get(cfg.recipe.name)(cfg)
-    ds = ex.load_dataset(cfg.data)
-    split = ex.make_split(ds, cfg.split, recipe.target)
-    data = recipe.prepare(ds, split)
+    if stream == "shards":  # events scanned lazily, rows written as Parquet shards
+        data = recipe.prepare_files(folder)
+        n_events = _count_events(folder)
+    else:  # the in-memory path: every event and every training row in memory
+        import shoprec.experiment as ex
+
+        ds = ex.load_dataset(cfg.data)
+        split = ex.make_split(ds, cfg.split, recipe.target)
+        data = recipe.prepare(ds, split)
+        n_events = ds.interactions.df.height
+        del ds, split
     out: dict[str, Any] = {
-        "events": ds.interactions.df.height,
+        "events": n_events,
         "train_rows": len(data.train),
+        "stream": stream,
         "prepare_seconds": time.perf_counter() - t0,
         "prepare_peak_mib": _rss_mib(),  # the high-water mark so far: preparing's peak
     }
     if name == "epoch":
-        del ds, split
         torch.manual_seed(0)
         model = recipe.build_model(data)
-        result = fit(model, data.train, None, cfg.train.train_config(progress=False))
+        train = data.train
+        if max_shards and hasattr(train, "head") and train.n_shards > max_shards:
+            train = train.head(max_shards)  # time part of the epoch, extrapolate the rest
+        cpu0 = time.process_time()
+        result = fit(model, train, None, cfg.train.train_config(progress=False))
+        cpu = time.process_time() - cpu0  # this process's CPU seconds in fit
         ctx = distributed.setup("cpu")
+        (cpu_all,) = distributed.all_reduce_sum([cpu], ctx)  # over every rank
         out.update(
-            epoch_seconds=result.train_seconds,
+            cpu_seconds_per_1k_samples=1000 * cpu_all / max(len(train), 1),
+            epoch_rows=len(train),
+            epoch_seconds=result.train_seconds * len(data.train) / max(len(train), 1),
+            measured_seconds=result.train_seconds,
             samples_per_second=result.samples_per_second,
             processes=ctx.world_size,
+            params=sum(p.numel() for p in model.parameters()),
         )
         distributed.shutdown()
         if ctx.rank > 0:
             return {}
     out.update(seconds=time.perf_counter() - t0, peak_mib=_rss_mib(), base_mib=base)
     return out
+
+
+def _count_events(folder: Path) -> int:
+    import polars as pl
+
+    from shoprec.data.partitioned import scan_events
+
+    lf = scan_events(folder / "interactions.parquet")
+    return int(lf.select(pl.len()).collect(engine="streaming").item())
 
 
 # --------------------------------------------------------------------------- driver
@@ -184,16 +212,34 @@ def _cores() -> str:
     return f"{os.cpu_count()} x {name}"
 
 
-def run(sizes: list[int], ddp_events: int, batch: int, work: Path) -> dict[str, Any]:
+def run(
+    sizes: list[int],
+    ddp_events: int,
+    batch: int,
+    work: Path,
+    *,
+    stream: str = "shards",
+    max_shards: int = 0,
+    reuse: bool = False,
+    ddp_shards: int = 0,
+) -> dict[str, Any]:
     rows = []
+    opts = ["--stream", stream, "--batch", str(batch)]
     for n in sizes:
         folder = work / f"shop-{n}"
-        shutil.rmtree(folder, ignore_errors=True)
-        common = ["--folder", str(folder), "--events", str(n), "--batch", str(batch)]
-        print(f"[scale] {n:,} events: simulate", flush=True)
-        sim = _child(["--stage", "simulate", *common])
+        saved = folder / "simulate.json"
+        common = ["--folder", str(folder), "--events", str(n), *opts]
+        if reuse and saved.exists():  # simulated earlier by this script (its numbers kept)
+            sim = json.loads(saved.read_text())
+            print(f"[scale] {n:,} events: simulated earlier ({sim['seconds']:.1f} s)", flush=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"[scale] {n:,} events: simulate", flush=True)
+            sim = _child(["--stage", "simulate", *common])
+            saved.write_text(json.dumps(sim))
         print(f"[scale] {n:,} events: prepare + epoch ({sim['seconds']:.1f} s)", flush=True)
-        ep = _child(["--stage", "epoch", *common])
+        shards = ["--max-shards", str(max_shards)] if max_shards else []
+        ep = _child(["--stage", "epoch", *common, *shards])
         prep = {"prepare_seconds": ep["prepare_seconds"], "peak_mib": ep["prepare_peak_mib"]}
         prep["base_mib"] = ep["base_mib"]
         print(f"[scale] {n:,} events: {ep['samples_per_second']:,.0f} samples/s", flush=True)
@@ -201,16 +247,18 @@ def run(sizes: list[int], ddp_events: int, batch: int, work: Path) -> dict[str, 
         rows.append(
             dict(target_events=n, users=users, items=items, simulate=sim, prepare=prep, epoch=ep)
         )
-        if n != ddp_events:
+        if n != ddp_events and not reuse:
             shutil.rmtree(folder, ignore_errors=True)
-    folder = work / f"shop-{ddp_events}"
-    if not folder.exists():
-        _child(["--stage", "simulate", "--folder", str(folder), "--events", str(ddp_events)])
-    common = ["--stage", "epoch", "--folder", str(folder), "--events", str(ddp_events)]
-    ddp = {}
-    for p in (1, 2):
-        print(f"[scale] {ddp_events:,} events: epoch with {p} process(es)", flush=True)
-        ddp[p] = _child([*common, "--batch", str(batch)], nproc=p)
+    ddp: dict[int, Any] = {}
+    if ddp_events:
+        folder = work / f"shop-{ddp_events}"
+        if not (folder / "interactions.parquet").exists():
+            _child(["--stage", "simulate", "--folder", str(folder), "--events", str(ddp_events)])
+        common = ["--stage", "epoch", "--folder", str(folder), "--events", str(ddp_events)]
+        common += [*opts, *(["--max-shards", str(ddp_shards)] if ddp_shards else [])]
+        for p in (1, 2):
+            print(f"[scale] {ddp_events:,} events: epoch with {p} process(es)", flush=True)
+            ddp[p] = _child(common, nproc=p)
     return {"rows": rows, "ddp": ddp, "ddp_events": ddp_events, "batch": batch}
 
 
@@ -250,91 +298,114 @@ def _markdown(res: dict[str, Any], command: str, cores: str, seconds: float) -> 
     if res.get("commit"):  # rendered again from scale.json: the run's date and code
         head = [f"- date: {res['date']}" if h.startswith("- date:") else h for h in head]
         head = [f"- code: commit {res['commit']}" if h.startswith("- code:") else h for h in head]
+    stream = rows[0]["epoch"].get("stream", "memory") if rows else "memory"
+    how = (
+        "events scanned lazily and streamed into buckets of users, training rows written as "
+        "Parquet shards of 1M rows and trained one shard at a time (`train.stream: shards`, "
+        "`PairsRecipe.prepare_files`)"
+        if stream == "shards"
+        else "every event and training row in memory (`train.stream: memory`)"
+    )
     lines = [
         "## Scale: events against time and memory; 1 vs 2 training processes",
         "",
         *head,
         f"- cores: {cores}; whole run {seconds:.0f} s wall, {cpu:.0f} s CPU in its processes",
+        f"- preparing: {how}",
         "- each stage a fresh process, peak RSS = its VmHWM; a process that only imported "
-        f"torch and shoprec holds {rows[0]['prepare']['base_mib']:.0f} MiB of it",
+        f"torch and shoprec holds {rows[0]['prepare']['base_mib']:.0f} MiB of it"
+        if rows
+        else "",
         "",
         "| events | users | items | train rows | simulate s | simulate peak MiB | prepare s | "
         "prepare peak MiB | epoch s | samples/s | prepare + epoch peak MiB | load avg |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    partial = False
     for r in rows:
         s, p, e = r["simulate"], r["prepare"], r["epoch"]
+        part = e.get("epoch_rows", e["train_rows"]) < e["train_rows"]
+        partial |= part
         lines.append(
             f"| {e['events']:,} | {r['users'] or '-':,} | {r['items'] or '-':,} | "
             f"{e['train_rows']:,} | {s['seconds']:.1f} | {s['peak_mib']:.0f} | "
-            f"{p['prepare_seconds']:.1f} | {p['peak_mib']:.0f} | {e['epoch_seconds']:.1f} | "
-            f"{e['samples_per_second']:,.0f} | {e['peak_mib']:.0f} | "
+            f"{p['prepare_seconds']:.1f} | {p['peak_mib']:.0f} | {e['epoch_seconds']:.1f}"
+            f"{' *' if part else ''} | {e['samples_per_second']:,.0f} | {e['peak_mib']:.0f} | "
             f"{e['load_before']:.1f} -> {e['load_after']:.1f} |"
         )
+    if partial:
+        lines += [
+            "",
+            "\\* epoch time extrapolated: the first training shards were trained (one "
+            "thread) and timed, the epoch is rows / that rate; the peak is of that run (one "
+            "shard in memory at a time, the whole model and optimizer state)",
+        ]
     if res.get("notes"):
         lines += ["", *[f"- {note}" for note in res["notes"]]]
-    one, two = ddp[1], ddp[2]
-    ratio = two["samples_per_second"] / one["samples_per_second"]
-    lines += [
-        "",
-        f"1 vs 2 processes (torchrun, gloo, DistributedDataParallel, one thread each, global "
-        f"batch {res['batch']}) on the {one['events']:,}-event shop ({one['train_rows']:,} "
-        "training rows), one epoch:",
-        "",
-        "| processes | samples/s | epoch s | peak MiB (rank 0) | load avg before -> after |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for p, r in ((1, one), (2, two)):
-        lines.append(
-            f"| {p} | {r['samples_per_second']:,.0f} | {r['epoch_seconds']:.1f} | "
-            f"{r['peak_mib']:.0f} | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
-        )
-    lines += ["", f"Ratio 2 / 1 processes: **{ratio:.2f}x**.", ""]
-    busy = "; other jobs shared the cores" if two["load_before"] > 1 else ""
-    big = max(rows, key=lambda r: r["epoch"]["events"])
-    # the issue's reference is 1M events; without it, the smallest size run
-    ref = next((r for r in rows if r["target_events"] == 1_000_000), rows[0])
-    sps = big["epoch"]["samples_per_second"] / ref["epoch"]["samples_per_second"]
-    peak = big["epoch"]["peak_mib"] / 1024
-    per_m = (
-        (big["epoch"]["peak_mib"] - ref["epoch"]["peak_mib"])
-        / 1024
-        / max((big["epoch"]["events"] - ref["epoch"]["events"]) / 1e6, 1e-9)
-    )
-    at_50 = peak + per_m * (50 - big["epoch"]["events"] / 1e6)
-    quick = []
+    ratio = float("nan")
+    if ddp:
+        one, two = ddp[1], ddp[2]
+        ratio = two["samples_per_second"] / one["samples_per_second"]
+        lines += [
+            "",
+            f"1 vs 2 processes (torchrun, gloo, DistributedDataParallel, one thread each, "
+            f"global batch {res['batch']}) on the {one['events']:,}-event shop "
+            f"({one.get('epoch_rows', one['train_rows']):,} training rows timed), one epoch:",
+            "",
+            "| processes | samples/s | epoch s | peak MiB (rank 0) | load avg before -> after |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for p, r in ((1, one), (2, two)):
+            lines.append(
+                f"| {p} | {r['samples_per_second']:,.0f} | "
+                f"{r.get('measured_seconds', r['epoch_seconds']):.1f} | "
+                f"{r['peak_mib']:.0f} | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
+            )
+        lines += ["", f"Ratio 2 / 1 processes: **{ratio:.2f}x**.", ""]
+    lines += ["Targets:", ""]
     if res.get("quick_run"):
         q = res["quick_run"]
         ok = "met" if q["seconds"] < 300 else "missed"
-        quick = [
+        lines.append(
             f"- `--quick` under 5 minutes: {q['seconds']:.0f} s wall ({q['cpu_seconds']:.0f} s "
-            f"CPU) at load average {q['load']:.0f} on {os.cpu_count()} cores -> **{ok}** on this "
-            f"shared machine ({q['note']})"
-        ]
-    lines += [
-        "Targets:",
-        "",
-        *quick,
-        f"- 50M events prepared and one epoch under 8 GB: **missed** (not run): peak RSS of "
-        f"prepare + epoch grows linearly, {ref['epoch']['peak_mib'] / 1024:.2f} GiB at "
-        f"{ref['epoch']['events'] / 1e6:.1f}M events and {peak:.2f} GiB at "
-        f"{big['epoch']['events'] / 1e6:.1f}M ({per_m:.2f} GiB per million events), so 50M "
-        f"would need about {at_50:.0f} GiB, over the target and this machine's memory. "
-        "Preparing builds every training row in memory (the pairs recipe's negatives "
-        "included); the simulator itself stays small "
-        f"({big['simulate']['peak_mib'] / 1024:.2f} GiB at {big['epoch']['events'] / 1e6:.1f}M).",
-        f"- samples/s at the largest size within 20% of {ref['epoch']['events'] / 1e6:.1f}M "
-        f"events: {big['epoch']['samples_per_second']:,.0f} vs "
-        f"{ref['epoch']['samples_per_second']:,.0f} ({sps:.2f}x) -> "
-        f"**{'met' if sps >= 0.8 else 'missed'}** at {big['epoch']['events'] / 1e6:.1f}M "
-        "(50M not run).",
-        f"- 2 processes >= 1.6x of 1: {ratio:.2f}x -> **{'met' if ratio >= 1.6 else 'missed'}**"
-        f" (load average {two['load_before']:.1f} before the 2-process run on "
-        f"{os.cpu_count()} cores{busy}).",
-        "",
-        "![peak memory and time against events](scale.png)",
-    ]
-    return "\n".join(lines)
+            f"CPU) at load average {q['load']:.1f} on {os.cpu_count()} cores -> **{ok}** "
+            f"({q['note']})"
+        )
+    if rows:
+        big = max(rows, key=lambda r: r["epoch"]["events"])
+        ref = next((r for r in rows if r["target_events"] == 1_000_000), rows[0])
+        e_big, e_ref = big["epoch"], ref["epoch"]
+        millions = e_big["events"] / 1e6
+        peak_gb = e_big["peak_mib"] * 2**20 / 1e9
+        if big["target_events"] >= 50_000_000:
+            ok = "met" if peak_gb < 8 else "missed"
+            lines.append(
+                f"- 50M events prepared and one epoch with peak RSS under 8 GB: "
+                f"{peak_gb:.2f} GB ({e_big['peak_mib'] / 1024:.2f} GiB; prepare alone "
+                f"{big['prepare']['peak_mib'] / 1024:.2f} GiB) at {millions:.1f}M events -> "
+                f"**{ok}**"
+            )
+        else:
+            lines.append(
+                f"- 50M events under 8 GB: **not run** here; the largest size run, "
+                f"{millions:.1f}M events, peaked at {peak_gb:.2f} GB"
+            )
+        sps = e_big["samples_per_second"] / e_ref["samples_per_second"]
+        lines.append(
+            f"- training samples/s at {millions:.1f}M events within 20% of "
+            f"{e_ref['events'] / 1e6:.1f}M events: {e_big['samples_per_second']:,.0f} vs "
+            f"{e_ref['samples_per_second']:,.0f} ({sps:.2f}x) -> "
+            f"**{'met' if sps >= 0.8 else 'missed'}**"
+        )
+    if ddp:
+        busy = "; other jobs shared the cores" if ddp[2]["load_before"] > 1 else ""
+        lines.append(
+            f"- 2 processes >= 1.6x of 1: {ratio:.2f}x -> **{'met' if ratio >= 1.6 else 'missed'}**"
+            f" (load average {ddp[2]['load_before']:.1f} before the 2-process run on "
+            f"{os.cpu_count()} cores{busy})"
+        )
+    lines += ["", "![peak memory and time against events](scale.png)"]
+    return "\n".join(line for i, line in enumerate(lines) if line or i == 0 or lines[i - 1])
 
 
 def _latency_ms(index: Any, queries: Any, k: int) -> tuple[float, float]:
@@ -547,12 +618,30 @@ def main() -> None:
     ap.add_argument("--ann-kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw"])
     ap.add_argument("--no-ids", action="store_true", help="--part ann without vocabularies")
     ap.add_argument("--no-ann", action="store_true", help="--part ann: vocabularies only")
+    ap.add_argument(
+        "--stream",
+        choices=["shards", "memory"],
+        default="shards",
+        help="prepare and train through Parquet shards (default) or in memory",
+    )
+    ap.add_argument(
+        "--max-shards",
+        type=int,
+        default=0,
+        help="time one epoch's first N training shards and extrapolate the epoch",
+    )
+    ap.add_argument("--ddp-shards", type=int, default=0, help="--max-shards of 1 vs 2 processes")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep simulated shops in --work and reuse them (their simulate.json)",
+    )
     ap.add_argument("--stage", choices=["simulate", "prepare", "epoch"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--events", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.stage:
-        out = stage(a.stage, a.folder, a.events, a.batch)
+        out = stage(a.stage, a.folder, a.events, a.batch, a.stream, a.max_shards)
         if out:
             print(json.dumps(out), flush=True)
         return
@@ -560,6 +649,21 @@ def main() -> None:
         run_ann(a)
         return
     saved = Path(__file__).resolve().parent / "scale.json"
+    if a.merge:  # runs made separately (e.g. the largest size alone), one section
+        runs = [json.loads(Path(f).read_text()) for f in a.merge]
+        res = {**runs[-1], "rows": [], "ddp": {}, "notes": []}
+        for r in runs:
+            res["rows"] += r["rows"]
+            res["ddp"] = r["ddp"] or res["ddp"]
+            res["notes"] += r.get("notes", [])
+        res["rows"].sort(key=lambda r: r["target_events"])
+        res["seconds"] = sum(r["seconds"] for r in runs)
+        res["cpu_seconds"] = sum(r["cpu_seconds"] for r in runs)
+        res["command"] = "; ".join(r["command"] for r in runs)
+        res["commit"] = ", ".join(dict.fromkeys(r["commit"] for r in runs))
+        res["date"] = ", ".join(r["date"] for r in runs)
+        saved.write_text(json.dumps(res, indent=1))
+        a.report_only = True
     if a.report_only:
         from benchmarks._results import write_section
 
@@ -571,11 +675,20 @@ def main() -> None:
         print(md)
         return
     sizes = a.sizes or ([200_000, 1_000_000] if a.quick else [1_000_000, 5_000_000])
-    ddp_events = a.ddp_events or sizes[0]
+    ddp_events = a.ddp_events if a.ddp_events is not None else sizes[0]
     work = a.work or Path(tempfile.mkdtemp(prefix="shoprec-scale-"))
     start = time.perf_counter()
     try:
-        res = run(sizes, ddp_events, a.batch, work)
+        res = run(
+            sizes,
+            ddp_events,
+            a.batch,
+            work,
+            stream=a.stream,
+            max_shards=a.max_shards,
+            reuse=a.reuse,
+            ddp_shards=a.ddp_shards,
+        )
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -598,6 +711,8 @@ def main() -> None:
     )
     md = _markdown(res, command, res["cores"], seconds)
     print(md)
+    if a.save:
+        a.save.write_text(json.dumps(res, indent=1))
     if not a.no_write:
         from benchmarks._results import write_section
 

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from shoprec.data.batches import TensorData
+from shoprec.data.shards import ShardedData
 from shoprec.models import build_model
 from shoprec.models.features import CategoricalFeature, NumericFeature, Task
 from shoprec.train import distributed
@@ -66,10 +67,14 @@ def _train(
     resume: bool = False,
     strategy: str = "uncertainty",
     epochs: int = EPOCHS,
+    shards: str = "",
 ) -> tuple:
-    """One fit of the toy model (in this process, whatever its rank)."""
+    """One fit of the toy model (in this process, whatever its rank); on the training rows
+    written as Parquet shards in folder ``shards`` when given."""
     torch.set_num_threads(1)
     train, valid = _toy()
+    if shards:
+        train = ShardedData(shards)
     model = _model()
     calls = []
 
@@ -104,6 +109,7 @@ def _worker(
     resume: bool,
     strategy: str = "uncertainty",
     epochs: int = EPOCHS,
+    shards: str = "",
 ):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -115,7 +121,12 @@ def _worker(
     )
     try:
         model, uw, result = _train(
-            Path(ckpt), crash_at=crash or None, resume=resume, strategy=strategy, epochs=epochs
+            Path(ckpt),
+            crash_at=crash or None,
+            resume=resume,
+            strategy=strategy,
+            epochs=epochs,
+            shards=shards,
         )
         if rank == 0:
             _save(Path(out), model, uw, result)
@@ -139,13 +150,14 @@ def _spawn(
     resume: bool = False,
     strategy: str = "uncertainty",
     epochs: int = EPOCHS,
+    shards: str = "",
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # fork, not spawn: the children start with torch and shoprec already imported (seconds
     # saved per process); they run one thread each, so no OpenMP pool crosses the fork.
-    args = (2, port, str(out), str(ckpt), crash, resume, strategy, epochs)
+    args = (2, port, str(out), str(ckpt), crash, resume, strategy, epochs, shards)
     mp.start_processes(_worker, args=args, nprocs=2, join=True, start_method="fork")
 
 
@@ -210,6 +222,16 @@ def test_gradient_strategies_under_two_processes_train_what_one_process_trains(
     _save(tmp_path / "one", *_train(None, strategy=strategy, epochs=2))
     _spawn(tmp_path / "two", tmp_path / "ckpt", strategy=strategy, epochs=2)
     _assert_same(tmp_path / "two", tmp_path / "one", atol=5e-5, epochs=2)
+
+
+def test_two_processes_on_parquet_shards_train_what_one_process_trains(tmp_path: Path) -> None:
+    """The shard stream (data larger than memory) under DDP: each rank reads the shards in
+    the same seeded order and takes its half of every global batch."""
+    shards = ShardedData.write(_toy()[0], tmp_path / "shards", shard_rows=300, scatter=True)
+    assert shards.n_shards == 5
+    _save(tmp_path / "one", *_train(None, epochs=2, shards=str(shards.directory)))
+    _spawn(tmp_path / "two", tmp_path / "ckpt", epochs=2, shards=str(shards.directory))
+    _assert_same(tmp_path / "two", tmp_path / "one", atol=2e-5, epochs=2)
 
 
 def test_a_strategy_that_cannot_run_distributed_is_refused() -> None:

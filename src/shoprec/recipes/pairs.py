@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,9 +31,10 @@ import torch
 from pydantic import Field
 
 from shoprec.data.encode import OOV
+from shoprec.data.schema import Catalog, Users
 from shoprec.models import build_model, load_model, save_model
 from shoprec.models.base import MultiTaskModel, output_to_prediction
-from shoprec.pipeline import FeatureBuilder, RankingData, prepare_ranking
+from shoprec.pipeline import FeatureBuilder, RankingData, prepare_ranking, prepare_ranking_shards
 from shoprec.recipes.base import Recipe, RecipeOptions, Scorer, TrainingRun, positions_or_all
 from shoprec.train.loop import fit, predict
 
@@ -215,14 +217,118 @@ class PairsRecipe(Recipe):
                 f"tasks {missing} have no events in the training part (behaviors there: "
                 f"{sorted(present)}); set tasks: to behaviors the data has"
             )
-        return prepare_ranking(
-            dataset,
-            split,
-            behaviors,
+        kwargs: dict[str, Any] = dict(
             n_negatives=self.options.n_negatives,
             seed=self.config.train.train_config().seed,
             embedding_dim=self.config.model.embedding_dim,
             user_attributes=self.options.user_attributes,
+        )
+        if not self._use_shards(split.train.df.height):
+            return prepare_ranking(dataset, split, behaviors, **kwargs)
+        from shoprec.data.partitioned import split_frame
+
+        return self._prepare_shards(
+            split_frame(split), dataset.catalog, dataset.users, behaviors, kwargs
+        )
+
+    def _use_shards(self, train_events: int) -> bool:
+        """``train.stream``: shards, memory, or (auto) shards when the training rows
+        expected (events x (1 + negatives), an upper bound) exceed ``train.stream_rows``."""
+        cfg = self.config.train.train_config()
+        if cfg.stream != "auto":
+            return cfg.stream == "shards"
+        return train_events * (1 + self.options.n_negatives) > cfg.stream_rows
+
+    def _prepare_shards(
+        self,
+        events: pl.LazyFrame,
+        catalog: Catalog | None,
+        users: Users | None,
+        behaviors: list[str],
+        kwargs: dict[str, Any],
+    ) -> RankingData:
+        """The shard path of :meth:`prepare` (rows in a scratch folder removed with them)."""
+        import shutil
+        import tempfile
+        import weakref
+
+        cfg = self.config.train.train_config()
+        directory = Path(tempfile.mkdtemp(prefix="shoprec-shards-"))
+        data = prepare_ranking_shards(
+            events,
+            catalog,
+            users,
+            behaviors,
+            directory,
+            shard_rows=cfg.shard_rows,
+            bucket_events=cfg.shard_rows,
+            **kwargs,
+        )
+        weakref.finalize(data, shutil.rmtree, directory, True)
+        log.info("training rows in %d shards under %s", data.train.n_shards, directory)
+        return data
+
+    def prepare_files(self, folder: str | Path) -> RankingData:
+        """:meth:`prepare` from a dataset folder without loading its events: data larger
+        than memory.
+
+        The events (``interactions.parquet``, or a folder of Parquet files, in the canonical
+        columns) are scanned lazily, split by the config's time split (``test_days`` /
+        ``valid_days`` or ``test_start`` / ``valid_start``) and prepared as Parquet shards
+        (:func:`~shoprec.pipeline.prepare_ranking_shards`); ``catalog.parquet`` and
+        ``users.parquet`` (small: one row per item and user) are read whole.
+
+        Raises:
+            DataError: a split other than a time split (the others need every event).
+        """
+        from shoprec.config import TimeSplit
+        from shoprec.data.partitioned import scan_events, time_cuts, with_time_parts
+        from shoprec.errors import DataError
+
+        folder = Path(folder)
+        spec = self.config.split
+        if not isinstance(spec, TimeSplit):
+            raise DataError(
+                f"preparing {folder} from files supports split: {{kind: time}} only (got "
+                f"{type(spec).__name__}); the other splits need every event in memory",
+                file=folder,
+            )
+        events_path = folder / "interactions.parquet"
+        events = scan_events(events_path if events_path.exists() else folder / "interactions")
+        if spec.test_days is not None:
+            t_test, t_valid = time_cuts(
+                events,
+                test_days=spec.test_days,
+                valid_days=spec.valid_days,
+                null_timestamps=spec.null_timestamps,
+            )
+        else:
+            from shoprec.data.split import _to_datetime
+
+            t_test = _to_datetime(spec.test_start, "test_start")
+            t_valid = (
+                None if spec.valid_start is None else _to_datetime(spec.valid_start, "valid_start")
+            )
+            if t_valid is None and spec.valid_days is not None:
+                t_valid = t_test - timedelta(days=float(spec.valid_days))
+        catalog_path, users_path = folder / "catalog.parquet", folder / "users.parquet"
+        catalog = (
+            Catalog.from_frame(pl.read_parquet(catalog_path)) if catalog_path.exists() else None
+        )
+        users = Users.from_frame(pl.read_parquet(users_path)) if users_path.exists() else None
+        behaviors = [t.behavior or t.name for t in self.config.tasks] or list(self.default_tasks)
+        kwargs: dict[str, Any] = dict(
+            n_negatives=self.options.n_negatives,
+            seed=self.config.train.train_config().seed,
+            embedding_dim=self.config.model.embedding_dim,
+            user_attributes=self.options.user_attributes,
+        )
+        return self._prepare_shards(
+            with_time_parts(events, t_test, t_valid, spec.null_timestamps),
+            catalog,
+            users,
+            behaviors,
+            kwargs,
         )
 
     def build_model(self, data: RankingData) -> MultiTaskModel:

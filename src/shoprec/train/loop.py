@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from shoprec import atomic
 from shoprec.data.batches import TensorData
+from shoprec.data.shards import ShardedData
 from shoprec.errors import ShoprecError
 from shoprec.evaluate import metrics
 from shoprec.train import distributed
@@ -77,6 +78,12 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None = leave as is
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is one
     amp: bool = False  # bfloat16 autocast of forward and losses on CUDA (ignored on CPU)
+    # Training rows in memory (one tensor per column) or in Parquet shards read one at a time
+    # (data larger than memory); auto: shards when a recipe expects more rows than
+    # stream_rows. Recipes that build rows choose; the loop trains on either.
+    stream: Literal["auto", "memory", "shards"] = "auto"
+    stream_rows: int = 20_000_000  # auto's threshold (about 1.6 GB of pairs-recipe rows)
+    shard_rows: int = 1_000_000  # rows per Parquet shard: what training holds at a time
 
 
 @dataclass
@@ -104,7 +111,9 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: TensorData, batch_size: int = 16384) -> dict[str, Tensor]:
+def predict(
+    model: nn.Module, data: TensorData | ShardedData, batch_size: int = 16384
+) -> dict[str, Tensor]:
     """Run ``model.predict`` over all rows in batches and concatenate per task."""
     was_training = model.training
     model.eval()
@@ -119,7 +128,9 @@ def predict(model: nn.Module, data: TensorData, batch_size: int = 16384) -> dict
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def task_scores(model: nn.Module, data: TensorData, batch_size: int = 16384) -> dict[str, float]:
+def task_scores(
+    model: nn.Module, data: TensorData | ShardedData, batch_size: int = 16384
+) -> dict[str, float]:
     """The standard per-task validation metrics: AUC (binary), accuracy (multi-class),
     negative RMSE (regression, so that higher is better). Keys are ``<task>/<metric>``."""
     preds = predict(model, data, batch_size)
@@ -143,7 +154,7 @@ def task_scores(model: nn.Module, data: TensorData, batch_size: int = 16384) -> 
     return scores
 
 
-def _task_mask(task: Any, data: TensorData) -> np.ndarray | None:
+def _task_mask(task: Any, data: TensorData | ShardedData) -> np.ndarray | None:
     key = getattr(task, "weight_key", None)
     if key and key in data.columns:
         return data.columns[key].numpy() > 0
@@ -158,8 +169,8 @@ def main_score(scores: dict[str, float]) -> float:
 
 def fit(
     model: nn.Module,
-    train: TensorData,
-    valid: TensorData | None = None,
+    train: TensorData | ShardedData,
+    valid: TensorData | ShardedData | None = None,
     config: TrainConfig | None = None,
     *,
     weighting: LossWeighting | None = None,
@@ -171,7 +182,8 @@ def fit(
 
     Args:
         model: any shoprec model (``forward``, ``task_losses``, ``predict``, ``tasks``).
-        train: training columns (features and labels) as tensors.
+        train: training columns (features and labels) as tensors, or Parquet shards read
+            one at a time (:class:`~shoprec.data.shards.ShardedData`).
         valid: validation columns; without them (and without ``evaluator``) every epoch
             runs and the last weights are kept.
         config: training settings.
@@ -349,9 +361,15 @@ def fit(
 
 
 def _epoch(
-    train: TensorData, cfg: TrainConfig, ctx: distributed.Context, generator: torch.Generator
+    train: TensorData | ShardedData,
+    cfg: TrainConfig,
+    ctx: distributed.Context,
+    generator: torch.Generator,
 ) -> Iterator[tuple[dict[str, Tensor], int]]:
     """One epoch of shuffled batches for this process, each with its global batch's rows."""
+    if isinstance(train, ShardedData):  # one shard in memory at a time, same batch rules
+        yield from train.epoch(cfg.batch_size, ctx.rank, ctx.world_size, generator)
+        return
     if not ctx.distributed:
         for batch in train.batches(cfg.batch_size, shuffle=True, generator=generator):
             yield batch, next(iter(batch.values())).shape[0]
@@ -361,7 +379,10 @@ def _epoch(
 
 
 def _validate(
-    model: nn.Module, valid: TensorData | None, evaluator: Evaluator | None, cfg: TrainConfig
+    model: nn.Module,
+    valid: TensorData | ShardedData | None,
+    evaluator: Evaluator | None,
+    cfg: TrainConfig,
 ) -> dict[str, float]:
     model.eval()
     if evaluator is not None:
@@ -390,7 +411,7 @@ class _State:
 LATEST = "latest.json"  # names the newest complete checkpoint folder of a fit
 
 
-def _signature(model: nn.Module, train: TensorData, cfg: TrainConfig) -> str:
+def _signature(model: nn.Module, train: TensorData | ShardedData, cfg: TrainConfig) -> str:
     """What a checkpoint must match to be resumed: parameter names and shapes, the number
     of training rows and the settings that change the weights."""
     skip = {"checkpoint_dir", "progress", "threads", "device"}  # not what the weights become
