@@ -108,6 +108,14 @@ class Workers:
         assert r.getheader("X-Shoprec-Worker") == worker
         return r.status, json.loads(payload)
 
+    def text(self, worker: str, path: str) -> str:
+        """A text answer of ``worker``."""
+        conn = self.conns[worker]
+        conn.request("GET", path)
+        r = conn.getresponse()
+        assert r.getheader("X-Shoprec-Worker") == worker
+        return r.read().decode()
+
     def close(self) -> None:
         for conn in self.conns.values():
             conn.close()
@@ -157,6 +165,12 @@ def test_two_workers_share_events_changes_and_forget(original: Path, tmp_path: P
         assert top not in [x["item"] for x in second["items"]]  # bought: filtered out
         _, history = workers.ask(b, "GET", f"/history/{user}")
         assert (history["events"][0]["item"], history["events"][0]["source"]) == (top, "session")
+
+        # /metrics sums the workers' counts, whichever answers (each writes them every 1 s)
+        deadline = time.monotonic() + 30
+        while 'shoprec_events_total{behavior="buy"} 1' not in workers.text(b, "/metrics"):
+            assert time.monotonic() < deadline, "worker B's /metrics never counted A's event"
+            time.sleep(0.5)
 
         # a stock level set through A: B no longer recommends the item
         gone = second["items"][0]["item"]

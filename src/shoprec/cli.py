@@ -1022,7 +1022,6 @@ def serve(
         app_ = create_app(config)
         uvicorn.run(app_, host=host, port=port, log_level="info", access_log=access_log)
         return
-    import os
     import secrets
 
     from shoprec.serve.app import CONFIG_ENV
@@ -1036,6 +1035,9 @@ def serve(
     store = EventStore(config.db)  # the workers replay the changes from this start
     config.epoch = store.begin_epoch(config.artifact)
     store.close()
+    config.metrics_dir = Path(str(config.db) + ".metrics")  # /metrics sums the workers
+    for old in config.metrics_dir.glob("*.json"):  # counts of an earlier run
+        old.unlink()
     os.environ[CONFIG_ENV] = config.to_json()
     os.environ["SHOPREC_SERVE_THREADS"] = str(threads)
     err.print(f"{workers} worker processes share the event store {config.db}")

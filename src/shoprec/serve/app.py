@@ -153,6 +153,9 @@ class ServeConfig:
             otherwise); None: the folder holding ``artifact`` at start-up.
         epoch: the ``start`` change (:meth:`EventStore.begin_epoch`) whose later changes this
             worker replays at start-up; None: the app marks a start itself (one process).
+        metrics_dir: where worker processes share their request counts, so that
+            ``/metrics`` sums them (:class:`~shoprec.serve.metrics.Metrics`); None: this
+            process's counts only.
     """
 
     artifact: str | Path
@@ -165,6 +168,7 @@ class ServeConfig:
     limits: ServeLimits = field(default_factory=ServeLimits)
     artifact_root: str | Path | None = None
     epoch: int | None = None
+    metrics_dir: str | Path | None = None
 
     def to_json(self) -> str:
         """This config as JSON (what a worker process is handed)."""
@@ -308,6 +312,13 @@ def _replay(
     return rec, max([epoch, *(c.id for c in changes)])
 
 
+async def _flush_metrics(metrics: Metrics) -> None:
+    """Write this worker's counts for the others' ``/metrics`` every ``flush_every`` s."""
+    while True:
+        await asyncio.sleep(metrics.flush_every)
+        metrics.maybe_flush(force=True)
+
+
 class WorkerMiddleware:
     """Before each request: apply the store's newer changes (:meth:`Service.sync`); after:
     name the worker process in ``X-Shoprec-Worker``."""
@@ -439,7 +450,7 @@ FusionQuery = Annotated[
 
 def create_app(config: ServeConfig) -> FastAPI:
     """The FastAPI app serving ``config.artifact``; see the module docstring."""
-    metrics = Metrics()
+    metrics = Metrics(config.metrics_dir)
     limits = config.limits
     if config.artifact_root is None:  # fixed at start-up: a reload does not move it
         config.artifact_root = Path(config.artifact).resolve().parent
@@ -472,9 +483,13 @@ def create_app(config: ServeConfig) -> FastAPI:
             os.getpid(), config.artifact, rec.scorer.recipe, rec.model_name, rec.n_items,
             store.count(),
         )  # fmt: skip
+        flusher = asyncio.create_task(_flush_metrics(metrics)) if config.metrics_dir else None
         try:
             yield
         finally:
+            if flusher is not None:
+                flusher.cancel()
+                metrics.maybe_flush(force=True)  # a stopped worker's counts stay in the sums
             store.close()
 
     app = FastAPI(
@@ -938,7 +953,11 @@ def create_app(config: ServeConfig) -> FastAPI:
                 },
             ),
             "shoprec_items": ("Items the model can recommend.", float(rec.n_items), {}),
-            "shoprec_live_events": ("Live events held in memory.", float(len(svc.sessions)), {}),
+            "shoprec_live_events": (
+                "Live events (the latest per shopper a request reads) in the event store.",
+                float(len(svc.sessions)),
+                {},
+            ),
             "shoprec_model_loaded_timestamp_seconds": (
                 "When the served model was loaded.",
                 rec.loaded_at,

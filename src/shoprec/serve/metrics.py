@@ -3,6 +3,14 @@
 Request counts and latency histograms per route template (``/recommend/{user}``, never the
 raw path, so the number of series stays bounded), plus counters the service bumps itself.
 
+Several worker processes (``shoprec serve --workers N``): each :class:`Metrics` given a
+``directory`` writes its counts there (``<pid>.json``, replaced atomically, at most
+``flush_every`` seconds apart, and at shutdown) and renders the sum over every file there,
+its own counts taken live, so ``/metrics`` reports the whole service whichever worker
+answers (the others' counts up to ``flush_every`` seconds old; a stopped worker's last
+counts stay in the sums, so counters never go down). Gauges (the model, items, live
+events) are the answering worker's.
+
 Example:
     >>> m = Metrics()
     >>> m.observe("GET", "/health", 200, 0.002)
@@ -12,10 +20,13 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,9 +46,18 @@ def _labels(labels: Mapping[str, Any]) -> str:
 
 
 class Metrics:
-    """Thread-safe counters and histograms, rendered as Prometheus text."""
+    """Thread-safe counters and histograms, rendered as Prometheus text.
 
-    def __init__(self) -> None:
+    Args:
+        directory: where the worker processes of one service share their counts (None: one
+            process, nothing written).
+        flush_every: most seconds between two writes of this process's counts there.
+    """
+
+    def __init__(self, directory: str | Path | None = None, flush_every: float = 1.0) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.flush_every = flush_every
+        self._flushed = 0.0
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self._latency: dict[tuple[str, str], list[float]] = {}  # bucket counts, sum, count
@@ -63,11 +83,68 @@ class Metrics:
         with self._lock:
             self._help[name] = help_
             self._counters[name][tuple(sorted(labels.items()))] += value
+        self.maybe_flush()
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's counts as JSON-ready data."""
+        with self._lock:
+            return {
+                "requests": [[*k, n] for k, n in self._requests.items()],
+                "latency": [[*k, h] for k, h in self._latency.items()],
+                "counters": [
+                    [name, [list(p) for p in labels], v]
+                    for name, series in self._counters.items()
+                    for labels, v in series.items()
+                ],
+                "help": dict(self._help),
+            }
+
+    def maybe_flush(self, force: bool = False) -> None:
+        """Write this process's counts to ``directory`` if ``flush_every`` seconds passed
+        since the last write (``force``: now); atomic (a temporary file renamed)."""
+        if self.directory is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._flushed < self.flush_every:
+            return
+        self._flushed = now
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{os.getpid()}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot()))
+        os.replace(tmp, path)
+
+    def _merged(self) -> Metrics:
+        """A :class:`Metrics` holding the sums of every process's counts (this one's live)."""
+        total = Metrics()
+        snaps = [self.snapshot()]
+        own = f"{os.getpid()}.json"
+        for f in sorted(self.directory.glob("*.json")) if self.directory else []:
+            if f.name != own:
+                try:
+                    snaps.append(json.loads(f.read_text()))
+                except (OSError, ValueError):
+                    continue  # a worker being replaced: counted at its next write
+        for snap in snaps:
+            for method, route, status, n in snap["requests"]:
+                total._requests[(method, route, status)] += n
+            for method, route, h in snap["latency"]:
+                mine = total._latency.setdefault((method, route), [0.0] * (len(BUCKETS) + 2))
+                for i, x in enumerate(h):
+                    mine[i] += x
+            for name, labels, v in snap["counters"]:
+                total._counters[name][tuple(tuple(p) for p in labels)] += v
+            total._help.update(snap["help"])
+        return total
 
     def render(
         self, gauges: Mapping[str, tuple[str, float, Mapping[str, str]]] | None = None
     ) -> str:
-        """The exposition text; ``gauges`` maps name -> (help, value, labels)."""
+        """The exposition text; ``gauges`` maps name -> (help, value, labels). With a
+        ``directory``, the counts are the sums over every worker process."""
+        if self.directory is not None:
+            self.maybe_flush(force=True)
+            return self._merged().render(gauges)
         lines = [
             "# HELP shoprec_requests_total HTTP requests by method, route template and status.",
             "# TYPE shoprec_requests_total counter",
@@ -126,3 +203,4 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - start)
+            self.metrics.maybe_flush()
