@@ -1147,7 +1147,26 @@ def neural_markdown(res: dict[str, Any]) -> str:
         "them by popularity"
     )  # fmt: skip
     ks, epochs = NEURAL["itemknn"]["ks"], NEURAL_TRAIN["train.epochs"]
-    blends = load_config(HISTORY_JOINT).recipe.options.blend
+    joint = load_config(HISTORY_JOINT).recipe.options
+    blends, domain_drop = joint.blend, float(joint.model.get("domain_dropout", 0.0))
+    b = load_config(HISTORY).recipe.options
+    m = b.model
+    base_how = (
+        f"a user is the mean of {b.dim}-d embeddings of up to {b.max_history} of their items "
+        "through a residual MLP; "
+        + (f"one row per user, the bag of their items, {m.get('history_dropout', 0.2):.0%} of "
+           "it hidden from the encoder (denoising), "
+           + ("loss on the hidden items only, " if m.get("bag_loss") == "hidden" else "")
+           if b.rows == "bags" else "one row per (user, item), that item out of the history, ")
+        + ("full softmax over the target catalog (the multinomial likelihood of Mult-DAE, "
+           "Liang et al. 2018)" if m.get("loss") == "full" else
+           "sampled softmax (in-batch + uniform negatives, log-Q corrected)")
+        + ("; a separate output item table" if m.get("tied") is False else "")
+        + (f"; item tables started from the SVD of the user x item matrix (V diag(s)^"
+           f"{b.svd_power:g}), the start itself a candidate (epoch 0) on validation"
+           if b.init == "svd" else "")
+        + f"; temperature {m.get('temperature', 0.1)}; epochs picked on validation."
+    )  # fmt: skip
     stopped = res.get("stopped_note", "")
     short = ("valid", "best_epoch", "fit_s", "recipe")
     facts = json.dumps({k: {x: v[x] for x in short if x in v} for k, v in res["facts"].items()
@@ -1182,22 +1201,20 @@ How the rows work:
   {ks} on validation. Warm rows on the target's pairs, cold rows on both domains merged.
 - **implicit ALS**: the settings the full amazon_cdr run picked on validation (grid not rerun).
 - **Ours, item neighbours**: `amazon_cdr_neighbours.yaml` at the setting the full run picked.
-- **Ours, neural base**: recipe `sequence`, `HistoryEncoder` on the target's pairs: a user is
-  the mean embedding of up to 50 of their items through a residual MLP (no user-id table);
-  one training row per (user, item) with that item removed from the history and 20% of the
-  history hidden; sampled softmax over the batch's distinct positives and 1,024 uniform
-  items, log-Q corrected (Yi et al. 2019); epochs picked on validation.
-- **Ours, neural cross-domain (joint)**: the same encoder over the histories of both domains,
-  a shared item table with per-domain item and user heads, rows of both domains with
-  `J = J_S + lambda J_T`, 30% of rows with their own-domain history hidden (so the encoder
-  learns to serve a user from the other domain), and the item-neighbour blend share from
-  {blends} picked on validation.
+- **Ours, neural base**: recipe `sequence`, `HistoryEncoder` on the target's pairs (no
+  user-id table): {base_how}
+- **Ours, neural cross-domain (joint)**: the same network over the histories of both domains
+  (a user cold in the target is encoded from the source), one shared item table read by the
+  encoder, per-domain residual item and user heads and an output table, one bag row per
+  (user, domain) with `J = J_S + lambda J_T`, {domain_drop:.0%} of rows with their own-domain
+  history hidden (so the encoder learns source -> target), the tables started from the SVD of
+  both domains' matrix; the item-neighbour blend share from {blends} picked on validation.
 
 What this run leaves out, for time (one 2-core machine shared by several jobs; the load
 average is in the header): the lambda search of `amazon_cdr_history_joint.yaml` (lambda 1
 here), the pretrain -> freeze -> fine-tune row (the recipe's `method: finetune`; run in the
-tests only), the attention and SASRec encoders (5x the step cost of the mean encoder here;
-this data has no timestamps, so SASRec does not apply), and at most {epochs} epochs per fit.
+tests only), the attention and SASRec encoders (this data has no timestamps, so SASRec does
+not apply), and at most {epochs} epochs per fit.
 
 Training facts: `{facts}`
 """

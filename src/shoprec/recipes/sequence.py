@@ -561,7 +561,15 @@ class SequenceRecipe(Recipe):
             "pairs": {"train": len(fit_pairs), "valid": len(held)},
             "valid_drawn_from_train": drawn,
         }  # fmt: skip
+        start: tuple[float, dict[str, torch.Tensor]] | None = None
+        if o.init == "svd":  # the initial tables are a model too: epoch 0 on validation
+            start = (served()["ndcg"], {k: v.clone() for k, v in model.state_dict().items()})
+            info["init_valid"] = round(start[0], 5)
         result = self._train(model, index, fit_pairs, fit_order, sequential, served, info)
+        if start is not None and start[0] > result.best_score:
+            model.load_state_dict(start[1])  # training never beat its starting point
+            result.best_epoch, result.best_score = 0, start[0]
+            info["kept_init"] = True
         settings["network"] = json.loads(json.dumps(asdict(model.config)))
         # The blend with item neighbours, chosen on validation (0 = the model alone).
         nb = None
