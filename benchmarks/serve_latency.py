@@ -318,6 +318,7 @@ class Server:
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen | None = None
     db: Path | None = None
+    start_timeout: float = 300.0  # seconds to wait for /health
 
     def __enter__(self) -> Server:
         self.db = Path(tempfile.mkdtemp(prefix="shoprec_bench_")) / "events.sqlite"
@@ -332,11 +333,11 @@ class Server:
         return self._start(cmd, env)
 
     def _start(self, cmd: list[str], env: dict[str, str]) -> Self:
-        """Run ``cmd`` and wait until its ``/health`` answers (300 s at most)."""
+        """Run ``cmd`` and wait until its ``/health`` answers (``start_timeout`` at most)."""
         # Its own session, as a service would run: with autogroup scheduling the kernel then
         # shares the CPU between it and the load generator as two jobs, not one.
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}")
@@ -347,7 +348,7 @@ class Server:
             except OSError:
                 time.sleep(0.5)
         self.__exit__()
-        raise RuntimeError("the server did not start in 300 s")
+        raise RuntimeError(f"the server did not start in {self.start_timeout:.0f} s")
 
     def pids(self) -> list[int]:
         assert self.proc is not None

@@ -63,8 +63,9 @@ from benchmarks.serve_latency import (
     _cpu_seconds,
     _machine_cpu,
     _rss_mib,
+    exact_top,
     percentile,
-    retrieval_recall,
+    recall_at_k,
 )
 
 log = logging.getLogger("benchmarks.serve_scale")
@@ -118,6 +119,44 @@ def artifact(quick: bool = False, rebuild: bool = False) -> Path:
     build_retrieval(out, TwoTowerConfig(epochs=1, batch_size=2048))
     log.info("artifact with retrieval files built in %.0f s", time.perf_counter() - start)
     return out
+
+
+def retrieval_info(path: Path, n_users: int = 1000, k: int = 100) -> dict[str, Any]:
+    """What :func:`benchmarks.serve_latency.retrieval_recall` reports (recall@k of the served
+    index against exact search for ``n_users`` known shoppers, the artifact's facts), from
+    the retrieval files alone: a :class:`~shoprec.recommend.Recommender` over 1M items
+    builds its new-item index first, minutes that the servers measured here spend anyway."""
+    import polars as pl
+    import torch
+
+    from shoprec.artifact import Artifact
+    from shoprec.recommend import Retrieval
+    from shoprec.recommend.types import RecommenderConfig
+
+    torch.set_num_threads(1)
+    art = Artifact.load(path)
+    retrieval = Retrieval.of_artifact(art, build=False)
+    known = art.seen["user"].cast(pl.String).unique().sort().to_list()
+    rng = np.random.default_rng(0)
+    sample = [known[i] for i in rng.choice(len(known), min(n_users, len(known)), replace=False)]
+    queries = retrieval.user_vectors(sample)
+    start = time.perf_counter()
+    _, found = retrieval.index.search(queries, k)
+    index_ms = (time.perf_counter() - start) / len(sample) * 1000
+    exact = exact_top(queries, retrieval.item_vectors, k)
+    warm = art.seen["item"].cast(pl.String).unique()
+    fusion = RecommenderConfig.of_artifact(art).fusion or art.scorer.target
+    return {
+        "recall": recall_at_k(found, exact, k),
+        "index": retrieval.index.describe(),
+        "index_ms": index_ms,
+        "items": art.items.height,
+        "users": len(known),
+        "new_items": int((~art.items["item"].cast(pl.String).is_in(warm)).sum()),
+        "tasks": list(art.scorer.tasks),
+        "fusion": fusion,
+        "sample_users": sample,
+    }
 
 
 @dataclass
@@ -226,6 +265,7 @@ def measure(
     seconds: float,
     warmup: float,
     connections: int,
+    start_timeout: float = 1800.0,
 ) -> list[dict[str, Any]]:
     """Start ``shoprec serve --workers N`` on ``path``, warm it up, then one open-loop
     measurement per offered rate; one row each."""
@@ -233,7 +273,7 @@ def measure(
     paths = [f"/recommend/{quote(u, safe='')}?k={K}".encode() for u in rng.choice(users, 50_000)]
     start = time.perf_counter()
     rows = []
-    with CliServer(path, workers) as server:
+    with CliServer(path, workers, start_timeout=start_timeout) as server:
         started = time.perf_counter() - start
         asyncio.run(_open_loop(server.port, paths[::-1], min(rates) / 2, warmup, connections))
         for rate in rates:
@@ -373,7 +413,7 @@ def main() -> None:
     if args.quick:
         args.seconds, args.warmup = 5.0, 2.0
     path = artifact(args.quick, args.rebuild)
-    info = retrieval_recall(path)
+    info = retrieval_info(path)
     users = info.pop("sample_users")
     log.info("%s", info)
     rows = [
