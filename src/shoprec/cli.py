@@ -1002,6 +1002,7 @@ def serve(
     err.print(f"web page: http://{host}:{port}/ui/   API docs: http://{host}:{port}/docs")
     if not open_reads:
         err.print("shoppers' histories and lists need the read or API key (--open-reads opens).")
+    del art  # checked; the service (each worker) loads its own
     limits = ServeLimits(
         max_body_bytes=max_body_bytes,
         max_concurrency=max_concurrency,
