@@ -66,7 +66,7 @@ SHOPS = {
     1_000_000: (20_000, 10_000),
     5_000_000: (100_000, 100_000),
     20_000_000: (1_000_000, 100_000),
-    50_000_000: (1_000_000, 1_000_000),
+    50_000_000: (1_000_000, 100_000),  # 1M items: the simulator's stock phase passed 10 GiB
 }
 
 
@@ -95,6 +95,9 @@ def _config(folder: Path, batch: int) -> Any:
     raw["data"] = {"dataset": str(folder)}
     raw["train"] = {**raw["train"], "epochs": 1, "batch_size": batch, "progress": False}
     raw["train"]["threads"] = 1
+    sparse = int(os.environ.get("SHOPREC_SCALE_SPARSE_ROWS", "0"))
+    if sparse:  # tables of this many rows and more: sparse gradients + SparseAdam
+        raw["train"]["sparse_rows"] = sparse
     raw["output"] = str(folder / "run")
     path = folder / f"scale-{os.environ.get('RANK', '0')}.yaml"  # one per torchrun rank
     path.write_text(yaml.safe_dump(raw))
@@ -179,7 +182,10 @@ def _count_events(folder: Path) -> int:
 # --------------------------------------------------------------------------- driver
 
 
-def _child(args: list[str], nproc: int = 0, timeout: float = 3600) -> dict[str, Any]:
+SPARSE_ROWS = 100_000  # the scale runs' train.sparse_rows (--sparse-rows)
+
+
+def _child(args: list[str], nproc: int = 0, timeout: float = 7200) -> dict[str, Any]:
     """Run a stage in a fresh process (under torchrun when nproc > 0); its JSON line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     if nproc:
@@ -312,6 +318,13 @@ def _markdown(res: dict[str, Any], command: str, cores: str, seconds: float) -> 
         *head,
         f"- cores: {cores}; whole run {seconds:.0f} s wall, {cpu:.0f} s CPU in its processes",
         f"- preparing: {how}",
+        f"- training: configs/sim_mmoe.yaml (MMoE, batch {res['batch']}, one torch thread)"
+        + (
+            f", embedding tables of >= {res['sparse_rows']:,} rows with sparse gradients and "
+            "SparseAdam (`train.sparse_rows`)"
+            if res.get("sparse_rows")
+            else ", dense gradients"
+        ),
         "- each stage a fresh process, peak RSS = its VmHWM; a process that only imported "
         f"torch and shoprec holds {rows[0]['prepare']['base_mib']:.0f} MiB of it"
         if rows
@@ -352,13 +365,15 @@ def _markdown(res: dict[str, Any], command: str, cores: str, seconds: float) -> 
             f"global batch {res['batch']}) on the {one['events']:,}-event shop "
             f"({one.get('epoch_rows', one['train_rows']):,} training rows timed), one epoch:",
             "",
-            "| processes | samples/s | epoch s | peak MiB (rank 0) | load avg before -> after |",
-            "|---:|---:|---:|---:|---:|",
+            "| processes | samples/s | epoch s | CPU s per 1k samples (all ranks) | "
+            "peak MiB (rank 0) | load avg before -> after |",
+            "|---:|---:|---:|---:|---:|---:|",
         ]
         for p, r in ((1, one), (2, two)):
             lines.append(
                 f"| {p} | {r['samples_per_second']:,.0f} | "
                 f"{r.get('measured_seconds', r['epoch_seconds']):.1f} | "
+                f"{r.get('cpu_seconds_per_1k_samples', float('nan')):.3f} | "
                 f"{r['peak_mib']:.0f} | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
             )
         lines += ["", f"Ratio 2 / 1 processes: **{ratio:.2f}x**.", ""]
@@ -600,7 +615,7 @@ def run_ann(a: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="0.2M and 1M events (< 5 minutes)")
+    ap.add_argument("--quick", action="store_true", help="0.1M and 0.3M events (< 5 minutes)")
     ap.add_argument("--sizes", type=int, nargs="+", help="events per shop")
     ap.add_argument("--ddp-events", type=int, help="shop for 1 vs 2 processes")
     ap.add_argument("--batch", type=int, default=2048)
@@ -635,6 +650,19 @@ def main() -> None:
         "--reuse",
         action="store_true",
         help="keep simulated shops in --work and reuse them (their simulate.json)",
+    )
+    ap.add_argument(
+        "--sparse-rows",
+        type=int,
+        default=SPARSE_ROWS,
+        help="train.sparse_rows of the runs (0: dense gradients everywhere)",
+    )
+    ap.add_argument("--save", type=Path, help="also write this run's numbers to this JSON file")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="write the section from runs saved with --save (rows of all, in order)",
     )
     ap.add_argument("--stage", choices=["simulate", "prepare", "epoch"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -674,7 +702,8 @@ def main() -> None:
         write_section("scale", md)
         print(md)
         return
-    sizes = a.sizes or ([200_000, 1_000_000] if a.quick else [1_000_000, 5_000_000])
+    os.environ["SHOPREC_SCALE_SPARSE_ROWS"] = str(a.sparse_rows)  # the stages read it
+    sizes = a.sizes or ([100_000, 300_000] if a.quick else [1_000_000, 5_000_000])
     ddp_events = a.ddp_events if a.ddp_events is not None else sizes[0]
     work = a.work or Path(tempfile.mkdtemp(prefix="shoprec-scale-"))
     start = time.perf_counter()
@@ -704,6 +733,7 @@ def main() -> None:
         commit=code[0].removeprefix("- code: commit ") if code else "unknown",
         date=time.strftime("%Y-%m-%d %H:%M"),
         quick=a.quick,
+        sparse_rows=a.sparse_rows,
         seconds=seconds,
         cpu_seconds=kids.ru_utime + kids.ru_stime,
         command=command,

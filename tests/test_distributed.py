@@ -45,9 +45,9 @@ def _toy(n: int = 1600) -> tuple[TensorData, TensorData]:
     return data.subset(torch.arange(cut)), data.subset(torch.arange(cut, n))
 
 
-def _model() -> torch.nn.Module:
+def _model(vocab: int = 30) -> torch.nn.Module:
     torch.manual_seed(0)
-    features = [CategoricalFeature("a", vocab_size=30, dim=4), NumericFeature("x")]
+    features = [CategoricalFeature("a", vocab_size=vocab, dim=4), NumericFeature("x")]
     tasks = [Task("click"), Task("buy")]
     return build_model("mmoe", features, tasks, n_experts=2, expert_dims=(8,), tower_dims=(4,))
 
@@ -68,6 +68,8 @@ def _train(
     strategy: str = "uncertainty",
     epochs: int = EPOCHS,
     shards: str = "",
+    sparse: bool = False,
+    vocab: int = 30,
 ) -> tuple:
     """One fit of the toy model (in this process, whatever its rank); on the training rows
     written as Parquet shards in folder ``shards`` when given."""
@@ -75,7 +77,7 @@ def _train(
     train, valid = _toy()
     if shards:
         train = ShardedData(shards)
-    model = _model()
+    model = _model(5000 if sparse else vocab)
     calls = []
 
     def evaluator(m: torch.nn.Module) -> dict[str, float]:
@@ -93,6 +95,7 @@ def _train(
         progress=False,
         checkpoint_dir=str(ckpt) if ckpt else None,
         device="cpu",
+        sparse_rows=1000 if sparse else None,
     )
     uw = _weighting(strategy)
     result = fit(model, train, None, cfg, weighting=uw, evaluator=evaluator, resume=resume)
@@ -110,6 +113,7 @@ def _worker(
     strategy: str = "uncertainty",
     epochs: int = EPOCHS,
     shards: str = "",
+    sparse: bool = False,
 ):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -127,6 +131,7 @@ def _worker(
             strategy=strategy,
             epochs=epochs,
             shards=shards,
+            sparse=sparse,
         )
         if rank == 0:
             _save(Path(out), model, uw, result)
@@ -151,13 +156,14 @@ def _spawn(
     strategy: str = "uncertainty",
     epochs: int = EPOCHS,
     shards: str = "",
+    sparse: bool = False,
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # fork, not spawn: the children start with torch and shoprec already imported (seconds
     # saved per process); they run one thread each, so no OpenMP pool crosses the fork.
-    args = (2, port, str(out), str(ckpt), crash, resume, strategy, epochs, shards)
+    args = (2, port, str(out), str(ckpt), crash, resume, strategy, epochs, shards, sparse)
     mp.start_processes(_worker, args=args, nprocs=2, join=True, start_method="fork")
 
 
@@ -232,6 +238,21 @@ def test_two_processes_on_parquet_shards_train_what_one_process_trains(tmp_path:
     _save(tmp_path / "one", *_train(None, epochs=2, shards=str(shards.directory)))
     _spawn(tmp_path / "two", tmp_path / "ckpt", epochs=2, shards=str(shards.directory))
     _assert_same(tmp_path / "two", tmp_path / "one", atol=2e-5, epochs=2)
+
+
+def test_sparse_embeddings_under_two_processes_train_what_one_process_trains(
+    tmp_path: Path,
+) -> None:
+    """train.sparse_rows: the embedding table (5,000 rows, too many for the folded product,
+    so the model reads it through its module) gets sparse gradients; DDP averages them
+    (gloo) and SparseAdam steps on the rows they touch, as in one process."""
+    _save(tmp_path / "one", *_train(None, epochs=2, sparse=True))
+    _spawn(tmp_path / "two", tmp_path / "ckpt", epochs=2, sparse=True)
+    _assert_same(tmp_path / "two", tmp_path / "one", atol=2e-5, epochs=2)
+    dense = _train(None, epochs=2, vocab=5000)[0].state_dict()["inputs.tables.4.weight"]
+    sparse = load_file(tmp_path / "one" / "weights.safetensors")["inputs.tables.4.weight"]
+    assert not torch.equal(dense, sparse)  # lazy Adam: rows not in a batch do not move
+    assert torch.equal(dense[40:], sparse[40:])  # rows no id reaches: never moved by either
 
 
 def test_a_strategy_that_cannot_run_distributed_is_refused() -> None:

@@ -84,6 +84,12 @@ class TrainConfig:
     stream: Literal["auto", "memory", "shards"] = "auto"
     stream_rows: int = 20_000_000  # auto's threshold (about 1.6 GB of pairs-recipe rows)
     shard_rows: int = 1_000_000  # rows per Parquet shard: what training holds at a time
+    # Embedding tables of at least this many rows get sparse gradients and torch's SparseAdam
+    # (only the rows a batch touches are read and moved, their moments too: "lazy" Adam);
+    # the rest plain Adam. For millions of ids, where a dense Adam step over every row costs
+    # more than the batch itself. None: every table dense. Not with train.grad_clip,
+    # weight_decay, or GradNorm / PCGrad (per-task gradients).
+    sparse_rows: int | None = None
 
 
 @dataclass
@@ -214,14 +220,21 @@ def fit(
         log.warning("train.amp is on but training runs on %s: full precision", ctx.device)
     # Frozen parameters (requires_grad False, e.g. after transfer.cross_domain.freeze) are not
     # handed to the optimizer at all, so neither Adam nor weight decay can move them.
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    sparse = _sparse_embeddings(model, cfg, weighting)  # weights given sparse gradients
+    trainable = [
+        p for p in model.parameters() if p.requires_grad and all(p is not q for q in sparse)
+    ]
     groups = [{"params": trainable, "weight_decay": cfg.weight_decay}]
     if list(weighting.parameters()):  # loss weights must not decay towards zero
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     params = [p for g in groups for p in g["params"]]
     # One fused kernel for all parameters instead of a loop of small ops per parameter.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, fused=fused or None)
+    optimizer: torch.optim.Optimizer | _Optimizers = torch.optim.Adam(
+        groups, lr=cfg.lr, fused=fused or None
+    )
+    if sparse:
+        optimizer = _Optimizers(optimizer, torch.optim.SparseAdam(sparse, lr=cfg.lr))
     generator = torch.Generator().manual_seed(cfg.seed)
     shared = [p for p in model.shared_parameters() if p.requires_grad]
     last_shared = model.last_shared_layer()
@@ -296,12 +309,14 @@ def fit(
                 total = weighting.backward(
                     losses, shared_params=shared, last_shared_params=last_shared
                 )
-                synced = [] if manual else trainable  # DDP averaged the model's already
+                synced = [] if manual else [*trainable, *sparse]  # DDP averaged those
                 distributed.average_gradients(
                     [p for p in params if all(p is not q for q in synced)], ctx
                 )
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if sparse:
+                    _sparse_grads(sparse)
                 optimizer.step()
                 seen += rows
                 running += float(total) / ctx.world_size
@@ -343,6 +358,9 @@ def fit(
                 _save_checkpoint(ckpt, model, optimizer, weighting, generator, state, signature)
             distributed.barrier(ctx)
     del weighting.mean_over_ranks  # back to the class's identity: no process group kept
+    for module in model.modules():  # dense gradients again for whoever trains it next
+        if isinstance(module, nn.Embedding) and any(module.weight is q for q in sparse):
+            module.sparse = False
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
@@ -358,6 +376,79 @@ def fit(
         samples_per_second=seen / train_time if train_time > 0 else 0.0,
         stopped_early=state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs,
     )
+
+
+class TrainConfigError(ShoprecError):
+    """Training settings that cannot work together."""
+
+
+def _sparse_embeddings(model: nn.Module, cfg: TrainConfig, weighting: LossWeighting) -> list:
+    """With ``train.sparse_rows``: switch the model's trainable embedding tables of at least
+    that many rows to sparse gradients; their weights (for SparseAdam). Nothing otherwise."""
+    if cfg.sparse_rows is None:
+        return []
+    clash = [
+        name
+        for name, on in (
+            ("train.grad_clip", bool(cfg.grad_clip)),
+            ("train.weight_decay", cfg.weight_decay > 0),
+            (f"weighting {type(weighting).__name__}", weighting.per_task_gradients),
+        )
+        if on
+    ]
+    if clash:
+        raise TrainConfigError(
+            f"train.sparse_rows cannot train with {clash[0]}: sparse gradients of the "
+            "embedding tables have no global norm to clip, no weight decay (SparseAdam) and "
+            "no flat per-task gradient to balance. Remove train.sparse_rows, or that setting."
+        )
+    weights = []
+    for module in model.modules():
+        if (
+            isinstance(module, nn.Embedding)
+            and module.weight.requires_grad
+            and module.num_embeddings >= cfg.sparse_rows
+        ):
+            module.sparse = True
+            weights.append(module.weight)
+    log.info(
+        "sparse gradients and SparseAdam for %d embedding table(s) of >= %d rows",
+        len(weights),
+        cfg.sparse_rows,
+    )
+    return weights
+
+
+def _sparse_grads(weights: list[Tensor]) -> None:
+    """A table the model also read around its embedding module (e.g. a folded product) has
+    a dense gradient: made row-sparse for SparseAdam (one process; under DDP such a table
+    fails in DDP's reducer, which expects the sparse gradient its module declares)."""
+    for w in weights:
+        if w.grad is not None and not w.grad.is_sparse:
+            w.grad = w.grad.to_sparse(1)
+
+
+class _Optimizers:
+    """Several optimizers stepped, zeroed and checkpointed as one (Adam for dense
+    parameters, SparseAdam for embedding tables with sparse gradients)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
 
 
 def _epoch(
@@ -437,7 +528,7 @@ def _latest(path: Path) -> Path | None:
 def _save_checkpoint(
     path: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | _Optimizers,
     weighting: LossWeighting,
     generator: torch.Generator,
     state: _State,
@@ -485,7 +576,7 @@ def _save_checkpoint(
 def _load_checkpoint(
     path: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | _Optimizers,
     weighting: LossWeighting,
     generator: torch.Generator,
 ) -> _State:
