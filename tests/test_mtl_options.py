@@ -1,0 +1,198 @@
+"""The multibehavior recipe's options that make the auxiliary tasks carry what buy lacks and
+keep the ranking at or above the own-carted rule (issue 13): ``hide_mode`` changes what each
+task sees and where it learns; ``rule_blend`` mixes the rule into the candidates' score with a
+weight picked on validation, weight 1 ranking exactly as the rule."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from shoprec.config import ConfigError, ExperimentConfig
+from shoprec.data.schema import Interactions
+from shoprec.data.simulate import simulate_shop
+from shoprec.data.split import time_split
+from shoprec.models import build_model
+from shoprec.recipes.multibehavior import (
+    AUX_WEIGHT,
+    FLAGS_KNOWN,
+    BehaviorLog,
+    MultiBehaviorConfig,
+    MultiBehaviorRecipe,
+    MultiBehaviorScorer,
+    aux_weight_key,
+    feature_specs,
+    full_ranking_metrics,
+    history_baseline,
+    model_scores,
+    numeric_features,
+    rule_blend_metrics,
+    task_specs,
+    training_data,
+)
+
+torch.set_num_threads(1)
+BEHAVIORS = ("view", "cart", "buy")
+
+
+def _log(rows: list[tuple[str, str, str]]) -> BehaviorLog:
+    frame = pl.DataFrame(rows, schema=["user", "item", "behavior"], orient="row")
+    return BehaviorLog.from_interactions(Interactions.from_frame(frame), BEHAVIORS)
+
+
+def _shop_log(n_users: int = 60, n_items: int = 12, seed: int = 0) -> BehaviorLog:
+    """Users view about half the items, cart some of the viewed ones, buy some carted ones."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        for i in range(n_items):
+            if rng.random() < 0.5:
+                rows.append((f"u{u}", f"i{i}", "view"))
+                if rng.random() < 0.4:
+                    rows.append((f"u{u}", f"i{i}", "cart"))
+                    if rng.random() < 0.5:
+                        rows.append((f"u{u}", f"i{i}", "buy"))
+        rows.append((f"u{u}", f"i{rng.integers(n_items)}", "buy"))
+    return _log(rows)
+
+
+def test_hide_mode_own_hides_each_flag_on_its_own_and_masks_its_task() -> None:
+    blog = _shop_log()
+    cfg = MultiBehaviorConfig(hide_mode="own", hide_fraction=0.5, n_negatives=1)
+    assert numeric_features(cfg)[:4] == ["in_view", "in_cart", "known_view", "known_cart"]
+    assert FLAGS_KNOWN not in numeric_features(cfg)
+    data = training_data(blog, cfg).columns
+    for b in ("view", "cart"):
+        key = aux_weight_key(cfg, b)
+        assert key == f"{AUX_WEIGHT}_{b}" and key in data
+        hidden = data[key] == 1
+        assert 0.35 < float(hidden.float().mean()) < 0.65
+        assert torch.equal(data[f"known_{b}"], 1 - data[key])  # the task learns where hidden
+        assert float(data[f"in_{b}"][hidden].abs().sum()) == 0  # its own flag is hidden there
+        assert float(data[f"in_{b}"][~hidden].sum()) > 0  # and shown elsewhere
+    # where only the cart flag is hidden the view flag still says what the user viewed:
+    # the cart task learns "carted given viewed"
+    only_cart = (data[aux_weight_key(cfg, "cart")] == 1) & (data[aux_weight_key(cfg, "view")] == 0)
+    assert float(data["in_view"][only_cart].sum()) > 0
+    # the two flags are hidden on independent draws, not on the same rows
+    assert not torch.equal(data[aux_weight_key(cfg, "view")], data[aux_weight_key(cfg, "cart")])
+    tasks = {t.name: t.weight_key for t in task_specs(cfg)}
+    assert tasks == {"view": f"{AUX_WEIGHT}_view", "cart": f"{AUX_WEIGHT}_cart", "buy": None}
+    rows = training_data(blog, MultiBehaviorConfig(hide_mode="rows", n_negatives=1)).columns
+    assert AUX_WEIGHT in rows and FLAGS_KNOWN in rows and "known_view" not in rows
+    with pytest.raises(ValueError, match="hide_mode"):
+        MultiBehaviorConfig(hide_mode="sometimes")
+
+
+def test_scorer_hides_only_the_tasks_own_flag_in_hide_mode_own() -> None:
+    blog = _shop_log()
+    cfg = MultiBehaviorConfig(hide_mode="own", n_negatives=1)
+    torch.manual_seed(0)
+    model = build_model("mmoe", feature_specs(blog, cfg), task_specs(cfg), n_experts=2)
+    seen: list[dict[str, torch.Tensor]] = []
+    forward = model.forward
+
+    def spy(batch: dict[str, torch.Tensor]) -> Any:
+        seen.append({k: v.clone() for k, v in batch.items() if k.startswith(("in_", "known_"))})
+        return forward(batch)
+
+    model.forward = spy  # type: ignore[method-assign]
+    scorer = MultiBehaviorScorer(model, blog, cfg, {b: b for b in BEHAVIORS}, "buy")
+    scorer.score([blog.users.values[0]])
+    # passes: buy (all shown), view (view hidden), cart (cart hidden)
+    assert len(seen) == 3
+    target, view, cart = seen
+    assert float(target["known_view"].min()) == 1 and float(target["known_cart"].min()) == 1
+    assert float(view["known_view"].max()) == 0 and float(view["known_cart"].min()) == 1
+    assert float(cart["known_cart"].max()) == 0 and float(cart["known_view"].min()) == 1
+    assert float(cart["in_view"].sum()) > 0  # the cart task sees what the user viewed
+
+
+def test_rule_blend_weight_one_ranks_as_the_rule_and_zero_as_the_model() -> None:
+    blog = _shop_log(seed=1)
+    cfg = MultiBehaviorConfig(n_negatives=1)
+    torch.manual_seed(0)
+    model = build_model("mmoe", feature_specs(blog, cfg), task_specs(cfg), n_experts=2)
+    users = np.arange(blog.n_users)
+    # held-out targets: for each user its viewed, not bought item with the lowest index
+    csr_view, csr_buy = blog.csr("view"), blog.csr("buy")
+    targets = np.array(
+        [
+            next((i for i in csr_view[[u]].indices if i not in csr_buy[[u]].indices), -1)
+            for u in users
+        ]
+    )
+    keep = targets >= 0
+    users, targets = users[keep], targets[keep]
+    by_w = rule_blend_metrics(model, blog, users, targets, cfg, (0.0, 0.5, 1.0), ks=(3, 5))
+    rule = full_ranking_metrics(
+        history_baseline(blog, cfg, "rate"), blog, users, targets, target="buy", ks=(3, 5)
+    )
+    alone = full_ranking_metrics(
+        lambda uu: model_scores(model, blog, uu, cfg), blog, users, targets, target="buy", ks=(3, 5)
+    )
+    for k in ("hr@3", "hr@5", "ndcg@5"):  # every target is a candidate: the tails never matter
+        assert by_w[1.0][k] == pytest.approx(rule[k], abs=1e-9)
+        assert by_w[0.0][k] == pytest.approx(alone[k], abs=1e-9)
+    blended = full_ranking_metrics(
+        lambda uu: model_scores(model, blog, uu, replace(cfg, rule_weight=0.5)),
+        blog,
+        users,
+        targets,
+        target="buy",
+        ks=(3, 5),
+    )
+    assert blended["ndcg@5"] == pytest.approx(by_w[0.5]["ndcg@5"], abs=1e-9)
+    with pytest.raises(ValueError, match="rule_weight"):
+        MultiBehaviorConfig(rule_weight=1.5)
+
+
+def _config(**recipe: Any) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(
+        {
+            "data": {"dataset": "simulated"},
+            "split": {"kind": "time", "test_days": 14, "valid_days": 14},
+            "recipe": {
+                "name": "multibehavior",
+                "n_negatives": 1,
+                "retrain_on_full": False,
+                **recipe,
+            },
+            "tasks": ["view", "cart", "buy"],
+            "model": {"name": "mmoe", "embedding_dim": 8, "config": {"n_experts": 2}},
+            "train": {"epochs": 1, "batch_size": 512, "progress": False, "threads": 1},
+            "evaluate": {"protocol": "full", "ks": [10]},
+        }
+    )
+
+
+def test_the_recipe_picks_a_blend_never_below_the_rule_on_validation() -> None:
+    ds = simulate_shop(n_events=8_000, n_users=250, n_items=80, seed=3).dataset
+    split = time_split(ds.interactions, test_days=14, valid_days=14)
+    run = MultiBehaviorRecipe(_config(rule_weights=[0.0, 0.5, 1.0])).fit(ds, split)
+    picked = run.info["rule_weight"]
+    valid = run.info["rule_blend_valid"]
+    assert picked in (0.0, 0.5, 1.0) and set(valid) == {0.0, 0.5, 1.0}
+    assert valid[picked]["ndcg@10"] >= valid[1.0]["ndcg@10"]  # 1.0: the rule alone
+    assert valid[picked]["ndcg@10"] == max(v["ndcg@10"] for v in valid.values())
+    assert run.scorer.config.rule_weight == picked  # what the artifact serves
+    off = MultiBehaviorRecipe(_config(rule_blend=False)).fit(ds, split)
+    assert off.scorer.config.rule_weight == 0.0 and "rule_weight" not in off.info
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"rule_weights": [0.0, 1.5]}, "rule_weights"),
+        ({"rule_weights": []}, "rule_weights"),
+        ({"hide_mode": "sometimes"}, "hide_mode"),
+    ],
+)
+def test_bad_option_values_are_refused(recipe: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(**recipe)
