@@ -1,5 +1,8 @@
 """``shoprec serve --workers 2`` as real processes: every worker sees every event, stock
 level, reload and forget made through another one, and SIGTERM leaves no process behind.
+Products added at run time, and a worker started after the changes, are checked with two
+apps over one store in this process (a worker is one app; the fake recipe, which can add
+products, is registered only here).
 
 Which worker answers is read from the ``X-Shoprec-Worker`` header; a keep-alive connection
 stays with the worker that accepted it, so the test holds one connection per worker.
@@ -21,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from serving_helpers import API_KEY, tiny_artifact
+from serving_helpers import API_KEY, fake_artifact, tiny_artifact
+from shoprec.serve import ServeConfig, create_app
+from shoprec.serve.store import EventStore
 
 HOST = "127.0.0.1"
 
@@ -210,3 +216,43 @@ def test_two_workers_share_events_changes_and_forget(original: Path, tmp_path: P
     assert proc.returncode == 0
     time.sleep(0.5)  # the parent waited for its workers; give the kernel a moment
     assert [p for p in pids if _alive(p)] == []  # no orphan worker
+
+
+def test_apps_over_one_store_share_products_stock_and_replay(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    path = fake_artifact(tmp_path_factory.getbasetemp())
+    db = tmp_path / "events.sqlite"
+    store = EventStore(db)
+    epoch = store.begin_epoch(path)  # what shoprec serve --workers does before the workers
+    store.close()
+
+    def worker() -> TestClient:
+        return TestClient(create_app(ServeConfig(path, db=db, api_key=API_KEY, epoch=epoch)))
+
+    auth = {"X-API-Key": API_KEY}
+    product = {"item": "sku-launch", "title": "Launch", "category": "bags", "price": 2.0}
+    with worker() as a, worker() as b:
+        n = b.get("/health").json()["items"]
+        assert a.post("/admin/catalog", json={"items": [product]}, headers=auth).status_code == 201
+        assert b.get("/health").json()["items"] == n + 1  # B's next request applied it
+        assert b.get("/similar/sku-launch", params={"k": 3}).status_code == 200
+        ack = b.post("/events", json={"user": "g1", "item": "sku-launch", "behavior": "view"},
+                     headers=auth).json()  # fmt: skip
+        assert ack["known_item"] is True
+        # B now refuses the product A added, as A does
+        assert b.post("/admin/catalog", json={"items": [product]}, headers=auth).status_code == 409
+        user = b.get("/users", params={"limit": 1}, headers=auth).json()["users"][0]["user"]
+        top = b.get(f"/recommend/{user}", params={"k": 3}).json()["items"][0]["item"]
+        assert b.put("/admin/stock", json={"stock": {top: 0}}, headers=auth).status_code == 200
+        listed = [x["item"] for x in a.get(f"/recommend/{user}", params={"k": 3}).json()["items"]]
+        assert top not in listed
+        assert a.get("/history/g1", headers=auth).json()["events"][0]["item"] == "sku-launch"
+        # a worker started (or restarted) now replays every change of this run
+        with worker() as c:
+            assert c.get("/health").json()["items"] == n + 1
+            listed = [
+                x["item"] for x in c.get(f"/recommend/{user}", params={"k": 3}).json()["items"]
+            ]
+            assert top not in listed
+            assert c.get("/metrics").headers["X-Shoprec-Worker"] == str(os.getpid())
