@@ -16,6 +16,7 @@ BENCHMARKS = [
     "census",  # multi-task models vs torch-rechub and DeepCTR-Torch (~35 min)
     "tmall",  # multi-behavior buy ranking vs popularity and implicit ALS (~5 min)
     "online_retail",  # buy ranking, return, quantity (~20 min)
+    "multitask",  # MT vs ST vs leave-one-task-out, 3 seeds, Tmall / simulator / Online Retail
     "new_items",  # Amazon Games cold items from titles vs LightFM, ALS + ridge, kNN (~25 min)
     "retail_new_items",  # Online Retail products first sold in the last month (~15 min)
     "amazon_cdr",  # Amazon Sport <-> Cloth cross-domain transfer vs ALS (~30 min)
@@ -25,7 +26,7 @@ BENCHMARKS = [
 ]
 #: Benchmarks that have a --quick smoke mode; in quick mode the others are skipped.
 QUICK = {"census", "tmall", "online_retail", "new_items", "retail_new_items", "amazon_cdr",
-         "served_path", "serve_latency"}  # fmt: skip
+         "served_path", "serve_latency", "multitask"}  # fmt: skip
 
 
 def main() -> int:

@@ -43,6 +43,17 @@ settings (Parquet, JSON, safetensors) and scores users x items as step 5 ranks t
 positive scores (probabilities for the candidates, a popularity fallback below them) and the
 live events of the serving store added to each user's behaviors.
 
+Two options make the auxiliary tasks carry what the target lacks and keep the ranking at or
+above the no-learning rule "the user's own carted > viewed items first" (issue 13):
+
+* ``hide_mode`` — ``"rows"`` hides every ``in_<b>`` flag of a share ``hide_fraction`` of the
+  rows together; ``"own"`` hides each flag on its own draw, and task ``b`` learns where its
+  own flag is hidden while it still sees the others (cart learns "carted, given viewed").
+* ``rule_blend`` (``rule_weights``) — a candidate's target score becomes
+  ``(1 - w) * p + w * rule`` (:func:`rule_scores`, in ``[0, 1)``), ``w`` picked after the
+  epoch selection on the validation targets (:func:`rule_blend_metrics`); ``w = 1`` ranks as
+  the rule, so on validation the pick is never below it.
+
 Two traps this recipe's defaults avoid (both measured on Tmall, see benchmarks/RESULTS.md):
 
 * When the held-out purchases are mostly items the user already viewed, every candidate,
