@@ -152,7 +152,8 @@ def retrieval_info(path: Path, n_users: int = 1000, k: int = 100) -> dict[str, A
         "index_ms": index_ms,
         "items": art.items.height,
         "users": len(known),
-        "new_items": int((~art.items["item"].cast(pl.String).is_in(warm)).sum()),
+        "new_items": art.items.height
+        - int(art.items["item"].cast(pl.String).is_in(warm.implode()).sum()),
         "tasks": list(art.scorer.tasks),
         "fusion": fusion,
         "sample_users": sample,

@@ -229,7 +229,9 @@ class Service:
 
     def _apply(self, change: Change) -> None:
         rec, p = self.recommender, change.payload
-        if change.kind in ("start", "reload", "forget"):  # start: another run of the service
+        if change.kind == "start" and Path(p["artifact"]) == Path(self.config.artifact):
+            pass  # another process started on this store (an app without an epoch)
+        elif change.kind in ("start", "reload", "forget"):
             path = Path(p["artifact"])
             new = _load(path, self.config, self.sessions)
             _carry_over(rec, new)
