@@ -348,6 +348,8 @@ def report(res: dict[str, Any], command: str) -> str:
         "`shoprec serve --workers 1` and `2`",
         "",
         stamp(command),
+        f"Measured {res.get('measured', 'with this section')}.",
+        "",
         "Protocol: see the docstring of `benchmarks/serve_scale.py`. In short: the CLI "
         "(`shoprec serve ARTIFACT --workers N`, default limits: 4 requests at once per worker, "
         "32 queued, 503 after 50 ms in the queue) on 127.0.0.1; an open-loop asyncio client in "
@@ -409,8 +411,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds (half rate)")
     parser.add_argument("--connections", type=int, default=64, help="most open connections")
     parser.add_argument("--note", action="append", default=[], help="a note for RESULTS.md")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write RESULTS.md again from the last results.json (with these --note lines)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.report_only:
+        res = json.loads((RUNS / "results.json").read_text())
+        res["notes"] = args.note or res.get("notes", [])
+        (RUNS / "results.json").write_text(json.dumps(res, indent=2, default=float))
+        write_section("serve_scale", report(res, res.get("command", "")))
+        return
     if args.quick:
         args.seconds, args.warmup = 5.0, 2.0
     path = artifact(args.quick, args.rebuild)
@@ -422,12 +435,13 @@ def main() -> None:
         for w in args.workers
         for row in measure(path, users, w, args.rate, args.seconds, args.warmup, args.connections)
     ]
-    res = {"info": info, "rows": rows, "notes": args.note}
+    command = " ".join([".venv/bin/python -m benchmarks.serve_scale", *sys.argv[1:]])
+    res = {"info": info, "rows": rows, "notes": args.note, "command": command}
+    res["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / ("quick.json" if args.quick else "results.json")).write_text(
         json.dumps(res, indent=2, default=float)
     )
-    command = " ".join([".venv/bin/python -m benchmarks.serve_scale", *sys.argv[1:]])
     text = report(res, command)
     print(text)
     if not args.quick:
