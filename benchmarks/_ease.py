@@ -61,6 +61,7 @@ class EASE:
     def fit(self, x: sp.csr_matrix) -> EASE:
         """Fit on a binary ``(users, items)`` matrix."""
         x = sp.csr_matrix(x, dtype=np.float32)
+        x.eliminate_zeros()  # a stored 0 is no purchase
         x.data[:] = 1.0
         count = np.asarray(x.sum(axis=0)).ravel()
         order = np.lexsort((np.arange(len(count)), -count))
