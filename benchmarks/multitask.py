@@ -524,6 +524,11 @@ def _ablation_lines(rows: dict[str, dict[str, Any]], key: str, mt_kind: str = "m
 def section(name: str, result: dict[str, Any], seeds: Sequence[int]) -> str:
     rows, f = result["rows"], result["facts"]
     lines = [f"### {TITLES[name]}", ""]
+    if result.get("stamp"):  # written from a saved run: that run's command, date and commit
+        lines += ["This table's run:", "", result["stamp"].strip()]
+        if "load" in result:
+            lines.append(f"- torch threads 1; {load_note(1, float(result['load']))}")
+        lines.append("")
     if name == "retail":
         keys = ["hr@10", "ndcg@10", "return_auc"]
         lines.append(
@@ -646,14 +651,22 @@ def section(name: str, result: dict[str, Any], seeds: Sequence[int]) -> str:
 
 
 def markdown(
-    results: dict[str, dict[str, Any]], seeds: Sequence[int], total: float, threads: int
+    results: dict[str, dict[str, Any]],
+    seeds: Sequence[int],
+    total: float,
+    threads: int,
+    from_saved: bool = False,
 ) -> str:
+    load = (
+        "load averages: per table below (written from saved runs)"
+        if from_saved
+        else load_note(threads, os.getloadavg()[0])
+    )
     head = [
         "## Multi-task vs single-task on the sparse task (multitask, issue 13)",
         "",
         stamp(),
-        f"- `nproc` {os.cpu_count()}; torch threads {threads}; "
-        f"{load_note(threads, os.getloadavg()[0])}; whole run {total:.0f} s",
+        f"- `nproc` {os.cpu_count()}; torch threads {threads}; {load}; runs {total:.0f} s in all",
         f"- seeds {', '.join(map(str, seeds))}: mean ± sample std over them; the seed changes the "
         "init, batch order, drawn negatives and hidden rows; data, user sample and split are fixed",
         "- MT = multi-task with every task, ST = the same net with the sparse task alone; a target "
@@ -703,8 +716,7 @@ def main() -> None:
     if args.load is not None:
         saved = {n: json.loads((args.load / f"{n}.json").read_text()) for n in args.datasets}
         total = sum(r["total_s"] for r in saved.values())
-        text = markdown(saved, saved[args.datasets[0]]["seeds"], total, 1)
-        text = text.replace(stamp(), saved[args.datasets[0]]["stamp"])
+        text = markdown(saved, saved[args.datasets[0]]["seeds"], total, 1, from_saved=True)
         if args.out is not None:
             args.out.write_text(text)
         else:
@@ -726,7 +738,12 @@ def main() -> None:
         )
         if args.save is not None:
             args.save.mkdir(parents=True, exist_ok=True)
-            saved_one = {**results[name], "seeds": list(seeds), "stamp": stamp()}
+            saved_one = {
+                **results[name],
+                "seeds": list(seeds),
+                "stamp": stamp(),
+                "load": os.getloadavg()[0],
+            }
             (args.save / f"{name}.json").write_text(json.dumps(saved_one, indent=1, default=str))
         text = markdown(results, seeds, time.perf_counter() - started, 1)
         print(text, flush=True)
