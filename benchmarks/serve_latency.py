@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -362,10 +363,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.db is not None:
-            for f in self.db.parent.glob("*"):
-                f.unlink()
-            self.db.parent.rmdir()
+        if self.db is not None:  # the store, its WAL and lock, a worker metrics folder
+            shutil.rmtree(self.db.parent, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- load

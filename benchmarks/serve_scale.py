@@ -202,6 +202,7 @@ async def _open_loop(
 
     async def one(path: bytes, due: float) -> None:
         nonlocal open_n
+        reused = bool(idle)
         if idle:
             reader, writer = idle.pop()
         elif open_n < connections:
@@ -215,16 +216,26 @@ async def _open_loop(
         else:
             out.not_sent += 1
             return
-        try:
-            writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-            body = await reader.readexactly(length)
-        except (OSError, asyncio.IncompleteReadError, AttributeError):
-            out.errors += 1
-            writer.close()
-            open_n -= 1
-            return
+        while True:
+            try:
+                writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                body = await reader.readexactly(length)
+                break
+            except (OSError, asyncio.IncompleteReadError, AttributeError) as e:
+                writer.close()
+                nothing = isinstance(e, asyncio.IncompleteReadError) and not e.partial
+                if reused and nothing:  # the server closed it idle (keep-alive timeout): a
+                    reused = False  # GET is retried on a new connection, as HTTP clients do
+                    try:
+                        reader, writer = await asyncio.open_connection(HOST, port)
+                        continue
+                    except OSError:
+                        pass
+                out.errors += 1
+                open_n -= 1
+                return
         dt = time.perf_counter() - due
         idle.append((reader, writer))
         status = int(head[9:12])
