@@ -671,6 +671,13 @@ def markdown(
         "init, batch order, drawn negatives and hidden rows; data, user sample and split are fixed",
         "- MT = multi-task with every task, ST = the same net with the sparse task alone; a target "
         "is met when MT - ST > 2 x the larger of the two rows' seed std",
+        "- what was tried so that the auxiliary tasks carry what the sparse task lacks (rows "
+        "`option:`): the auxiliary tasks learn only where their behavior is not an input "
+        "(`hide_fraction`, all rows; `hide_mode: own`, each flag on its own draw so cart learns "
+        "cart-given-view), ESMM's entire-space cart -> buy funnel (`model: esmm`), loss "
+        "balancing by uncertainty (Online Retail), and the own-carted rule blended into the "
+        "score with a weight picked on validation (`rule_blend`, rows `+ rule blend`); which "
+        "auxiliary task helps: the `ablation:` rows leave one out",
         "",
     ]
     body = [section(n, r, seeds) for n, r in results.items()]
