@@ -974,7 +974,8 @@ def select_linear(
 
 
 def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
-               quick: bool, only: str | None = None) -> dict[str, Any]:  # fmt: skip
+               quick: bool, only: str | None = None,
+               scenario: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Warm (main) and cold-start tables of issue 13: popularity, ALS, EASE, item-kNN, our
     item neighbours and our HistoryEncoder rows (sequence recipe), each domain the target."""
     from benchmarks._ease import EASE
@@ -1017,6 +1018,8 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
         scenarios = (("cold", reduced_ds, cold_rows, cold_t, reduced, True),
                      ("warm", ds, main_rows, warm_t, data, False))  # fmt: skip
         for scen, dset, rows, t, d, merged in scenarios:
+            if scenario is not None and scen != scenario:
+                continue
             for label, path, values, runs_in in OURS_NEURAL:
                 if scen not in runs_in:
                     continue
@@ -1058,10 +1061,13 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
                          else f", top {cap:,} items")  # fmt: skip
                 note = f"{key} {best}{extra} (val NDCG@10 {val:.4f})"
                 add(rows, t, f"{label}, {what}", _linear_scorer(d, m, x, k), note, secs)
-            res["main"][dname] = {"n_test": len(warm_t.users), "rows": main_rows}
-            res["cold"][dname] = {"n_test": len(cold_t.users), "n_cold": len(cold[k]),
-                                  "rows": cold_rows}  # fmt: skip
-            tag = f"_{only}" if only else ""
+            if scenario != "cold":
+                res["main"][dname] = {"n_test": len(warm_t.users), "rows": main_rows}
+            if scenario != "warm":
+                res["cold"][dname] = {"n_test": len(cold_t.users), "n_cold": len(cold[k]),
+                                      "rows": cold_rows}  # fmt: skip
+            tag = f"_{scenario}" if scenario else ""
+            tag += f"_{only}" if only else ""
             partial = out.with_name(f"{out.name}{tag}_partial.json")  # what is done if it stops
             partial.write_text(json.dumps(res, default=_json_default, indent=1))
     res["facts"]["linear"] = lin_params
@@ -1221,7 +1227,9 @@ Training facts: `{facts}`
 """
 
 
-def main_neural(quick: bool, out: Path | None, only: str | None = None) -> dict[str, Any]:
+def main_neural(
+    quick: bool, out: Path | None, only: str | None = None, scenario: str | None = None
+) -> dict[str, Any]:
     """``--part neural``: run (one target with ``only``), save the JSON, write the section
     from every target's saved JSON."""
     torch.set_num_threads(int(SETTINGS["threads"]))
@@ -1234,11 +1242,12 @@ def main_neural(quick: bool, out: Path | None, only: str | None = None) -> dict[
     o = nb.recipe.options
     data = load_data(ds, [o.target, o.sources[0]], int(SETTINGS["valid_seed"]))
     suffix = "_quick" if quick else ""
-    res = run_neural(ds, data, nb, OUT / f"amazon_cdr_neural{suffix}", quick, only)
+    res = run_neural(ds, data, nb, OUT / f"amazon_cdr_neural{suffix}", quick, only, scenario)
     res["total_s"] = time.perf_counter() - started
     res["stamp"] = stamp()
     res["load_end"] = os.getloadavg()[0]
-    path = OUT / f"amazon_cdr_neural{suffix}{'_' + only if only else ''}.json"
+    tag = (f"_{scenario}" if scenario else "") + (f"_{only}" if only else "")
+    path = OUT / f"amazon_cdr_neural{suffix}{tag}.json"
     path.write_text(json.dumps(res, default=_json_default, indent=1))
     return report_neural(quick, out, nb.data.dataset == OWNED)
 
@@ -1405,6 +1414,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=MODEL, help="our trained models")
     parser.add_argument("--out", type=Path, help="write the section here, not in RESULTS.md")
     parser.add_argument("--only", help="--part neural: run this target domain alone")
+    parser.add_argument("--scenario", choices=["cold", "warm"],
+                        help="--part neural: run this scenario alone")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("shoprec.data").setLevel(logging.WARNING)
@@ -1412,7 +1423,7 @@ def main() -> None:
         if args.report:
             report_neural(args.quick, args.out)
         else:
-            main_neural(args.quick, args.out, args.only)
+            main_neural(args.quick, args.out, args.only, args.scenario)
         return
     if not args.report:
         for part in ("main", "cold") if args.part == "all" else (args.part,):
