@@ -171,7 +171,7 @@ def _load(out: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return load_file(out / "weights.safetensors"), json.loads((out / "history.json").read_text())
 
 
-def _assert_same(a: Path, b: Path, atol: float, epochs: int = EPOCHS) -> None:
+def _assert_same(a: Path, b: Path, atol: float, epochs: int = EPOCHS, skip: str = "") -> None:
     (wa, ha), (wb, hb) = _load(a), _load(b)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -180,6 +180,8 @@ def _assert_same(a: Path, b: Path, atol: float, epochs: int = EPOCHS) -> None:
     for ra, rb in zip(ha, hb, strict=True):
         assert ra.keys() == rb.keys()
         for k in ra:
+            if skip and k.endswith(skip):
+                continue
             assert ra[k] == pytest.approx(rb[k], abs=atol, rel=1e-4), (ra["epoch"], k)
 
 
@@ -237,7 +239,9 @@ def test_two_processes_on_parquet_shards_train_what_one_process_trains(tmp_path:
     assert shards.n_shards == 5
     _save(tmp_path / "one", *_train(None, epochs=2, shards=str(shards.directory)))
     _spawn(tmp_path / "two", tmp_path / "ckpt", epochs=2, shards=str(shards.directory))
-    _assert_same(tmp_path / "two", tmp_path / "one", atol=2e-5, epochs=2)
+    # Weights and losses to rounding; not the AUCs: the 300 validation rows hold few buys,
+    # whose near-tied scores swap order under rounding differences of 1e-8.
+    _assert_same(tmp_path / "two", tmp_path / "one", atol=2e-5, epochs=2, skip="auc")
 
 
 def test_sparse_embeddings_under_two_processes_train_what_one_process_trains(

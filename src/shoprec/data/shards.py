@@ -70,6 +70,16 @@ def _to_disk(name: str, values: np.ndarray) -> pl.Series:
     return pl.Series(name, values.astype(np.float32, copy=False))
 
 
+def _read(path: Path, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Columns of one shard as arrays. Read by pyarrow without threads: training processes
+    may be forked (e.g. by torch.multiprocessing) from one whose reader pools were running,
+    and a pool copied mid-use into a forked child can hang it."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=columns, use_threads=False)
+    return {c: table.column(c).to_numpy() for c in table.column_names}
+
+
 class ShardWriter:
     """Writes encoded rows into ``n_shards`` Parquet files of a folder.
 
@@ -164,9 +174,9 @@ class _Columns(Mapping[str, Tensor]):
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._data.column_names:
             raise KeyError(name)
-        files = [str(f) for f in self._data.files]
-        frame = pl.scan_parquet(files).select(name).collect(engine="streaming")
-        return to_tensors({name: frame[name].to_numpy()})[name]
+        parts = [_read(f, [name])[name] for f in self._data.files]
+        values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return to_tensors({name: values})[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data.column_names)
@@ -218,8 +228,7 @@ class ShardedData:
 
     def read(self, shard: int) -> dict[str, Tensor]:
         """All columns of one shard as tensors (ints as int64, floats as float32)."""
-        frame = pl.read_parquet(self.files[shard])
-        return to_tensors({c: frame[c].to_numpy() for c in frame.columns})
+        return to_tensors(_read(self.files[shard]))
 
     def batches(self, batch_size: int) -> Iterator[dict[str, Tensor]]:
         """Rows in file order, at most ``batch_size`` at a time (a batch never spans two

@@ -253,7 +253,16 @@ def objective(model: nn.Module, ctx: Context, *, ddp: bool = True) -> nn.Module:
             dist.broadcast(t, src=0)
         return obj
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(obj, device_ids=ids, static_graph=True)
+    # forward_sync_buffers: DDP sends every buffer from rank 0 before each forward. The models'
+    # buffers are constants built alike on every rank (id offsets, index grids, a content
+    # model's item tables), so they are sent only when a module keeps running statistics.
+    running = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return nn.parallel.DistributedDataParallel(
+        obj,
+        device_ids=ids,
+        static_graph=True,
+        forward_sync_buffers=running,
+    )
 
 
 def all_reduce_sum(values: Sequence[float], ctx: Context) -> list[float]:
