@@ -2,7 +2,9 @@
 
 It never asks which model it has: a model gives ``forward``, ``task_losses`` and ``predict``;
 loss balancing is a strategy object (:mod:`shoprec.train.weighting`) that turns per-task
-losses into gradients. The loop adds batching from tensors, early stopping on a validation
+losses into gradients. The loop adds batching from tensors (or from Parquet shards read one
+at a time, :mod:`shoprec.data.shards`, for data larger than memory), sparse gradients for
+large embedding tables (``train.sparse_rows``), early stopping on a validation
 metric with the best weights restored, a Rich progress display, seeding, and checkpoints it
 can resume from. Under torchrun it trains with DistributedDataParallel, each process on its
 share of every global batch (:mod:`shoprec.train.distributed`), on ``train.device``.
