@@ -70,6 +70,11 @@ SHOPS = {
 }
 
 
+def _shop(events: int) -> tuple[int, int]:
+    """Users and items of the simulated shop of ``events`` events."""
+    return SHOPS.get(events, (max(2_000, events // 50), max(1_000, events // 100)))
+
+
 def _rss_mib() -> float:
     from benchmarks._results import peak_rss_mib_now
 
@@ -120,7 +125,7 @@ def stage(
     if name == "simulate":
         from shoprec.data.simulate import write_shop
 
-        users, items = SHOPS.get(events, (max(2_000, events // 50), max(1_000, events // 100)))
+        users, items = _shop(events)
         write_shop(folder, n_events=events, n_users=users, n_items=items, seed=0)
         return {"seconds": time.perf_counter() - t0, "peak_mib": _rss_mib(), "base_mib": base}
     cfg = _config(folder, batch)
@@ -249,7 +254,7 @@ def run(
         prep = {"prepare_seconds": ep["prepare_seconds"], "peak_mib": ep["prepare_peak_mib"]}
         prep["base_mib"] = ep["base_mib"]
         print(f"[scale] {n:,} events: {ep['samples_per_second']:,.0f} samples/s", flush=True)
-        users, items = SHOPS.get(n, (None, None))
+        users, items = _shop(n)
         rows.append(
             dict(target_events=n, users=users, items=items, simulate=sim, prepare=prep, epoch=ep)
         )
@@ -628,7 +633,7 @@ def run_ann(a: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="0.1M and 0.3M events (< 5 minutes)")
+    ap.add_argument("--quick", action="store_true", help="0.1M and 0.2M events (< 5 minutes)")
     ap.add_argument("--sizes", type=int, nargs="+", help="events per shop")
     ap.add_argument("--ddp-events", type=int, help="shop for 1 vs 2 processes")
     ap.add_argument("--batch", type=int, default=2048)
@@ -732,7 +737,7 @@ def main() -> None:
             write_section("scale", md)
         return
     os.environ["SHOPREC_SCALE_SPARSE_ROWS"] = str(a.sparse_rows)  # the stages read it
-    sizes = a.sizes or ([100_000, 300_000] if a.quick else [1_000_000, 5_000_000])
+    sizes = a.sizes or ([100_000, 200_000] if a.quick else [1_000_000, 5_000_000])
     ddp_events = a.ddp_events if a.ddp_events is not None else sizes[0]
     work = a.work or Path(tempfile.mkdtemp(prefix="shoprec-scale-"))
     load_before = _loadavg()
