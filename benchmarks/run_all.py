@@ -16,7 +16,7 @@ BENCHMARKS = [
     "census",  # multi-task models vs torch-rechub and DeepCTR-Torch (~35 min)
     "tmall",  # multi-behavior buy ranking vs popularity and implicit ALS (~5 min)
     "online_retail",  # buy ranking, return, quantity (~20 min)
-    "multitask",  # MT vs ST vs leave-one-task-out x 3 seeds: Tmall, simulator, Online Retail (~90 min)
+    "multitask",  # MT vs ST vs leave-one-task-out x 3 seeds, 3 shops (~90 min)
     "new_items",  # Amazon Games cold items from titles vs LightFM, ALS + ridge, kNN (~25 min)
     "retail_new_items",  # Online Retail products first sold in the last month (~15 min)
     "amazon_cdr",  # Amazon Sport <-> Cloth cross-domain transfer vs ALS (~30 min)
