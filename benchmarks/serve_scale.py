@@ -396,7 +396,7 @@ def report(res: dict[str, Any], command: str) -> str:
         f">= {TARGET_CANDIDATES} candidates ranked by the multi-task model.",
         "",
     ]
-    for r in res["rows"]:
+    for r in [r for r in res["rows"] if r["offered_rps"] >= TARGET_RPS]:
         ok = (
             r["p99_ms"] < TARGET_P99_MS
             and r["rps"] >= TARGET_RPS * 0.99
@@ -408,6 +408,23 @@ def report(res: dict[str, Any], command: str) -> str:
             f"(p99 {r['p99_ms']:.1f} ms, {r['rps']:.0f} answered req/s, {r['errors']} errors, "
             f"at least {r['min_candidates']} candidates ranked)."
         )
+    low = [r for r in res["rows"] if r["offered_rps"] < TARGET_RPS]
+    if low:
+        lines.append(
+            "- Below the target rate (context, no verdict): "
+            + "; ".join(
+                f"{r['workers']} worker(s) at {r['offered_rps']:.0f} req/s p50 "
+                f"{r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms, {r['errors']} errors"
+                for r in low
+            )
+            + "."
+        )
+    starts = {r["workers"]: r["start_seconds"] for r in res["rows"]}
+    lines.append(
+        "- Start-up, command to first answer of /health: "
+        + ", ".join(f"{w} worker(s) {t:.0f} s" for w, t in sorted(starts.items()))
+        + "."
+    )
     lines += ["", *res.get("notes", [])]
     return "\n".join(lines) + "\n"
 
