@@ -677,6 +677,7 @@ def main() -> None:
     )
     ap.add_argument("--save", type=Path, help="also write this run's numbers to this JSON file")
     ap.add_argument("--note", action="append", help="a line under the table (with --merge)")
+    ap.add_argument("--ddp-only", action="store_true", help="only 1 vs 2 processes")
     ap.add_argument(
         "--merge",
         type=Path,
@@ -728,8 +729,8 @@ def main() -> None:
 
         res = json.loads(saved.read_text())
         res["ddp"] = {int(k): v for k, v in res["ddp"].items()}
-        for run in res.get("ddp_runs", []):
-            run["ddp"] = {int(k): v for k, v in run["ddp"].items()}
+        for entry in res.get("ddp_runs", []):
+            entry["ddp"] = {int(k): v for k, v in entry["ddp"].items()}
         md = _markdown(res, res["command"], res["cores"], res["seconds"])
         print(md)
         if not a.no_write:
@@ -739,6 +740,8 @@ def main() -> None:
     os.environ["SHOPREC_SCALE_SPARSE_ROWS"] = str(a.sparse_rows)  # the stages read it
     sizes = a.sizes or ([100_000, 200_000] if a.quick else [1_000_000, 5_000_000])
     ddp_events = a.ddp_events if a.ddp_events is not None else sizes[0]
+    if a.ddp_only:  # 1 vs 2 processes alone (e.g. at another --batch), for --merge
+        sizes = []
     work = a.work or Path(tempfile.mkdtemp(prefix="shoprec-scale-"))
     load_before = _loadavg()
     start = time.perf_counter()
