@@ -72,10 +72,12 @@ class Workers:
         self.port = port
         self.conns: dict[str, http.client.HTTPConnection] = {}
 
-    def connect(self, want: int = 2, tries: int = 20) -> list[str]:
+    def connect(self, want: int = 2, seconds: float = 120.0) -> list[str]:
         """Open connections at once (the workers accept them in turns) until ``want``
-        workers hold one; returns the worker ids."""
-        for _ in range(tries):
+        workers hold one (a worker still loading the model answers nothing yet); returns
+        the worker ids."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
             fresh = [http.client.HTTPConnection(HOST, self.port, timeout=60) for _ in range(8)]
             with ThreadPoolExecutor(len(fresh)) as pool:
                 names = list(pool.map(self._name, fresh))
@@ -86,6 +88,7 @@ class Workers:
                     conn.close()
             if len(self.conns) >= want:
                 return sorted(self.conns)
+            time.sleep(0.2)
         raise AssertionError(f"only workers {sorted(self.conns)} answered")
 
     @staticmethod
