@@ -719,6 +719,7 @@ def main() -> None:
         seeds, epochs = seeds[:1], 1
         args.tmall_users, args.retail_users, args.retail_windows = 500, 300, 1
     started = time.perf_counter()
+    started_stamp = stamp()  # the commit the code was loaded from (HEAD may move meanwhile)
     results: dict[str, dict[str, Any]] = {}
     if args.load is not None:
         saved = {n: json.loads((args.load / f"{n}.json").read_text()) for n in args.datasets}
@@ -748,7 +749,7 @@ def main() -> None:
             saved_one = {
                 **results[name],
                 "seeds": list(seeds),
-                "stamp": stamp(),
+                "stamp": started_stamp,
                 "load": os.getloadavg()[0],
             }
             (args.save / f"{name}.json").write_text(json.dumps(saved_one, indent=1, default=str))
