@@ -202,9 +202,15 @@ def _plain(scorer: MultiBehaviorScorer) -> MultiBehaviorScorer:
 
 
 def run_multibehavior(
-    name: str, seeds: Sequence[int], users: int | None, epochs: int | None, quick: bool
+    name: str,
+    seeds: Sequence[int],
+    users: int | None,
+    epochs: int | None,
+    quick: bool,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every row of one multibehavior dataset (``tmall`` or ``sim``)."""
+    """Every row of one multibehavior dataset (``tmall`` or ``sim``), or those whose label
+    contains one of ``only`` (then the rule and popularity rows are left out)."""
     cfg = load_config(CONFIGS[name]).with_values(
         {
             **MB_COMMON,
@@ -234,7 +240,11 @@ def run_multibehavior(
         "runs": [evaluate(history_baseline(blog, rc, "rate"))],
     }
     facts: dict[str, Any] = {}
+    if only:
+        rows.clear()
     for label, (kind, values) in MB_VARIANTS.items():
+        if only and not any(o in label for o in only):
+            continue
         plain, blended, notes = [], [], []
         tick = time.perf_counter()
         for seed in seeds:
@@ -257,7 +267,7 @@ def run_multibehavior(
                 {k: round(v, 4) for k, v in plain[-1].items()},
             )
         rows[f"ours: {label}"] = {"kind": kind, "runs": plain, "notes": notes}
-        if kind in ("st", "mt"):
+        if kind in ("st", "mt") or only:  # a partial run (--variants) reports every blend
             rows[f"ours: {label} + rule blend (weight on validation)"] = {
                 "kind": f"{kind}_blend",
                 "runs": blended,
@@ -528,6 +538,14 @@ def section(name: str, result: dict[str, Any], seeds: Sequence[int]) -> str:
         lines += ["This table's run:", "", result["stamp"].strip()]
         if "load" in result:
             lines.append(f"- torch threads 1; {load_note(1, float(result['load']))}")
+        for m in result.get("merged", []):
+            lines += [
+                "",
+                f"Rows {', '.join(m['variants'])} rerun and merged in (same sizes, seeds and "
+                "sample; their blend rows added):",
+                "",
+                m["stamp"].strip(),
+            ]
         lines.append("")
     if name == "retail":
         keys = ["hr@10", "ndcg@10", "return_auc"]
@@ -633,7 +651,8 @@ def section(name: str, result: dict[str, Any], seeds: Sequence[int]) -> str:
                 _values(rows, "st_blend", "hr@10"),
             )
         )
-        lines.append("- " + _rule_line(rows, "hr@10", {"st_blend", "mt_blend"}, " as shipped"))
+        blends = {r["kind"] for r in rows.values() if r["kind"].endswith("_blend")}
+        lines.append("- " + _rule_line(rows, "hr@10", blends, " as shipped"))
         lines.append(
             "  (as shipped: `rule_blend: true`, the recipe's default; the same rule over every "
             "row, model-alone and ablations included:)"
@@ -641,7 +660,7 @@ def section(name: str, result: dict[str, Any], seeds: Sequence[int]) -> str:
         lines.append("- " + _rule_line(rows, "hr@10"))
         lines.append("- which auxiliary task helps:")
         lines += ["  " + x for x in _ablation_lines(rows, "hr@10")]
-    mt_kinds = {"mt", "mt_blend", "ablation", "option"}
+    mt_kinds = {"mt", "mt_blend", "ablation", "option", "ablation_blend", "option_blend"}
     lines.append(_plain_line(rows, "hr@10", {"st", "st_buy", "st_blend"}, mt_kinds))
     if name == "retail":
         lines.append(_plain_line(rows, "return_auc", {"st_return"}, mt_kinds))
@@ -697,6 +716,13 @@ def main() -> None:
     parser.add_argument("--retail-negatives", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=None, help="cap on every row's epochs")
     parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="multibehavior rows to run (labels containing one of these); with --save the "
+        "rows are merged into DIR/<dataset>.json of an earlier run (same sizes and seeds)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1 seed, small, not written"
     )
     parser.add_argument("--out", type=Path, help="write the section here, not in RESULTS.md")
@@ -738,7 +764,7 @@ def main() -> None:
             )
         else:
             users = args.tmall_users if name == "tmall" else args.sim_users
-            results[name] = run_multibehavior(name, seeds, users, epochs, args.quick)
+            results[name] = run_multibehavior(name, seeds, users, epochs, args.quick, args.variants)
         results[name]["total_s"] = (
             time.perf_counter()
             - started
@@ -752,6 +778,15 @@ def main() -> None:
                 "stamp": started_stamp,
                 "load": os.getloadavg()[0],
             }
+            earlier = args.save / f"{name}.json"
+            if args.variants and earlier.exists():  # merge the rows into the earlier run's
+                base = json.loads(earlier.read_text())
+                base["rows"].update(saved_one["rows"])
+                base["facts"]["seconds"].update(saved_one["facts"]["seconds"])
+                base.setdefault("merged", []).append(
+                    {"variants": list(args.variants), "stamp": started_stamp}
+                )
+                saved_one = base
             (args.save / f"{name}.json").write_text(json.dumps(saved_one, indent=1, default=str))
         text = markdown(results, seeds, time.perf_counter() - started, 1)
         print(text, flush=True)
