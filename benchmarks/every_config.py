@@ -152,13 +152,13 @@ def run(cmd: list[str], timeout: float, env: dict[str, str]) -> tuple[Step, str]
 
 def main_metric(test: dict[str, Any]) -> tuple[str, float] | None:
     """The test metric a config is judged by: HR@k at the first cut-off of a ranking
-    protocol, else the first AUC (rows) or the first pointwise score (demand)."""
+    protocol, else the first AUC (rows) or the WAPE of the forecast units (demand)."""
     metrics = test.get("metrics") or {}
     hr = sorted((k for k in metrics if k.startswith("hr@")), key=lambda k: int(k[3:]))
     if hr:
         return f"{test.get('target', '')}/{hr[0]}".lstrip("/"), float(metrics[hr[0]])
     point = {k: v for k, v in (test.get("pointwise") or {}).items() if isinstance(v, int | float)}
-    auc = [k for k in point if k.endswith("/auc")]
+    auc = [k for k in point if k.endswith("/auc")] or [k for k in point if k == "wape"]
     key = auc[0] if auc else next(iter(point), None)
     return (key, float(point[key])) if key else None
 
@@ -241,6 +241,9 @@ def run_config(path: Path, timeout: float, env: dict[str, str], shoprec: list[st
 
 
 STEPS = ("train", "evaluate", "recommend")
+#: Recipes whose test rows are scored once by train and kept in the artifact (evaluate shows
+#: them again; it has no item ranking to redo).
+POINTWISE = ("tabular", "demand")
 
 
 def load_rows() -> dict[str, dict[str, Any]]:
@@ -299,7 +302,9 @@ def section(rows: dict[str, dict[str, Any]], command: str, load: str) -> str:
         "upper bound; early stopping can end sooner), one torch thread, no bootstrap and no "
         "search, so the metric is what that short run reaches on the test split, read once "
         "by `train`; `shoprec evaluate` rebuilds the split from the artifact alone and must "
-        "give the same value (column *evaluate*). The full settings and the peers are in each "
+        "give the same value (column *evaluate*; *stored*: the tabular and demand recipes "
+        "score test rows, not item rankings, and evaluate shows the scores train kept). "
+        "The full settings and the peers are in each "
         "benchmark's own section. Time and peak RSS are per step (wall clock, `ru_maxrss` of "
         "the finished child); *load* is the mean 1-minute load average while the step ran: "
         "the 2 cores were shared with other engineers' jobs, so the times are inflated by "
@@ -323,6 +328,8 @@ def section(rows: dict[str, dict[str, Any]], command: str, load: str) -> str:
         agree = "" if not r["evaluate_metric"] else " (same)"
         if r["evaluate_metric"] and r["metric"] != r["evaluate_metric"]:
             agree = " (differs)"
+        if r["evaluate_metric"] and r["recipe"] in POINTWISE:
+            agree = " (stored)"
         lines.append(
             f"| {r['config']} | {r['recipe']} | {'<br>'.join(extra) or '-'} | "
             f"{_cell(r['train'])} | {r['metric'] or '-'} | {_cell(r['evaluate'])} | "
