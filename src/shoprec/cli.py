@@ -817,7 +817,8 @@ def forget(
         f"forgot {', '.join(users)} in {artifact}: {sum(deleted.values()):,} stored events, "
         f"{report.seen_rows:,} training events, scorer {report.scorer}, "
         f"retrieval {report.retrieval or 'none built'}"
-        + (f" ([yellow]unknown here: {', '.join(unknown)}[/])" if unknown else "")
+        + (f" ([yellow]unknown here: {', '.join(unknown)}[/])" if unknown else ""),
+        soft_wrap=True,  # one line, as logs and scripts read it (a path is never cut)
     )
 
 
