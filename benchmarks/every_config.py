@@ -309,7 +309,9 @@ def section(rows: dict[str, dict[str, Any]], command: str, load: str) -> str:
         "the finished child); *load* is the mean 1-minute load average while the step ran: "
         "the 2 cores were shared with other engineers' jobs, so the times are inflated by "
         "about that factor over 1 and are no speed measurement. `recommend` includes building "
-        "the retrieval files on first use where the artifact has none.",
+        "the retrieval files on first use where the artifact has none (a two-tower model is "
+        "trained then: most of the time of the slow ones). Title vectors come from the "
+        "shared cache (`$SHOPREC_CACHE` or ~/.cache/shoprec) when an earlier run made them.",
         "",
         f"- command: `{command}`",
         f"- date: {dates[0][:16]} .. {dates[-1][:16]} UTC" if dates else "- date: -",
