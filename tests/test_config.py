@@ -243,3 +243,16 @@ def test_bad_overrides_name_the_key(tmp_path: Path, setting: dict, words: list[s
     assert "\n" not in message and str(path) in message
     for word in words:
         assert word in message
+
+
+def test_config_check_takes_the_same_overrides_as_train(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shoprec.cli import app
+
+    path = write(tmp_path, "data: {dataset: simulated}\nrecipe: {name: pairs}\n")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", str(path), "--set", "recipe.name=multibehavior"])
+    assert ok.exit_code == 0 and "multibehavior" in ok.stdout
+    bad = runner.invoke(app, ["config", "check", str(path), "--set", "train.epoch=1"])
+    assert bad.exit_code != 0 and "train.epoch" in bad.output and "epochs" in bad.output

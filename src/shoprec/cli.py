@@ -507,12 +507,20 @@ def _print_evaluation(title: str, ev: dict[str, Any]) -> None:
 @config_app.command("check")
 def config_check(
     config: Annotated[Path, typer.Argument(help="Experiment YAML to validate.")],
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Check with one setting replaced (repeatable), as `shoprec train --set`.",
+        ),
+    ] = None,
 ) -> None:
     """Validate a config (keys, types, files) without training; print what it would do."""
-    from shoprec.config import check_config
+    from shoprec.config import check_config, parse_settings
 
     try:
-        summary = check_config(config)
+        summary = check_config(config, **parse_settings(settings or []))
     except (ShoprecError, ValueError) as e:
         _fail(str(e))
         return

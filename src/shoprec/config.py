@@ -698,13 +698,17 @@ def _message(error: ConfigError) -> str:
     return str(error).removeprefix(f"In {error.file}: ")
 
 
-def check_config(path: str | Path) -> dict[str, Any]:
+def check_config(path: str | Path, **overrides: Any) -> dict[str, Any]:
     """Validate a config and its data source without training; a summary of what it does.
+
+    Args:
+        path: the YAML file.
+        **overrides: dotted settings applied first, as :func:`load_config` (``--set``).
 
     Raises:
         ConfigError: as :func:`load_config`, or a data file that does not exist.
     """
-    cfg = load_config(path)
+    cfg = load_config(path, **overrides)
     d = cfg.data
     for f in (d.events, d.catalog, d.users):
         if f is not None and not f.path.exists():
