@@ -140,6 +140,8 @@ def test_manifest_lists_size_and_sha256_of_every_file(original: Path) -> None:
         assert entry["size"] == (original / name).stat().st_size, name
         assert len(entry["sha256"]) == 64
     assert artifacts.problems(original) == []
+    config = artifacts.Artifact.load(original).config_dict
+    assert config["output"] == str(original.resolve())  # where it was written, not the file's
 
 
 def test_python_load_names_the_bad_file(damaged: tuple[Path, str, str]) -> None:

@@ -175,7 +175,9 @@ def save(
     scorer.save(tmp / SCORER_DIR)
     item_table(items).write_parquet(tmp / ITEMS_FILE)
     seen.select("user", "item", "behavior").write_parquet(tmp / SEEN_FILE)
-    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    written = config.to_dict()
+    written["output"] = str(directory.resolve())  # where it is (``--output`` may differ)
+    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(written, sort_keys=False))
     (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=_json) + "\n")
     manifest = {
         "format": FORMAT,
