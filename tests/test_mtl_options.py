@@ -31,6 +31,8 @@ from shoprec.recipes.multibehavior import (
     history_baseline,
     model_scores,
     numeric_features,
+    paired_gain,
+    pick_blend_weight,
     rule_blend_metrics,
     task_specs,
     training_data,
@@ -148,8 +150,55 @@ def test_rule_blend_weight_one_ranks_as_the_rule_and_zero_as_the_model() -> None
         ks=(3, 5),
     )
     assert blended["ndcg@5"] == pytest.approx(by_w[0.5]["ndcg@5"], abs=1e-9)
+    per_user: dict[float, dict[str, np.ndarray]] = {}
+    again = rule_blend_metrics(
+        model, blog, users, targets, cfg, (0.0, 1.0), ks=(3, 5), per_user=per_user
+    )
+    for w in (0.0, 1.0):  # per-user values, same users in the same order, average to the means
+        assert per_user[w]["hr@3"].shape == (len(users),)
+        assert per_user[w]["ndcg@5"].mean() == pytest.approx(again[w]["ndcg@5"], abs=1e-9)
     with pytest.raises(ValueError, match="rule_weight"):
         MultiBehaviorConfig(rule_weight=1.5)
+
+
+def test_paired_gain_is_the_mean_and_standard_error_of_the_difference() -> None:
+    a, b = np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0, 0.0])
+    gain, se = paired_gain(a, b)  # differences 1, 0, 0, 1
+    assert gain == pytest.approx(0.5)
+    assert se == pytest.approx(np.std([1, 0, 0, 1], ddof=1) / 2)
+
+
+def test_the_one_se_pick_keeps_the_rule_unless_a_weight_beats_it_beyond_chance() -> None:
+    rng = np.random.default_rng(0)
+    rule = (rng.random(400) < 0.3).astype(float)
+    flip = rng.random(400)
+    # model alone: 3 users more than the rule of 400, with 40 discordant users: within 1 SE
+    near = rule.copy()
+    near[np.flatnonzero((rule == 1) & (flip < 0.2))[:18]] = 0
+    near[np.flatnonzero((rule == 0) & (flip < 0.2))[:21]] = 1
+    assert near.sum() - rule.sum() == 3
+    gain, se = paired_gain(near, rule)
+    assert 0 < gain <= se
+    assert pick_blend_weight({0.0: near, 1.0: rule}) == 1.0  # the rule stays
+    # ... although a pick by the best mean would leave it:
+    assert max((0.0, 1.0), key=lambda w: {0.0: near, 1.0: rule}[w].mean()) == 0.0
+    # model alone far ahead of the rule: picked; a blend within 1 SE of it does not win
+    far = rule.copy()
+    far[np.flatnonzero(rule == 0)[:60]] = 1
+    blend = far.copy()  # 4 users gained, 2 lost: +2 of 400, within one standard error
+    blend[np.flatnonzero(far == 0)[:4]] = 1
+    blend[np.flatnonzero(far == 1)[:2]] = 0
+    assert pick_blend_weight({0.0: far, 0.5: blend, 1.0: rule}) == 0.0
+    # a blend beyond 1 SE of the model alone (and of the rule) is picked
+    better = far.copy()
+    better[np.flatnonzero(far == 0)[:40]] = 1
+    assert pick_blend_weight({0.0: far, 0.5: better, 1.0: rule}) == 0.5
+    # a blend beyond the rule where the model alone is not: the blend, not the model
+    assert pick_blend_weight({0.0: near, 0.5: better, 1.0: rule}) == 0.5
+    # without the rule among the weights, only the model-alone step applies
+    assert pick_blend_weight({0.0: far, 0.5: blend}) == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        pick_blend_weight({})
 
 
 def _config(**recipe: Any) -> ExperimentConfig:
@@ -178,9 +227,16 @@ def test_the_recipe_picks_a_blend_never_below_the_rule_on_validation() -> None:
     picked = run.info["rule_weight"]
     valid = run.info["rule_blend_valid"]
     assert picked in (0.0, 0.5, 1.0) and set(valid) == {0.0, 0.5, 1.0}
-    assert valid[picked]["ndcg@10"] >= valid[1.0]["ndcg@10"]  # 1.0: the rule alone
-    assert valid[picked]["ndcg@10"] == max(v["ndcg@10"] for v in valid.values())
+    assert run.info["rule_pick"] == "one_se"  # the default
+    gain, se = run.info["rule_blend_gain_over_rule"][picked]
+    assert picked == 1.0 or gain > se  # the rule unless beaten beyond one standard error
     assert run.scorer.config.rule_weight == picked  # what the artifact serves
+    best = MultiBehaviorRecipe(_config(rule_weights=[0.0, 0.5, 1.0], rule_pick="best")).fit(
+        ds, split
+    )
+    valid = best.info["rule_blend_valid"]
+    assert valid[best.info["rule_weight"]]["ndcg@10"] >= valid[1.0]["ndcg@10"]  # 1.0: the rule
+    assert valid[best.info["rule_weight"]]["ndcg@10"] == max(v["ndcg@10"] for v in valid.values())
     off = MultiBehaviorRecipe(_config(rule_blend=False)).fit(ds, split)
     assert off.scorer.config.rule_weight == 0.0 and "rule_weight" not in off.info
 
@@ -191,6 +247,7 @@ def test_the_recipe_picks_a_blend_never_below_the_rule_on_validation() -> None:
         ({"rule_weights": [0.0, 1.5]}, "rule_weights"),
         ({"rule_weights": []}, "rule_weights"),
         ({"hide_mode": "sometimes"}, "hide_mode"),
+        ({"rule_pick": "luck"}, "rule_pick"),
     ],
 )
 def test_bad_option_values_are_refused(recipe: dict[str, Any], message: str) -> None:

@@ -52,7 +52,10 @@ above the no-learning rule "the user's own carted > viewed items first" (issue 1
 * ``rule_blend`` (``rule_weights``) — a candidate's target score becomes
   ``(1 - w) * p + w * rule`` (:func:`rule_scores`, in ``[0, 1)``), ``w`` picked after the
   epoch selection on the validation targets (:func:`rule_blend_metrics`); ``w = 1`` ranks as
-  the rule, so on validation the pick is never below it.
+  the rule. ``rule_pick: one_se`` (default, :func:`pick_blend_weight`) keeps the rule unless
+  a weight beats it by more than one standard error of the paired per-user difference, and
+  the model alone over a blend unless the blend beats it so: a pick by the best validation
+  mean alone fell below the rule on test by chance (Tmall ESMM, by 11 users of 2,998).
 
 Two traps this recipe's defaults avoid (both measured on Tmall, see benchmarks/RESULTS.md):
 
@@ -159,6 +162,8 @@ __all__ = [
     "model_scores",
     "numeric_features",
     "pair_features",
+    "paired_gain",
+    "pick_blend_weight",
     "popularity_scores",
     "rule_blend_metrics",
     "rule_scores",
@@ -1005,6 +1010,7 @@ def rule_blend_metrics(
     *,
     ks: Sequence[int] = (10,),
     max_users: int | None = None,
+    per_user: dict[float, dict[str, np.ndarray]] | None = None,
 ) -> dict[float, dict[str, float]]:
     """Full-ranking metrics of held-out targets for each blend weight of the rule, from one
     forward pass over the candidates (the blend only changes the candidates' scores).
@@ -1019,6 +1025,8 @@ def rule_blend_metrics(
         ks: cut-offs.
         max_users: a seeded sample of this many users (all when None), as
             :func:`make_evaluator` draws it.
+        per_user: an empty dict, filled with weight -> metric -> float64 ``(U,)`` per-user
+            values (the users in the same order for every weight, for paired comparisons).
 
     Returns:
         weight -> :func:`full_ranking_metrics` of the blend.
@@ -1055,10 +1063,77 @@ def rule_blend_metrics(
             out.append(s)
         return out
 
+    arrays: list[dict[str, np.ndarray]] | None = [] if per_user is not None else None
     per = _ranking_sums(
-        variants, blog, users, targets, target=plain.target, ks=ks, n_variants=len(weights)
+        variants,
+        blog,
+        users,
+        targets,
+        target=plain.target,
+        ks=ks,
+        n_variants=len(weights),
+        per_user=arrays,
     )
+    if per_user is not None and arrays is not None:
+        per_user.update({float(w): a for w, a in zip(weights, arrays, strict=True)})
     return {float(w): m for w, m in zip(weights, per, strict=True)}
+
+
+def paired_gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the paired per-user difference ``a - b``.
+
+    Args:
+        a: per-user metric values ``(U,)`` of one ranking.
+        b: the same users' values under another ranking ``(U,)``.
+
+    Returns:
+        ``(mean(a - b), std(a - b, ddof=1) / sqrt(U))`` (standard error 0 for one user).
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) == 0:
+        return 0.0, 0.0
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), se
+
+
+def pick_blend_weight(
+    per_user: Mapping[float, np.ndarray], rule: float = 1.0, model: float = 0.0
+) -> float:
+    """The rule-blend weight by the one-standard-error rule, from validation per-user values.
+
+    The rule (weight ``rule``, no learning) is kept unless a weight beats it by more than one
+    standard error of the paired per-user difference (:func:`paired_gain`); among the weights
+    that do, the best by mean is taken, but the model alone (weight ``model``) is preferred
+    to a blend unless the blend beats it by more than one standard error too. So a pick that
+    leaves the rule, or adds the rule to the model, has to win by more than chance on the
+    validation users; a weight missing from ``per_user`` is skipped in its step.
+
+    Args:
+        per_user: weight -> per-user metric values ``(U,)`` (the same users, same order).
+        rule: the weight that ranks as the rule alone.
+        model: the weight that ranks as the model alone.
+
+    Returns:
+        The picked weight.
+
+    Example:
+        >>> hits = {0.0: np.array([1, 0, 1, 1.0]), 1.0: np.array([1, 0, 1, 0.0])}
+        >>> pick_blend_weight(hits)  # +0.25 with standard error 0.25: not beyond one SE
+        1.0
+    """
+    if not per_user:
+        raise ValueError("pick_blend_weight needs at least one weight")
+    weights = sorted(per_user)
+
+    def beats(a: float, b: float) -> bool:
+        gain, se = paired_gain(per_user[a], per_user[b])
+        return gain > se and gain > 0
+
+    safe = [w for w in weights if rule not in per_user or w == rule or beats(w, rule)]
+    best = max(safe, key=lambda w: (float(np.mean(per_user[w])), -w))
+    if best not in (model, rule) and model in safe and not beats(best, model):
+        best = model
+    return best
 
 
 def history_baseline(
@@ -1164,9 +1239,12 @@ def _ranking_sums(
     ks: Sequence[int] = (10, 20),
     chunk_size: int = 1024,
     n_variants: int = 1,
+    per_user: list[dict[str, np.ndarray]] | None = None,
 ) -> list[dict[str, float]]:
     """:func:`full_ranking_metrics` of ``n_variants`` score variants of each chunk of users
-    (``scorers(users) -> [scores (C, n_items), ...]``), one metrics dict per variant."""
+    (``scorers(users) -> [scores (C, n_items), ...]``), one metrics dict per variant; with
+    ``per_user`` (an empty list), it is filled with one dict per variant of metric -> float64
+    ``(U,)`` per-user values in the order of ``users`` (0 for an unknown user or target)."""
     users = np.asarray(users, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
     ok = (users >= 0) & (targets >= 0)
@@ -1176,6 +1254,7 @@ def _ranking_sums(
         )
     excl = blog.csr(target)
     sums: list[dict[str, float]] = [{} for _ in range(n_variants)]
+    parts: list[dict[str, list[np.ndarray]]] = [{} for _ in range(n_variants)]
     u_ok, t_ok = users[ok], targets[ok]
     for start in range(0, len(u_ok), chunk_size):
         uu, tt = u_ok[start : start + chunk_size], t_ok[start : start + chunk_size]
@@ -1187,6 +1266,15 @@ def _ranking_sums(
             per = ranking_metrics(s, rel, exc, ks=ks, chunk_size=chunk_size, per_user=True)
             for name, values in per.items():
                 sums[v][name] = sums[v].get(name, 0.0) + float(np.nansum(values))
+                if per_user is not None:
+                    parts[v].setdefault(name, []).append(np.nan_to_num(values))
+    if per_user is not None:
+        for part in parts:
+            full = {}
+            for name, chunks in part.items():
+                full[name] = np.zeros(len(users), dtype=np.float64)
+                full[name][ok] = np.concatenate(chunks)
+            per_user.append(full)
     n = max(len(users), 1)
     out = []
     for part in sums:
@@ -1288,6 +1376,11 @@ class MultiBehaviorOptions(RecipeOptions):
     # so the pick is never below the rule on validation). false: the model alone (w = 0).
     rule_blend: bool = True
     rule_weights: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+    # How the weight is picked: "one_se" keeps the rule (w = 1) unless a weight beats it on
+    # validation by more than one standard error of the paired per-user difference, and the
+    # model alone (w = 0) over a blend unless the blend beats it by more than one standard
+    # error (pick_blend_weight); "best": the best validation mean (ties to the smaller w).
+    rule_pick: Literal["one_se", "best"] = "one_se"
 
     @model_validator(mode="after")
     def _consistent(self) -> MultiBehaviorOptions:
@@ -1910,14 +2003,19 @@ class MultiBehaviorRecipe(Recipe):
         ks: Sequence[int],
         info: dict[str, Any],
     ) -> MultiBehaviorConfig:
-        """``config`` with the ``rule_weight`` of ``rule_weights`` whose blend of the selected
-        model and the own-behavior rule ranks the validation targets best (by the monitor's
-        ranking metric, else ``ndcg@k``; ties to the smaller weight); noted in ``info``."""
+        """``config`` with the ``rule_weight`` of ``rule_weights`` picked on the validation
+        targets by the monitor's ranking metric (else ``ndcg@k``): with ``rule_pick:
+        one_se`` by :func:`pick_blend_weight` (the rule unless a weight beats it by more than
+        one standard error of the paired per-user difference, the model alone unless a blend
+        beats it so), with ``best`` the best mean (ties to the smaller weight); the
+        validation means and each weight's paired gain over the rule (mean, standard error)
+        are noted in ``info``."""
         metric = monitor.split("/", 1)[-1]
         if metric.split("@")[0] not in {"hr", "ndcg", "recall", "mrr"}:
             metric = f"ndcg@{10 if 10 in ks else ks[0]}"
         cut = int(metric.split("@")[1]) if "@" in metric else max(ks)
         weights = tuple(sorted(set(self.options.rule_weights)))
+        per_user: dict[float, dict[str, np.ndarray]] = {}
         by_w = rule_blend_metrics(
             model,
             blog,
@@ -1927,17 +2025,28 @@ class MultiBehaviorRecipe(Recipe):
             weights,
             ks=tuple(sorted({*ks, cut})),
             max_users=self.options.validation_users,
+            per_user=per_user,
         )
-        best = max(weights, key=lambda w: (by_w[w].get(metric, 0.0), -w))
+        values = {w: per_user[w].get(metric, np.zeros(0)) for w in weights}
+        if self.options.rule_pick == "one_se":
+            best = pick_blend_weight(values)
+        else:
+            best = max(weights, key=lambda w: (by_w[w].get(metric, 0.0), -w))
         info["rule_weight"] = best
+        info["rule_pick"] = self.options.rule_pick
         info["rule_blend_valid"] = {
             w: {k: round(v, 4) for k, v in m.items() if k != "users"} for w, m in by_w.items()
         }
+        if 1.0 in values:
+            info["rule_blend_gain_over_rule"] = {
+                w: [round(x, 4) for x in paired_gain(values[w], values[1.0])] for w in weights
+            }
         log.info(
-            "rule blend: weight %s picked on validation %s (%s)",
+            "rule blend: weight %s picked on validation %s (%s, rule_pick %s)",
             best,
             metric,
             {w: round(m.get(metric, 0.0), 4) for w, m in by_w.items()},
+            self.options.rule_pick,
         )
         return replace(config, rule_weight=best)
 
