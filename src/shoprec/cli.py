@@ -290,6 +290,16 @@ def train(
             "validation and recorded in the artifact's experiment.yaml (overrides).",
         ),
     ] = None,
+    retrieval: Annotated[
+        bool | None,
+        typer.Option(
+            "--retrieval/--no-retrieval",
+            help="After training, build the retrieval files (two-tower model, item indexes, "
+            "co-occurrences) into the artifact so that recommend / serve start at once "
+            "(recipes that recommend items). Default: the config's serve.build_retrieval "
+            "(true); --no-retrieval leaves it to the first recommend / serve.",
+        ),
+    ] = None,
 ) -> None:
     from shoprec.config import load_config, parse_settings
     from shoprec.train import distributed
@@ -300,6 +310,7 @@ def train(
         args += ["--output", str(output)] if output is not None else []
         args += [] if resume is None else ["--resume" if resume else "--restart"]
         args += [a for s in settings or [] for a in ("--set", s)]
+        args += [] if retrieval is None else ["--retrieval" if retrieval else "--no-retrieval"]
         raise typer.Exit(distributed.launch(nproc, args))
     try:
         cfg = load_config(config, **parse_settings(settings or []))
@@ -328,6 +339,8 @@ def train(
         distributed.shutdown()
         if not ctx.is_main:
             return
+        if cfg.serve.build_retrieval if retrieval is None else retrieval:
+            _build_retrieval(path)
     except (ShoprecError, ValueError, TypeError, OSError) as e:
         _fail(str(e))
         return
@@ -336,6 +349,47 @@ def train(
         _print_trials(metrics["search"])
     _print_evaluation(f"{cfg.name}: test", metrics.get("test", {}))
     out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
+
+
+def _build_retrieval(path: Path) -> None:
+    """The retrieval files of a freshly trained artifact (nothing for row-scoring ones)."""
+    import time
+
+    from shoprec.artifact import read_manifest
+    from shoprec.experiment import build_serving_files
+
+    if read_manifest(path).get("items") == 0:
+        return
+    err.print(
+        "building the retrieval files (two-tower model, item indexes, co-occurrences) into "
+        f"{path / 'retrieval'} so that recommend / serve start at once (--no-retrieval skips)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    start = time.perf_counter()
+    build_serving_files(path, progress=True)
+    err.print(f"retrieval files built in {time.perf_counter() - start:.1f} s", highlight=False)
+
+
+def _build_missing_retrieval(art: Any) -> None:
+    """An artifact without retrieval files: say so, then build them into the cache folder
+    with a progress bar (what the Recommender would do silently)."""
+    import time
+
+    from shoprec.recommend.retrieve import Retrieval, build_retrieval, missing_retrieval_message
+
+    folder = Retrieval.pending(art)
+    if folder is None:
+        return
+    err.print(
+        f"[yellow]{missing_retrieval_message(art.directory)}.[/] Building them now into the "
+        f"cache folder {folder}; later runs read them.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    start = time.perf_counter()
+    build_retrieval(art.directory, out=folder, progress=True)
+    err.print(f"retrieval files built in {time.perf_counter() - start:.1f} s", highlight=False)
 
 
 def _checkpoint_dir(cfg: Any, output: Path | None) -> tuple[Path, bool]:
@@ -742,6 +796,7 @@ def recommend(
                 "purchase probabilities of impressions), it does not recommend items; "
                 "use shoprec evaluate, or its scorer's predict_rows in Python"
             )
+        _build_missing_retrieval(art)
         rec = art.recommender()
         uid = rec.user_key(user)  # hashed when the artifact was trained on hashed ids
         recs = rec.recommend(uid, k, fusion=fusion, explain=explain)
@@ -995,6 +1050,7 @@ def serve(
             with err.status("training the two-tower retrieval model..."):
                 build_retrieval(artifact)
         art = Artifact.load(artifact)  # every file checked against the manifest
+        _build_missing_retrieval(art)
         with err.status("loading (or building) the retrieval files..."):
             Retrieval.of_artifact(art)  # damaged files named here, not in a traceback
         rec_cfg = None

@@ -421,9 +421,16 @@ class EvaluateSection(Strict):
 
 
 class ServeSection(BaseModel):
-    """Fields of :class:`shoprec.recommend.RecommenderConfig` (checked against it)."""
+    """Fields of :class:`shoprec.recommend.RecommenderConfig` (checked against it), and
+    ``build_retrieval``."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    # `shoprec train` builds the retrieval files (two-tower model, item indexes,
+    # co-occurrences) into the artifact of a recipe that recommends items, so that the first
+    # `shoprec recommend` / `serve` does not train them (minutes on a large shop); false (or
+    # `train --no-retrieval`) leaves that to the first use, which builds them into a cache
+    build_retrieval: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -437,7 +444,7 @@ class ServeSection(BaseModel):
     def _known(self) -> ServeSection:
         from shoprec.recommend.recommender import RecommenderConfig
 
-        allowed = _dataclass_keys(RecommenderConfig)
+        allowed = ["build_retrieval", *_dataclass_keys(RecommenderConfig)]
         unknown = sorted(set(self.model_extra or {}) - set(allowed))
         if unknown:
             raise ValueError(f"unknown key 'serve.{unknown[0]}'; allowed: {allowed}")

@@ -4,7 +4,8 @@
 notebook all run these functions::
 
     cfg = load_config("configs/sim_mmoe.yaml")
-    path = train_experiment(cfg)                  # writes the artifact, test read once
+    path = train_experiment(cfg, retrieval=True)  # writes the artifact, test read once
+                                                  # (+ retrieval files, as shoprec train)
     result = evaluate_artifact(path)              # the same protocol, again, from the folder
 
 One resolver turns ``data:`` into a :class:`~shoprec.data.schema.Dataset` (built-in names,
@@ -65,6 +66,7 @@ __all__ = [
     "Artifact",
     "Evaluation",
     "ExperimentConfig",
+    "build_serving_files",
     "evaluate_artifact",
     "evaluate_scorer",
     "load_config",
@@ -796,6 +798,7 @@ def train_experiment(
     evaluate_test: bool = True,
     dataset: Dataset | None = None,
     split: Split | None = None,
+    retrieval: bool = False,
 ) -> Path:
     """Train a config's recipe, evaluate the test split once, write the artifact.
 
@@ -804,12 +807,38 @@ def train_experiment(
         output: the artifact folder (default: ``cfg.output`` or ``runs/<name>``).
         evaluate_test: run the test protocol (off in search trials: validation only).
         dataset, split: already loaded ones to reuse (search trials, benchmarks).
+        retrieval: also build the retrieval files into the artifact when the config's
+            ``serve.build_retrieval`` is on (:func:`build_serving_files`), as
+            ``shoprec train`` does; off, the first Recommender builds them into a cache.
 
     Returns:
         The artifact folder.
     """
     run, ds, split = fit_experiment(cfg, dataset=dataset, split=split)
-    return save_experiment(cfg, run, ds, split, output, evaluate_test=evaluate_test)
+    path = save_experiment(cfg, run, ds, split, output, evaluate_test=evaluate_test)
+    if retrieval and cfg.serve.build_retrieval:
+        build_serving_files(path)
+    return path
+
+
+def build_serving_files(directory: str | Path, *, progress: bool = False) -> bool:
+    """Build the retrieval files (two-tower model, item and new-item indexes,
+    co-occurrences: :func:`~shoprec.recommend.build_retrieval`) into an artifact of a recipe
+    that recommends items, so that serving it starts without training anything.
+
+    Args:
+        directory: the artifact folder.
+        progress: show the two-tower training's progress bar.
+
+    Returns:
+        False for an artifact that scores rows, not items (tabular, demand): nothing built.
+    """
+    from shoprec.recommend.retrieve import build_retrieval
+
+    if artifacts.read_manifest(directory).get("items") == 0:
+        return False
+    build_retrieval(directory, progress=progress)
+    return True
 
 
 def fit_experiment(

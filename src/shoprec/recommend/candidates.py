@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shoprec.recommend.retrieve import ItemIndex
+from shoprec.recommend.retrieve import ItemIndex, choose_index_kind
 from shoprec.recommend.types import SimilarItem
 
 if TYPE_CHECKING:
@@ -104,13 +104,35 @@ class CandidateSources:
         self.retrieval = retrieval
         self.history = history
         self.config = config
+        #: (positions of the new items, their index, the retrieval it was built from)
+        self.new_index: tuple[np.ndarray, ItemIndex, Retrieval] | None = None
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild what depends on the catalog's size: popularity order, new-item index."""
+        """Bring up to date what depends on the catalog's size: the popularity order and the
+        new-item index.
+
+        The first call reads the new-item index saved for exactly these vectors and new
+        items, or builds and saves it (:meth:`Retrieval.new_item_index`: minutes at 1M
+        items, a second to read). Later calls, after products were added at run time,
+        append the added items to it (a copy, so searches running meanwhile keep the old
+        one); a changed set of new items, or one grown into another index kind, is looked up
+        or built again.
+        """
         r, new = self.retrieval, self.catalog.new_positions
         self.popular = np.argsort(-r.popularity, kind="stable")
-        self.new_index = (new, ItemIndex(r.item_vectors[new]))
+        current = self.new_index
+        if current is not None and current[2] is r:
+            old_pos, index = current[0], current[1]
+            n = len(old_pos)
+            if len(new) == n and np.array_equal(new, old_pos):
+                return
+            grown = len(new) > n and np.array_equal(new[:n], old_pos)  # items appended
+            kind = choose_index_kind(len(new)) if index.backend == "faiss" else index.kind
+            if grown and kind == index.kind:
+                self.new_index = (new, index.extended(r.item_vectors[new[n:]]), r)
+                return
+        self.new_index = (new, r.new_item_index(new), r)
 
     def __call__(
         self,
@@ -150,7 +172,7 @@ class CandidateSources:
             seeds, np.concatenate([2.0 * weights, deep_w]), c.n_cooccurrence + n_banned
         )
         add(nb, "cooccurrence", c.n_cooccurrence)
-        new_pos, new_index = self.new_index
+        new_pos, new_index, _ = self.new_index or (np.zeros(0, np.int64), None, None)
         if len(new_pos) and c.n_new:
             add(nearest_allowed(new_index, query, c.n_new, allowed, new_pos), "new", c.n_new)
         if c.n_history:

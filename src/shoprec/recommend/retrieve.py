@@ -23,6 +23,16 @@ recipe's artifact serves with the same retrieval. :func:`build_retrieval` writes
     two_tower.safetensors + two_tower.json       the retrieval model
     items.faiss                                  the index of item vectors (with faiss)
     cooccurrence.parquet                         item, neighbor, score (top neighbours per item)
+    new_items-<key>.faiss                        the index of the new items' vectors (faiss,
+                                                 20,000+ new items: see :func:`subset_index`)
+
+The new-item index (the ``new`` candidate source searches the items without training
+events) is built once and then read: its file name is a hash of exactly what it indexes (the
+new items' vectors and their positions), so a service reloading, a second worker, a forget
+that leaves the new items as they were, read it in a second instead of rebuilding an HNSW
+graph over hundreds of thousands of items (minutes at 1M items). Serving writes the ones it
+has to build beside the cached retrieval files, or under ``$SHOPREC_CACHE/new_items`` when
+the retrieval files are the artifact's own (serving never writes into an artifact).
 
 Example:
     >>> build_retrieval("runs/sim_mmoe")  # doctest: +SKIP
@@ -32,11 +42,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,6 +107,13 @@ INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 NUMPY_MAX_CELLS = 50_000
 COOC_FILE = "cooccurrence.parquet"
 INFO_FILE = "retrieval.json"
+#: Saved new-item indexes are ``new_items-<key>.faiss`` (:func:`subset_index`).
+NEW_INDEX_PREFIX = "new_items-"
+#: The folder under :func:`cache_root` for new-item indexes of artifacts whose retrieval files
+#: are their own (the artifact folder is never written while serving).
+NEW_INDEX_CACHE = "new_items"
+#: Saved new-item indexes kept per folder; the least recently used others are removed.
+NEW_INDEX_KEEP = 3
 #: Weight of each behavior in the popularity count (and in session signals).
 BEHAVIOR_WEIGHT: dict[str, float] = {
     "impression": 0.0,
@@ -280,6 +300,145 @@ def _faiss_index(vectors: np.ndarray, kind: str = "auto") -> object:
         index.nprobe = _nprobe(nlist)
     index.add(vectors)
     return index
+
+
+def subset_key(vectors: np.ndarray, positions: np.ndarray, kind: str) -> str:
+    """What an index over some items was built from, as a hex SHA-256: the items' positions,
+    their vectors (bytes, in index order), the index kind and sizes and the faiss version."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    what = {
+        "format": 1,
+        "kind": kind,
+        "params": hnsw_params(len(vectors)) if kind == "hnsw" else {},
+        "shape": list(vectors.shape),
+        "faiss": getattr(faiss, "__version__", None),
+    }
+    h = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(positions, dtype=np.int64).tobytes())
+    h.update(vectors.tobytes())
+    return h.hexdigest()
+
+
+def subset_index(
+    vectors: np.ndarray,
+    positions: np.ndarray,
+    *,
+    folders: Sequence[str | Path] = (),
+    save_to: str | Path | None = None,
+) -> ItemIndex:
+    """An index over the rows ``positions`` of ``vectors`` (index row ``r`` is item
+    ``positions[r]``): read from ``new_items-<key>.faiss`` in one of ``folders`` or in
+    ``save_to`` when one was built from exactly these rows (:func:`subset_key`), else built
+    (kind by size, :func:`choose_index_kind`) and saved into ``save_to``.
+
+    Exact (flat) indexes and NumPy search are always built: copying the vectors is all they
+    cost. Building and saving hold a lock file in ``save_to``, so processes starting together
+    (``shoprec serve --workers N``) build it once and the others read it. A file that cannot
+    be read or written is only a cache: logged, and the index is built.
+
+    Args:
+        vectors: ``(N, D)`` item vectors.
+        positions: ``(M,)`` the rows to index.
+        folders: where to look for a saved index first.
+        save_to: where to look last and save a built one (None: not saved).
+
+    Returns:
+        The index over ``vectors[positions]``.
+    """
+    sub = np.ascontiguousarray(vectors[np.asarray(positions, dtype=np.int64)], dtype=np.float32)
+    kind = choose_index_kind(len(sub))
+    if faiss is None or kind == "flat":
+        return ItemIndex(sub)
+    key = subset_key(sub, positions, kind)
+    name = f"{NEW_INDEX_PREFIX}{key[:32]}.faiss"
+    for folder in folders:
+        found = _read_subset_index(Path(folder) / name, sub, kind)
+        if found is not None:
+            return found
+    if save_to is None:
+        return _build_subset_index(sub, kind)
+    save_to = Path(save_to)
+    with _file_lock(save_to / f".{name}.lock"):
+        found = _read_subset_index(save_to / name, sub, kind)  # built meanwhile by another
+        if found is not None:
+            return found
+        index = _build_subset_index(sub, kind)
+        try:
+            atomic.write_bytes(save_to / name, faiss.serialize_index(index.index).tobytes())
+            _prune_subset_indexes(save_to, keep=name)
+            log.info("new-item index saved to %s", save_to / name)
+        except OSError as e:
+            log.warning("cannot save the new-item index into %s (%s): built each start", save_to, e)
+    return index
+
+
+def _build_subset_index(sub: np.ndarray, kind: str) -> ItemIndex:
+    start = time.perf_counter()
+    log.info("building a %s index over %d new items (read from a file next time)", kind, len(sub))
+    index = ItemIndex(sub, kind=kind)
+    log.info("new-item index built in %.1f s: %s", time.perf_counter() - start, index.describe())
+    return index
+
+
+def _read_subset_index(path: Path, sub: np.ndarray, kind: str) -> ItemIndex | None:
+    """The saved index at ``path`` if it holds ``sub`` (count, size and kind), else None."""
+    if not path.is_file():
+        return None
+    try:
+        index = faiss.read_index(str(path))
+    except Exception as e:  # a damaged file: built again
+        log.warning("cannot read %s (%s); building it again", path, e)
+        return None
+    if index.ntotal != len(sub) or index.d != sub.shape[1] or index_kind(index) != kind:
+        log.warning("%s does not match the new items; building it again", path)
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: kept by _prune_subset_indexes
+    log.info("new-item index (%d items) read from %s", len(sub), path)
+    return ItemIndex(sub, index)
+
+
+def _prune_subset_indexes(folder: Path, keep: str) -> None:
+    """Remove all but the :data:`NEW_INDEX_KEEP` most recently used saved indexes (never
+    ``keep``)."""
+    saved = sorted(
+        folder.glob(f"{NEW_INDEX_PREFIX}*.faiss"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    old = [p for p in saved if p.name != keep][NEW_INDEX_KEEP - 1 :]
+    for path in old:
+        path.unlink(missing_ok=True)
+        (folder / f".{path.name}.lock").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created) while the block runs; none where the folder
+    cannot be written or the platform has no ``fcntl``."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - closed below, after the block
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def new_positions(items: pl.DataFrame, seen: pl.DataFrame) -> np.ndarray:
+    """Positions of the items without training events (the serving catalog's new items).
+
+    Example:
+        >>> new_positions(pl.DataFrame({"item": ["a", "b", "c"]}),
+        ...               pl.DataFrame({"item": ["b"]})).tolist()
+        [0, 2]
+    """
+    warm = seen["item"].cast(pl.String).unique()
+    return np.flatnonzero(~items["item"].cast(pl.String).is_in(warm.implode()).to_numpy())
 
 
 def clustered_vectors(
@@ -494,6 +653,7 @@ def build_retrieval(
     *,
     n_neighbors: int = 50,
     out: str | Path | None = None,
+    progress: bool = False,
 ) -> Path:
     """Train the two-tower model and write the retrieval files into ``ARTIFACT/retrieval/``
     (added to the artifact's manifest), or into the folder ``out`` (a cache elsewhere; the
@@ -502,12 +662,15 @@ def build_retrieval(
     Reads only the artifact's ``items.parquet`` and ``seen.parquet``: any recipe's artifact.
     The files are written into a temporary folder, synced and swapped in, so a service
     loading the artifact meanwhile sees the old files or the new ones, never half of them.
+    Each step is logged (``retrieval 1/4: ...``) with its time; the new-item index
+    (:func:`subset_index`) is built here too, so serving reads it.
 
     Args:
         directory: an artifact folder written by ``shoprec train``.
         config: the two-tower model's sizes and training knobs.
         n_neighbors: co-occurrence neighbours kept per item.
         out: where to write the retrieval folder instead of into the artifact.
+        progress: show the two-tower training's progress bar (on stderr).
 
     Returns:
         The artifact folder.
@@ -525,11 +688,22 @@ def build_retrieval(
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    c = config or TwoTowerConfig()
+    step = _steps(4, f"{items.height:,} items, {seen.height:,} events")
+    step(f"two-tower model ({c.epochs} epochs)")
     features = RetrievalFeatures.fit(items, seen)
     features.save(tmp)
-    model = train_two_tower(features, items, seen, config)
+    model = train_two_tower(features, items, seen, c, progress=progress)
     model.save(tmp)
-    ItemIndex(embed_items(model, features, items)).save(tmp / INDEX_FILE)
+    step(f"item vectors and the {choose_index_kind(items.height)} index of every item")
+    vectors = embed_items(model, features, items)
+    ItemIndex(vectors).save(tmp / INDEX_FILE)
+    new = new_positions(items, seen)
+    step(f"the index of the {len(new):,} new items (no training events)")
+    subset_index(vectors, new, save_to=tmp)
+    for lock in tmp.glob(".*.lock"):
+        lock.unlink()
+    step(f"co-occurrence neighbours ({n_neighbors} per item)")
     CoOccurrence.fit(seen, items["item"], n_neighbors).to_frame(items["item"]).write_parquet(
         tmp / COOC_FILE
     )
@@ -549,6 +723,19 @@ def build_retrieval(
     return directory
 
 
+def _steps(total: int, what: str) -> Callable[[str], None]:
+    """A logger of numbered steps: ``retrieval 2/4: LABEL (12 s so far)``."""
+    start, n = time.perf_counter(), [0]
+    log.info("retrieval files: %s", what)
+
+    def step(label: str) -> None:
+        n[0] += 1
+        log.info("retrieval %d/%d: %s (%.0f s so far)", n[0], total, label,
+                 time.perf_counter() - start)  # fmt: skip
+
+    return step
+
+
 def has_retrieval(directory: str | Path, folder: str | Path | None = None) -> bool:
     """Whether :func:`build_retrieval` has run on the artifact folder (or written
     ``folder``)."""
@@ -556,6 +743,17 @@ def has_retrieval(directory: str | Path, folder: str | Path | None = None) -> bo
     return all(
         (d / name).exists()
         for name in (INFO_FILE, META_FILE, USER_ENCODER_FILE, ITEM_ENCODER_FILE, COOC_FILE)
+    )
+
+
+def missing_retrieval_message(directory: str | Path) -> str:
+    """What a user is told when an artifact has no retrieval files."""
+    return (
+        f"{directory} has no retrieval files (trained with --no-retrieval or "
+        "serve.build_retrieval: false, or by an older shoprec): serving needs a two-tower "
+        "model, item index and co-occurrences, which take minutes to build on a large shop; "
+        "`shoprec train` builds them into the artifact, `shoprec serve --rebuild` or "
+        "shoprec.recommend.build_retrieval(ARTIFACT) into an existing one"
     )
 
 
@@ -605,6 +803,9 @@ class Retrieval:
         index: nearest-item search over ``item_vectors``.
         cooccurrence: item-to-item neighbours.
         popularity: ``(N,)`` behavior-weighted event counts.
+        folder: the folder the files were read from (saved new-item indexes are looked for
+            there).
+        cache: where a new-item index built while serving is saved (None: not saved).
     """
 
     two_tower: TwoTower
@@ -615,6 +816,8 @@ class Retrieval:
     index: ItemIndex
     cooccurrence: CoOccurrence
     popularity: np.ndarray
+    folder: Path | None = None
+    cache: Path | None = None
 
     @classmethod
     def load(
@@ -635,9 +838,14 @@ class Retrieval:
             folder: the retrieval files' folder (default: ``ARTIFACT/retrieval``).
             index_kind: the item index (:data:`INDEX_KINDS`; ``auto``: by catalog size). A
                 saved index of another kind is not used: one of this kind is built.
+
+        New-item indexes built while serving (:meth:`new_item_index`) are saved into
+        ``folder`` when it is not the artifact's own, else under :func:`cache_root`.
         """
         directory = Path(directory)
-        d = retrieval_dir(directory) if folder is None else Path(folder)
+        own = retrieval_dir(directory)
+        d = own if folder is None else Path(folder)
+        cache = cache_root() / NEW_INDEX_CACHE if d.resolve() == own.resolve() else d
         items = pl.read_parquet(directory / ITEMS_FILE) if items is None else items
         seen = pl.read_parquet(directory / SEEN_FILE) if seen is None else seen
         model = TwoTower.load(d)
@@ -658,6 +866,8 @@ class Retrieval:
             index=ItemIndex.load(d / INDEX_FILE, vectors, kind=index_kind),
             cooccurrence=CoOccurrence.from_frame(pl.read_parquet(d / COOC_FILE), ids),
             popularity=popularity(seen, ids),
+            folder=d,
+            cache=cache,
         )
 
     @classmethod
@@ -681,10 +891,12 @@ class Retrieval:
             folder = cache_folder(art, two_tower)
             if not has_retrieval(art.directory, folder):
                 if not build:
-                    raise ShoprecError(
-                        f"{art.directory} has no retrieval files; run build_retrieval"
-                    )
-                log.info("no retrieval files in %s: building them into %s", art.directory, folder)
+                    raise ShoprecError(missing_retrieval_message(art.directory))
+                log.warning(
+                    "%s; building them now into the cache folder %s (later starts read them)",
+                    missing_retrieval_message(art.directory),
+                    folder,
+                )
                 build_retrieval(art.directory, two_tower, out=folder)
         try:
             return cls.load(
@@ -702,6 +914,22 @@ class Retrieval:
             return cls.load(
                 art.directory, art.items, art.seen, folder=folder, index_kind=index_kind
             )
+
+    @staticmethod
+    def pending(art: Artifact, two_tower: TwoTowerConfig | None = None) -> Path | None:
+        """The cache folder :meth:`of_artifact` would build the retrieval files into (a
+        two-tower fit: minutes on a large shop), or None when they exist already."""
+        if any(k.startswith(f"{RETRIEVAL_DIR}/") for k in art.manifest.get("files", {})):
+            return None
+        folder = cache_folder(art, two_tower)
+        return None if has_retrieval(art.directory, folder) else folder
+
+    def new_item_index(self, positions: np.ndarray) -> ItemIndex:
+        """The index over the items at ``positions`` (row ``r`` is ``positions[r]``): read
+        from a saved one built from the same vectors and positions (in :attr:`folder` or
+        :attr:`cache`), else built and saved into :attr:`cache` (:func:`subset_index`)."""
+        folders = [f for f in (self.folder, self.cache) if f is not None]
+        return subset_index(self.item_vectors, positions, folders=folders, save_to=self.cache)
 
     def user_vectors(self, users: list[str]) -> np.ndarray:
         """``(U, D)`` user-tower vectors (an unknown user gets the OOV user's)."""

@@ -153,6 +153,8 @@ def train_two_tower(
     items: pl.DataFrame,
     seen: pl.DataFrame,
     config: TwoTowerConfig | None = None,
+    *,
+    progress: bool = False,
 ) -> TwoTower:
     """Fit a :class:`~shoprec.models.two_tower.TwoTower` on the training events' pairs with the
     in-batch softmax, through :func:`~shoprec.train.loop.fit` (every epoch, no validation).
@@ -164,6 +166,7 @@ def train_two_tower(
             behaviors are the positive pairs (a pair counted once per behavior, so deeper
             engagement weighs more); items outside ``items`` are ignored.
         config: sizes and training knobs.
+        progress: show the fit loop's progress bar (on stderr).
 
     Returns:
         The model, in eval mode.
@@ -202,7 +205,7 @@ def train_two_tower(
         }
     )
     train = TrainConfig(
-        epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed, progress=False
+        epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed, progress=progress
     )
     result = fit(model, data, config=train)
     log.info(
