@@ -21,6 +21,7 @@ from shoprec.models import build_model
 from shoprec.recipes.multibehavior import (
     AUX_WEIGHT,
     FLAGS_KNOWN,
+    TARGET_WEIGHT,
     BehaviorLog,
     MultiBehaviorConfig,
     MultiBehaviorRecipe,
@@ -89,6 +90,27 @@ def test_hide_mode_own_hides_each_flag_on_its_own_and_masks_its_task() -> None:
     assert AUX_WEIGHT in rows and FLAGS_KNOWN in rows and "known_view" not in rows
     with pytest.raises(ValueError, match="hide_mode"):
         MultiBehaviorConfig(hide_mode="sometimes")
+
+
+def test_hide_mode_copies_keeps_every_row_shown_for_the_target() -> None:
+    blog = _shop_log()
+    rows = training_data(blog, MultiBehaviorConfig(hide_mode="rows", n_negatives=1)).columns
+    cfg = MultiBehaviorConfig(hide_mode="copies", hide_fraction=0.5, n_negatives=1)
+    assert numeric_features(cfg) == numeric_features(MultiBehaviorConfig())
+    data = training_data(blog, cfg).columns
+    n = len(rows["buy"])  # the same touched pairs and negatives, then the hidden copies
+    target = data[TARGET_WEIGHT] == 1
+    assert bool(target[:n].all()) and not bool(target[n:].any())
+    assert 0.35 < (len(target) - n) / n < 0.65
+    assert torch.equal(data[AUX_WEIGHT], 1 - data[TARGET_WEIGHT])  # auxiliary: copies only
+    assert torch.equal(data[FLAGS_KNOWN], data[TARGET_WEIGHT])
+    assert float(data["in_view"][n:].abs().sum()) == 0 and float(data["in_cart"][n:].sum()) == 0
+    # the target's rows carry every flag (the view flag is the view label), as single-task's
+    assert torch.equal(data["in_view"][:n], data["view"][:n])
+    tasks = {t.name: t.weight_key for t in task_specs(cfg)}
+    assert tasks == {"view": AUX_WEIGHT, "cart": AUX_WEIGHT, "buy": TARGET_WEIGHT}
+    assert [t.weight_key for t in task_specs(cfg, multi_task=False)] == [TARGET_WEIGHT]
+    assert TARGET_WEIGHT not in rows
 
 
 def test_scorer_hides_only_the_tasks_own_flag_in_hide_mode_own() -> None:

@@ -24,7 +24,10 @@ there may be no time at all (e.g. the Tmall view/cart/buy release). The recipe, 
    On a share ``hide_fraction`` of the rows the ``in_<b>`` flags are hidden
    (``flags_known = 0``): only there do the auxiliary tasks (view, cart) learn, through the
    ``aux_weight`` mask, so that they predict the user's behaviors from the rest of the log
-   instead of copying an input flag. The target task learns on every row.
+   instead of copying an input flag. The target task learns on every row, except with
+   ``hide_mode="copies"``: there every row is shown once (the target learns, with its flags,
+   as a single-task model would) and a share ``hide_fraction`` of the rows is added again
+   with every flag hidden (only the auxiliary tasks learn there, ``target_weight`` mask).
 4. :func:`feature_specs` / :func:`task_specs` — specs for ``build_model`` (e.g. ``"mmoe"``).
 5. :func:`model_scores` / :func:`full_ranking_metrics` — full ranking over all items. Per user
    the candidates are the user's own items of the auxiliary behaviors (not already of the
@@ -141,6 +144,7 @@ __all__ = [
     "HIDE_MODES",
     "INTEREST_LABEL",
     "INTEREST_WEIGHT",
+    "TARGET_WEIGHT",
     "BehaviorLog",
     "ItemClasses",
     "MultiBehaviorConfig",
@@ -167,6 +171,7 @@ __all__ = [
     "popularity_scores",
     "rule_blend_metrics",
     "rule_scores",
+    "target_weight_key",
     "task_specs",
     "training_data",
 ]
@@ -178,7 +183,8 @@ INTEREST_WEIGHT = "interest_weight"  #: batch key: 1 where the user has an inter
 CATEGORY = "category"  #: batch key: the candidate item's class + 1 (0: padding)
 UNKNOWN_CLASS = "<unknown>"  #: the class of items without a category
 FLAGS_KNOWN = "flags_known"  #: batch key: 1 when the ``in_<b>`` flags are shown
-HIDE_MODES = ("rows", "own")  #: how the ``in_<b>`` flags are hidden (see training_data)
+TARGET_WEIGHT = "target_weight"  #: batch key: the target's 0/1 mask (``hide_mode="copies"``)
+HIDE_MODES = ("rows", "own", "copies")  #: how the ``in_<b>`` flags are hidden (see training_data)
 
 #: A retrieval score: dense user indices ``(C,)`` -> float scores ``(C, n_items)``.
 Retrieval = Callable[[np.ndarray], np.ndarray | Tensor]
@@ -203,7 +209,8 @@ class MultiBehaviorConfig:
     n_retrieved: int = 0  # retrieval candidates per user besides the user's own items
     seed: int = 0
     rule_weight: float = 0.0  # weight of the own-behavior rule in a candidate's score (0: model)
-    hide_mode: str = "rows"  # "rows": all in_<b> flags hidden together; "own": each on its own
+    hide_mode: str = "rows"  # "rows": all in_<b> flags hidden together; "own": each on its own;
+    # "copies": as "rows" on added copies of the rows, where the target does not learn
 
     def __post_init__(self) -> None:
         if self.target not in self.behaviors:
@@ -539,7 +546,14 @@ def aux_weight_key(config: MultiBehaviorConfig, behavior: str) -> str:
     """The batch key of an auxiliary behavior's 0/1 task mask: :data:`AUX_WEIGHT` when the
     flags are hidden together (``hide_mode="rows"``), ``aux_weight_<b>`` when each flag is
     hidden on its own (``"own"``)."""
-    return AUX_WEIGHT if config.hide_mode == "rows" else f"{AUX_WEIGHT}_{behavior}"
+    return AUX_WEIGHT if config.hide_mode in ("rows", "copies") else f"{AUX_WEIGHT}_{behavior}"
+
+
+def target_weight_key(config: MultiBehaviorConfig) -> str | None:
+    """The batch key of the target task's 0/1 mask: :data:`TARGET_WEIGHT` with
+    ``hide_mode="copies"`` (the target learns only on the rows shown with their flags),
+    else None (every row)."""
+    return TARGET_WEIGHT if config.hide_mode == "copies" else None
 
 
 def numeric_features(config: MultiBehaviorConfig) -> list[str]:
@@ -549,7 +563,8 @@ def numeric_features(config: MultiBehaviorConfig) -> list[str]:
     shown; with ``"own"`` a ``known_<b>`` per auxiliary behavior says it for each flag.
     """
     aux = config.auxiliary
-    known = [FLAGS_KNOWN] if config.hide_mode == "rows" else [f"known_{b}" for b in aux]
+    together = config.hide_mode in ("rows", "copies")
+    known = [FLAGS_KNOWN] if together else [f"known_{b}" for b in aux]
     return [
         *(f"in_{b}" for b in aux),
         *known,
@@ -650,7 +665,7 @@ def _assemble(
         per = {b: np.asarray(shown, dtype=bool) for b in config.auxiliary}
     for b in config.auxiliary:
         out[f"in_{b}"] = (own[b] & per[b]).astype(np.float32)
-    if config.hide_mode == "rows":
+    if config.hide_mode in ("rows", "copies"):
         row_shown = np.ones(len(items), dtype=bool)
         for b in config.auxiliary:  # one flag for the row: shown when all its flags are
             row_shown &= per[b]
@@ -745,7 +760,10 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
     ``in_<b>`` flags hidden and every auxiliary task learns there; with ``"own"`` each
     auxiliary behavior's flag is hidden on its own draw of rows and that behavior's task
     learns where its own flag is hidden, still seeing the other behaviors' flags (so cart
-    learns "carted, given viewed": the funnel step).
+    learns "carted, given viewed": the funnel step). With ``"copies"`` every row is kept
+    with its flags shown (the target learns there, as without auxiliary tasks) and a share
+    ``hide_fraction`` of them is appended again with every flag hidden (the auxiliary
+    tasks learn there, the target does not: ``target_weight`` 0).
 
     Returns:
         :class:`PairData` with the :func:`pair_features`, one float 0/1 label column per
@@ -753,7 +771,8 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
         task's flag is hidden); with :attr:`BehaviorLog.classes`, also ``interest_label``
         (the row's user's :func:`interest_labels`) and ``interest_weight`` (0 for users
         without one).
-        Row order: touched pairs sorted by (user, item), then negatives.
+        Row order: touched pairs sorted by (user, item), then negatives (then, with
+        ``"copies"``, the hidden copies in the same order).
     """
     rng = np.random.default_rng(config.seed)
     touched = np.unique(np.concatenate([blog.keys[b] for b in config.behaviors]))
@@ -767,9 +786,17 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
     )
     neg = np.unique(neg[~np.isin(neg, touched)])
     keys = np.concatenate([touched, neg])
+    target_rows = None
+    if config.hide_mode == "copies":
+        copied = keys[rng.random(len(keys)) < config.hide_fraction]
+        target_rows = np.r_[np.ones(len(keys), bool), np.zeros(len(copied), bool)]
+        keys = np.concatenate([keys, copied])
     users, items = keys // blog.n_items, keys % blog.n_items
     known: np.ndarray | dict[str, np.ndarray]
-    if config.hide_mode == "rows":
+    if target_rows is not None:
+        known = target_rows
+        hidden = {AUX_WEIGHT: ~known}
+    elif config.hide_mode == "rows":
         known = rng.random(len(keys)) >= config.hide_fraction
         hidden = {AUX_WEIGHT: ~known}
     else:
@@ -780,6 +807,8 @@ def training_data(blog: BehaviorLog, config: MultiBehaviorConfig) -> PairData:
         arrays[b] = blog.contains(b, users, items).astype(np.float32)
     for key, h in hidden.items():
         arrays[key] = h.astype(np.float32)
+    if target_rows is not None:
+        arrays[TARGET_WEIGHT] = target_rows.astype(np.float32)
     if blog.classes is not None:  # per row, its user's interest label (from this log only)
         labels = interest_labels(blog, config.target)[users]
         arrays[INTEREST_LABEL] = np.maximum(labels, 0)
@@ -822,10 +851,11 @@ def feature_specs(blog: BehaviorLog, config: MultiBehaviorConfig) -> list[Featur
 def task_specs(config: MultiBehaviorConfig, multi_task: bool = True) -> list[Task]:
     """One binary task per behavior (auxiliary ones masked by ``aux_weight``), or the target
     alone when ``multi_task`` is False."""
+    target = Task(config.target, weight_key=target_weight_key(config))
     if not multi_task:
-        return [Task(config.target)]
+        return [target]
     return [
-        Task(b) if b == config.target else Task(b, weight_key=aux_weight_key(config, b))
+        target if b == config.target else Task(b, weight_key=aux_weight_key(config, b))
         for b in config.behaviors
     ]
 
@@ -1368,8 +1398,10 @@ class MultiBehaviorOptions(RecipeOptions):
     # How the auxiliary tasks learn what the target lacks: "rows" hides every in_<b> flag on
     # a share hide_fraction of the rows (the auxiliary tasks learn there); "own" hides each
     # flag on its own draw, and task b learns where its own flag is hidden while seeing the
-    # other flags (cart learns "carted given viewed", the funnel step).
-    hide_mode: Literal["rows", "own"] = "rows"
+    # other flags (cart learns "carted given viewed", the funnel step); "copies" keeps every
+    # row shown for the target (which learns only there, as single-task would) and adds a
+    # share hide_fraction of the rows again with every flag hidden, for the auxiliary tasks.
+    hide_mode: Literal["rows", "own", "copies"] = "rows"
     # The own-behavior rule (carted > viewed, ties by buys per view) blended into the
     # candidates' score: (1 - w) * p(target) + w * rule, w picked from rule_weights on the
     # validation targets after the epoch is selected (0: the model alone, 1: the rule alone,
@@ -1595,7 +1627,7 @@ class MultiBehaviorScorer(Scorer):
         aux = [t for t in tasks if t not in targets]
         every, none = np.ones(len(rows), dtype=bool), np.zeros(len(rows), dtype=bool)
         passes: list[tuple[np.ndarray | dict[str, np.ndarray], list[str]]] = [(every, targets)]
-        if cfg.hide_mode == "rows":  # the auxiliary tasks learned with every flag hidden
+        if cfg.hide_mode in ("rows", "copies"):  # auxiliary tasks learned with flags hidden
             passes.append((none, aux))
         else:  # each auxiliary task learned with its own behavior's flag hidden
             passes.extend(({self.behaviors[t]: none}, [t]) for t in aux)
@@ -1914,7 +1946,9 @@ class MultiBehaviorRecipe(Recipe):
         out = []
         for name, b in self.task_behaviors.items():
             label = None if b == name else b
-            weight_key = None if name == self.target else aux_weight_key(config, b)
+            weight_key = (
+                target_weight_key(config) if name == self.target else aux_weight_key(config, b)
+            )
             out.append(Task(name, label=label, weight_key=weight_key))
         interest = self.interest_task
         if interest is not None:
