@@ -120,6 +120,9 @@ MB_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             "model.config": {"tower_dims": [64, 32]},
         },
     ),
+    # Task-specific input dropout: buy learns on every row with its flags shown (as the
+    # single-task net does), view / cart on copies of half the rows with every flag hidden.
+    "option: multi-task, hide_mode copies": ("option", {"recipe.hide_mode": "copies"}),
     # The auxiliary tasks' loss weight (buy keeps 1): less pull of view / cart on the shared
     # experts.
     "option: multi-task, auxiliary loss weight 0.3": (
@@ -278,8 +281,10 @@ def run_multibehavior(
             blended.append(
                 evaluate(scorer_scores(run.scorer, blog)) if w > 0 else dict(plain[-1])  # type: ignore[arg-type]
             )
+            gain = run.info.get("rule_blend_gain_over_rule", {}).get(w)  # (mean, se) on valid
             notes.append({"seed": seed, "epoch": run.best_epoch, "rule_weight": w,
-                          "valid": {k: round(v, 4) for k, v in run.valid.items()}})  # fmt: skip
+                          "valid": {k: round(v, 4) for k, v in run.valid.items()},
+                          "valid_gain_over_rule": gain})  # fmt: skip
             log.info(
                 "%s / %s seed %d: %s",
                 name,
