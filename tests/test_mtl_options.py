@@ -275,3 +275,30 @@ def test_the_recipe_picks_a_blend_never_below_the_rule_on_validation() -> None:
 def test_bad_option_values_are_refused(recipe: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _config(**recipe)
+
+
+def test_esmm_funnel_coverage_warns_when_most_conversions_skip_the_click(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rows = [(f"u{u}", f"i{i}", "view") for u in range(4) for i in range(3)]
+    rows += [(f"u{u}", "i0", "buy") for u in range(4)]  # every buy viewed ...
+    rows += [("u0", "i0", "cart"), ("u1", "i1", "cart")]  # ... one of four carted
+    blog = _log(rows)
+    cfg = _config().with_values(
+        {"tasks": ["cart", "buy"], "model.name": "esmm", "model.config": {"tower_dims": [8]}}
+    )
+    recipe = MultiBehaviorRecipe(cfg)
+    config = recipe.recipe_config()
+    model = build_model("esmm", feature_specs(blog, config), recipe.task_specs(config))
+    with caplog.at_level("WARNING", logger="shoprec.recipes.multibehavior"):
+        funnel = recipe._funnel_coverage(model, blog)
+    assert funnel == {"click": "cart", "conversion": "buy", "share": 0.25}
+    assert "only 25% of the 'buy' pairs have 'cart'" in caplog.text
+    view = MultiBehaviorRecipe(cfg.with_values({"tasks": ["view", "buy"]}))
+    vmodel = build_model("esmm", feature_specs(blog, config), view.task_specs(config))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shoprec.recipes.multibehavior"):
+        assert view._funnel_coverage(vmodel, blog)["share"] == 1.0  # type: ignore[index]
+    assert caplog.text == ""
+    mmoe = build_model("mmoe", feature_specs(blog, config), task_specs(config), n_experts=2)
+    assert recipe._funnel_coverage(mmoe, blog) is None

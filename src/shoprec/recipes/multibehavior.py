@@ -2026,6 +2026,38 @@ class MultiBehaviorRecipe(Recipe):
         m = self.config.model
         return build_model(m.name, feature_specs(blog, config), self.task_specs(config), **m.config)
 
+    def _funnel_coverage(self, model: nn.Module, blog: BehaviorLog) -> dict[str, Any] | None:
+        """For a funnel model (ESMM: ``ctr_task`` -> ``cvr_task``), the share of the
+        conversion behavior's training pairs that also have the click behavior, with a
+        warning below one half: ESMM learns ``p(click and conversion)``, so conversions
+        without the click are trained as negatives (on Tmall 19% of the buys were carted,
+        79% viewed: cart -> buy ranks below the own-carted rule, view -> buy does not)."""
+        ctr, cvr = getattr(model, "ctr_task", None), getattr(model, "cvr_task", None)
+        if ctr is None or cvr is None:
+            return None
+        click = self.task_behaviors.get(ctr.name, ctr.name)
+        conversion = self.task_behaviors.get(cvr.name, cvr.name)
+        if click not in blog.keys or conversion not in blog.keys:
+            return None
+        conv = blog.keys[conversion]
+        share = float(np.isin(conv, blog.keys[click]).mean()) if len(conv) else 0.0
+        if share < 0.5:
+            log.warning(
+                "model %s: only %.0f%% of the '%s' pairs have '%s' too; the funnel %s -> %s "
+                "trains the other %.0f%% as negatives: pick the first task as the behavior "
+                "that precedes most '%s' pairs (tasks: [<that behavior>, %s])",
+                type(model).__name__,
+                100 * share,
+                conversion,
+                click,
+                click,
+                conversion,
+                100 * (1 - share),
+                conversion,
+                conversion,
+            )
+        return {"click": click, "conversion": conversion, "share": round(share, 4)}
+
     def _pick_rule_weight(
         self,
         model: nn.Module,
@@ -2109,6 +2141,8 @@ class MultiBehaviorRecipe(Recipe):
         data = training_data(fit_log, config)
         torch.manual_seed(train_cfg.seed)
         model = self._model(fit_log, config)
+        funnel = self._funnel_coverage(model, fit_log)
+        info_funnel = {"funnel": funnel} if funnel is not None else {}
         evaluator = None
         if len(vu):
             evaluator = make_evaluator(
@@ -2133,6 +2167,7 @@ class MultiBehaviorRecipe(Recipe):
             "train_rows": len(data),
             "train_seconds": result.train_seconds,
             "samples_per_second": result.samples_per_second,
+            **info_funnel,
         }
         if self.options.rule_blend and evaluator is not None:
             config = self._pick_rule_weight(model, fit_log, vu, vi, config, monitor, ks, info)
