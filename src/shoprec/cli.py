@@ -367,7 +367,14 @@ def _build_retrieval(path: Path) -> None:
         soft_wrap=True,
     )
     start = time.perf_counter()
-    build_serving_files(path, progress=True)
+    try:
+        build_serving_files(path, progress=True)
+    except (ShoprecError, ValueError, TypeError, OSError, RuntimeError) as e:
+        _fail(
+            f"the artifact was written to {path}, but its retrieval files could not be built "
+            f"({type(e).__name__}: {e}); the first recommend / serve will try again "
+            "(or train with --no-retrieval)"
+        )
     err.print(f"retrieval files built in {time.perf_counter() - start:.1f} s", highlight=False)
 
 
