@@ -975,6 +975,10 @@ class WindowsOptions(RecipeOptions):
     quantity_loss: Literal["poisson", "log1p_mse", "mse"] = "log1p_mse"  # or the task's loss
     correct_sampling: bool = True  # undo the negatives' inclusion rates when scoring buy
     sample_seed: int = 0  # added to the seeds of the negative draws (window k: k, valid: 100)
+    # "validation": also fit the task set without each auxiliary task (the target kept) and
+    # keep the set whose tasks gain most on validation over the same tasks of the full set
+    # (WindowsRecipe.train); a dropped task is no longer predicted. "none": the tasks given.
+    auxiliary_selection: Literal["none", "validation"] = "none"
 
 
 @dataclass
@@ -1223,7 +1227,70 @@ class WindowsRecipe(Recipe):
         return self.train(data, split, data_seconds=data_seconds)
 
     def train(self, data: WindowsData, split: Split, *, data_seconds: float = 0.0) -> TrainingRun:
-        """:meth:`fit` after :meth:`prepare` (so several models can share one preparation)."""
+        """:meth:`fit` after :meth:`prepare` (so several models can share one preparation).
+
+        With ``auxiliary_selection: validation`` and more than one task, the task set is
+        picked on validation (:meth:`_select_tasks`); otherwise one fit of the given tasks.
+        """
+        if self.options.auxiliary_selection == "validation" and len(self.tasks) > 1:
+            return self._select_tasks(data, split, data_seconds=data_seconds)
+        return self._train_one(data, split, data_seconds=data_seconds)
+
+    def _task_sections(self) -> list[dict[str, Any]]:
+        """The tasks as config entries (the defaults spelled out when ``tasks:`` is empty)."""
+        given = {t.name: t.model_dump(exclude_defaults=True) for t in self.config.tasks}
+        return [given.get(n, {"name": n, "kind": TASK_KINDS[n]}) for n in self.tasks]
+
+    def _select_tasks(
+        self, data: WindowsData, split: Split, *, data_seconds: float = 0.0
+    ) -> TrainingRun:
+        """Fit every task, and the task set without each auxiliary task (never the target);
+        keep the fit whose validation scores (:func:`task_scores`, per task) gain most on
+        average over the full set's scores of the same tasks, the full set when none gains.
+
+        On Online Retail (benchmarks/RESULTS.md, multitask section) quantity pulled return
+        AUC down: buy + return was picked on validation and was ahead on test as well.
+        """
+        sections = self._task_sections()
+        full = self._train_one(data, split, data_seconds=data_seconds)
+        fits: dict[str, TrainingRun] = {"+".join(self.tasks): full}
+        for drop in self.tasks:
+            if drop == self.target:
+                continue
+            kept = [t for t in sections if t["name"] != drop]
+            cfg = self.config.with_values({"tasks": kept, "recipe.auxiliary_selection": "none"})
+            fits["+".join(t["name"] for t in kept)] = WindowsRecipe(cfg)._train_one(data, split)
+
+        def gain(run: TrainingRun) -> float:
+            keys = [k for k in run.valid if k != "mean" and k in full.valid]
+            if not keys:
+                return float("-inf")
+            return float(np.mean([run.valid[k] - full.valid[k] for k in keys]))
+
+        gains = {name: gain(run) for name, run in fits.items()}
+        best = max(fits, key=lambda n: (gains[n], n == "+".join(self.tasks)))
+        if gains[best] <= 0:
+            best = "+".join(self.tasks)
+        log.info(
+            "windows auxiliary selection: %s kept (validation gain over all tasks %s)",
+            best,
+            {n: round(g, 4) for n, g in gains.items()},
+        )
+        run = fits[best]
+        run.info["auxiliary_selection"] = {
+            "picked": best.split("+"),
+            "valid": {
+                n: {k: round(float(v), 4) for k, v in r.valid.items()} for n, r in fits.items()
+            },
+            "gain": {n: round(g, 4) for n, g in gains.items()},
+        }
+        run.info["train_seconds"] = sum(float(r.info["train_seconds"]) for r in fits.values())
+        return run
+
+    def _train_one(
+        self, data: WindowsData, split: Split, *, data_seconds: float = 0.0
+    ) -> TrainingRun:
+        """One fit of the configured tasks on prepared windows (see :meth:`train`)."""
         model = self.build_model(data)
         train_data, valid_data = data.train_data, data.valid_data
         if "buy" not in self.tasks:  # return / quantity alone learn on bought rows only
