@@ -769,10 +769,16 @@ def markdown(
         "- what was tried so that the auxiliary tasks carry what the sparse task lacks (rows "
         "`option:`): the auxiliary tasks learn only where their behavior is not an input "
         "(`hide_fraction`, all rows; `hide_mode: own`, each flag on its own draw so cart learns "
-        "cart-given-view), ESMM's entire-space cart -> buy funnel (`model: esmm`), loss "
-        "balancing by uncertainty (Online Retail), and the own-carted rule blended into the "
-        "score with a weight picked on validation (`rule_blend`, rows `+ rule blend`); which "
-        "auxiliary task helps: the `ablation:` rows leave one out",
+        "cart-given-view; `hide_mode: copies`, task-specific input dropout: buy learns on every "
+        "row with its flags shown, as single-task does, view / cart on hidden copies), the "
+        "auxiliary tasks' loss weight (0.3, 0.1; buy 1), item-id embeddings (single- and "
+        "multi-task), ESMM's entire-space funnel (`model: esmm`, cart -> buy and view -> buy), "
+        "loss balancing by uncertainty and the task set picked on validation "
+        "(`auxiliary_selection: validation`, Online Retail), and the own-carted rule blended "
+        "into the score with a weight picked on validation by the one-standard-error rule "
+        "(`rule_blend`, `rule_pick: one_se`: the rule unless a weight beats it by more than "
+        "one SE of the paired per-user difference; rows `+ rule blend`); which auxiliary task "
+        "helps: the `ablation:` rows leave one out",
         "",
     ]
     body = [section(n, r, seeds) for n, r in results.items()]
