@@ -9,6 +9,8 @@ inverted-file index that a 1M-item catalog's hundreds of thousands get.
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,28 @@ def test_subset_index_is_saved_then_read(small_kinds: None, tmp_path: Path) -> N
     for cut in range(1, 4):
         subset_index(vectors, positions[cut:], save_to=tmp_path)
     assert len(_saved(tmp_path)) == NEW_INDEX_KEEP
+
+
+def test_processes_starting_together_build_it_once(
+    small_kinds: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts at once (``--workers 2``): one builds under the lock, the other waits and
+    reads the file."""
+    vectors = clustered_vectors(500, 16, seed=2, n_clusters=10)
+    build = retrieve._build_subset_index
+    built: list[int] = []
+
+    def slow_build(sub: np.ndarray, kind: str) -> retrieve.ItemIndex:
+        built.append(len(sub))
+        time.sleep(0.3)  # the other one arrives meanwhile
+        return build(sub, kind)
+
+    monkeypatch.setattr(retrieve, "_build_subset_index", slow_build)
+    positions = np.arange(0, 500, 2)
+    with ThreadPoolExecutor(2) as pool:  # flock: each open() of the lock file is its own
+        jobs = [pool.submit(subset_index, vectors, positions, save_to=tmp_path) for _ in "ab"]
+        sizes = [len(j.result()) for j in jobs]
+    assert sizes == [250, 250] and built == [250] and len(_saved(tmp_path)) == 1
 
 
 def test_small_sets_are_exact_and_never_saved(tmp_path: Path) -> None:
