@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives beside src/
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.multitask import (  # noqa: E402
+    _as_shipped,
     _rule_line,
     mean_std,
     picked_on_validation,
@@ -60,3 +61,18 @@ def test_the_rule_line_names_the_rows_below_the_rule() -> None:
     line = _rule_line(rows, "hr@10")
     assert "**not met**" in line and "model 0.3100" in line and "blend" not in line
     assert "**met**" in _rule_line(rows, "hr@10", {"mt_blend"}, " as shipped")
+
+
+def test_as_shipped_takes_each_rows_blend_where_there_is_one() -> None:
+    suffix = " + rule blend (weight on validation)"
+    rows = {
+        "rule": _row("rule", [0.35]),
+        "ours: st": _row("st", [0.30, 0.32]),
+        "ours: st" + suffix: _row("st_blend", [0.36, 0.36]),
+        "ours: option": _row("option", [0.34, 0.34]),  # weight 0 on every seed: no blend row
+    }
+    shipped = _as_shipped(rows)
+    assert list(shipped) == ["rule", "ours: st", "ours: option"]
+    assert shipped["ours: st"]["kind"] == "st_blend" and shipped["ours: option"]["kind"] == "option"
+    line = _rule_line(shipped, "hr@10", None, " as shipped")
+    assert "**not met**" in line and "option 0.3400" in line and "st " not in line
