@@ -95,6 +95,11 @@ class HistoryEncoderConfig:
     loss: str = "sampled"  # sampled (in-batch + uniform, log-Q) | full (softmax over the domain)
     bag_loss: str = "all"  # rows with a bag: every bag item | only those hidden from the encoder
     tied: bool = True  # one item table for reading and scoring (else a second, output table)
+    # False: no learned layer between the item tables and the scores (the mean encoder's
+    # residual MLP and the per-domain user and item heads are bypassed), so a user is the
+    # plain mean of their items' vectors and training moves the tables and item bias only:
+    # a low-rank item-item model (with init svd, trained from its closed-form start)
+    residual: bool = True
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -238,7 +243,8 @@ class HistoryEncoder(MultiTaskModel):
         """Scoring vectors of item ids in one domain, ``(...)`` -> ``(..., D)``."""
         table = self.output_embedding if self.output_embedding is not None else self.item_embedding
         e = table(ids)
-        return e + self.item_heads[domain](e) if self.config.domain_items else e
+        c = self.config
+        return e + self.item_heads[domain](e) if c.domain_items and c.residual else e
 
     # ---- users
     def encode(self, history: Tensor, visible: Tensor | None = None) -> Tensor:
@@ -252,7 +258,7 @@ class HistoryEncoder(MultiTaskModel):
         x = self.item_embedding(ids)  # (B, L, D)
         if c.encoder == "mean":
             pooled = x.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # (B, D)
-            return pooled + self.pool_mlp(self.drop(pooled))
+            return pooled + self.pool_mlp(self.drop(pooled)) if c.residual else pooled
         pad = ~mask  # (B, L)
         n = history.shape[1]
         blocked = pad.unsqueeze(1).expand(-1, n, -1)  # (B, L, L): no attending to padding
@@ -278,7 +284,7 @@ class HistoryEncoder(MultiTaskModel):
 
     def domain_vectors(self, h: Tensor, domain: int) -> Tensor:
         """Encoder output ``(..., D)`` -> user vectors of one domain ``(..., D)``."""
-        return h + self.user_heads[domain](h)
+        return h + self.user_heads[domain](h) if self.config.residual else h
 
     def user_vectors(self, batch: Batch, domain: int) -> Tensor:
         """A batch's user vectors in one domain ``(B, D)`` (sasrec: at the newest position)."""
