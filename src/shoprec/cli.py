@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -340,7 +342,9 @@ def train(
         if not ctx.is_main:
             return
         if cfg.serve.build_retrieval if retrieval is None else retrieval:
-            _build_retrieval(path)
+            # rank 0 alone, the group left: the two-tower fit() must not join it again
+            with _env(WORLD_SIZE="1", RANK="0"):
+                _build_retrieval(path)
     except (ShoprecError, ValueError, TypeError, OSError) as e:
         _fail(str(e))
         return
@@ -349,6 +353,21 @@ def train(
         _print_trials(metrics["search"])
     _print_evaluation(f"{cfg.name}: test", metrics.get("test", {}))
     out.print(f"artifact written to [bold]{path}[/] (metrics in {path / 'metrics.json'})")
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Environment variables set while the block runs, then put back as they were."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _build_retrieval(path: Path) -> None:
