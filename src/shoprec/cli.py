@@ -244,7 +244,8 @@ Sections (unknown keys anywhere are refused; paths are relative to the YAML file
   train      {epochs, batch_size, lr, patience, monitor, seed, threads, checkpoint_dir,
              device: auto | cpu | cuda, amp, ...}
   evaluate   {protocol: full | sampled, ks, n_negatives, sampling, target, slices, bootstrap}
-  serve      {fusion, exclude_behaviors, new_item_slots, diversity, ...} (the Recommender)
+  serve      {fusion, exclude_behaviors, new_item_slots, diversity, ...} (the Recommender);
+             build_retrieval: true (the retrieval files built after training)
   search     {method: grid | tpe, space: {dotted.setting: \\[values]}, trials, minutes, metric}
   output     the artifact folder (default runs/NAME)
 
