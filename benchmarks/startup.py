@@ -80,12 +80,11 @@ NOTES = (
     "currence table and the known shoppers' query vectors. An artifact trained before this "
     "change (no saved index) pays the build once, in its first start, which saves it under "
     "`$SHOPREC_CACHE/new_items` (the artifact is not written); the next start reads it. Wit"
-    "h `--workers N` the workers take a lock, so one builds and the others read (not timed "
-    "here). The 1-minute load average was 3.6-4.5 on the 2 cores (other engineers' benchmar"
-    "ks): absolute seconds are inflated; the before/after rows ran back to back. Not re-mea"
-    "sured at 1M items (238 s start-up with 1 worker before, per the issue-11 notes, most o"
-    "f it this index over ~773k new items): it would take longer than this session's 5-minu"
-    "te limit per run."
+    "h `--workers N` the workers take a lock, so one builds and the others read. The 1-minu"
+    "te load average was 3.6-4.5 on the 2 cores (other engineers' benchmarks): absolute sec"
+    "onds are inflated; the before/after rows ran back to back. Not re-measured at 1M items"
+    " (238 s start-up with 1 worker before, per the issue-11 notes, most of it this index o"
+    "ver ~773k new items): it would take longer than this session's 5-minute limit per run."
 )
 
 
@@ -179,6 +178,43 @@ def without_saved_index(path: Path) -> Path:
     return copy
 
 
+def serve_start(path: Path, src: Path | None, workers: int, cache: Path) -> dict[str, Any]:
+    """Seconds from ``shoprec serve ARTIFACT --workers N`` to an answer from every worker
+    (``/health``, told apart by ``X-Shoprec-Worker``)."""
+    import urllib.request
+
+    from benchmarks.serve_scale import CliServer
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "SHOPREC_CACHE")}
+    os.environ["SHOPREC_CACHE"] = str(cache)
+    if src is not None:
+        os.environ["PYTHONPATH"] = str(src)
+    before = loadavg()
+    start = time.perf_counter()
+    seen: set[str] = set()
+    try:
+        with CliServer(path, workers) as server:
+            deadline = time.monotonic() + 300
+            while len(seen) < workers and time.monotonic() < deadline:
+                url = f"http://127.0.0.1:{server.port}/health"
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        seen.add(r.headers.get("X-Shoprec-Worker", "?"))
+                except OSError:
+                    time.sleep(0.2)
+            seconds = time.perf_counter() - start
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    row = {"workers": workers, "answered": len(seen), "seconds": seconds}
+    row.update(load_before=before, load_after=loadavg())
+    log.info("%s", row)
+    return row
+
+
 def extend_vs_rebuild(path: Path, n_added: int = 100) -> dict[str, Any]:
     """Seconds to extend the new-item index by ``n_added`` items against building it again."""
     import numpy as np
@@ -244,6 +280,23 @@ def report(result: dict[str, Any]) -> str:
             f"Products added at run time: extending the new-item index by {ext['added']} items "
             f"took {ext['extend_seconds']:.2f} s against {ext['rebuild_seconds']:.1f} s to "
             f"build it again (load {ext['load_before']:.1f}-{ext['load_after']:.1f}).",
+            *(
+                [
+                    "",
+                    "`shoprec serve ARTIFACT --workers 2 --threads 1`, from the command to an "
+                    "answer from both workers (`/health`, told apart by `X-Shoprec-Worker`; "
+                    "this includes starting Python, the checks of every artifact file and the "
+                    "parent's loading of the retrieval files): "
+                    + "; ".join(
+                        f"{name} {r['seconds']:.1f} s (load {r['load_before']:.1f}-"
+                        f"{r['load_after']:.1f}, {r['answered']} workers answered)"
+                        for name, r in result.get("serve", {}).items()
+                    )
+                    + ".",
+                ]
+                if result.get("serve")
+                else []
+            ),
             "",
             NOTES,
         ]
@@ -279,7 +332,16 @@ def main() -> None:
         ]
         starts["after, no saved index: next start (reads)"] = [start_once(old, ROOT / "src", cache)]
         shutil.rmtree(old, ignore_errors=True)
-    result = {"artifact": info, "starts": starts, "extend": extend_vs_rebuild(path)}
+        serve: dict[str, dict[str, Any]] = {}
+        if args.before_src is not None:
+            serve["before"] = serve_start(path, args.before_src, 2, Path(tmp) / "sb")
+        serve["after"] = serve_start(path, ROOT / "src", 2, Path(tmp) / "sa")
+    result = {
+        "artifact": info,
+        "starts": starts,
+        "serve": serve,
+        "extend": extend_vs_rebuild(path),
+    }
     (RUNS / "results.json").write_text(json.dumps(result, indent=2))
     text = report(result)
     print(text)
