@@ -244,6 +244,22 @@ def _plain(scorer: MultiBehaviorScorer) -> MultiBehaviorScorer:
     return MultiBehaviorScorer(scorer.model, scorer.blog, cfg, scorer.behaviors, scorer.target)
 
 
+def _popularity_tail(rule: Retrieval, blog: BehaviorLog) -> Retrieval:
+    """``rule``'s scores with every item outside the user's own ones (score < 1) ordered by
+    its target count instead, in ``[0, 1)``: how the recipe ranks at blend weight 1."""
+    pop = blog.item_counts("buy").astype(np.float64)
+    scaled = pop / (pop.max() * 1.001) if pop.max() > 0 else pop
+    tail = torch.from_numpy(scaled.astype(np.float32))
+
+    def scores(users: np.ndarray) -> torch.Tensor:
+        s = torch.as_tensor(rule(users)).clone()
+        untouched = s < 1.0
+        s[untouched] = tail.unsqueeze(0).expand_as(s)[untouched]
+        return s
+
+    return scores
+
+
 def run_multibehavior(
     name: str,
     seeds: Sequence[int],
@@ -253,7 +269,8 @@ def run_multibehavior(
     only: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Every row of one multibehavior dataset (``tmall`` or ``sim``), or those whose label
-    contains one of ``only`` (then the rule and popularity rows are left out)."""
+    contains one of ``only`` (then the rule and popularity rows are left out, unless ``only``
+    holds ``baselines``)."""
     cfg = load_config(CONFIGS[name]).with_values(
         {
             **MB_COMMON,
@@ -282,8 +299,14 @@ def run_multibehavior(
         "kind": "rule",
         "runs": [evaluate(history_baseline(blog, rc, "rate"))],
     }
+    # The rule as the recipe's blend at weight 1 ranks: the own items by the rule, every
+    # other item by its buy count (history_baseline's tail is the buys-per-view rate).
+    rows["own carted > viewed items, others by buy count (rule, popularity tail)"] = {
+        "kind": "rule_pop",
+        "runs": [evaluate(_popularity_tail(history_baseline(blog, rc, "rate"), blog))],
+    }
     facts: dict[str, Any] = {}
-    if only:
+    if only and "baselines" not in only:  # --variants baselines: the rows above only
         rows.clear()
     for label, (kind, values) in MB_VARIANTS.items():
         if only and not any(o in label for o in only):
@@ -514,9 +537,14 @@ def _best_of(
 
 
 def _plain_line(
-    rows: dict[str, dict[str, Any]], key: str, st_kinds: set[str], mt_kinds: set[str]
+    rows: dict[str, dict[str, Any]],
+    key: str,
+    st_kinds: set[str],
+    mt_kinds: set[str],
+    peer: str = "single-task row",
 ) -> str:
-    """The best multi-task row (any task set or option) against the best single-task row."""
+    """The best multi-task row (any task set or option) against the best single-task row
+    (or the best row of ``st_kinds`` named ``peer``)."""
     st, v, sv = _best_of(rows, key, st_kinds)
     mt, m, sm = _best_of(rows, key, mt_kinds)
     if not st or not mt:
@@ -532,7 +560,7 @@ def _plain_line(
     )
     return (
         f"- plainly ({key}): the best multi-task row of any task set or option "
-        f"({mt.removeprefix('ours: ')}, {m:.4f} ± {sm:.4f}) vs the best single-task row "
+        f"({mt.removeprefix('ours: ')}, {m:.4f} ± {sm:.4f}) vs the best {peer} "
         f"({st.removeprefix('ours: ')}, {v:.4f} ± {sv:.4f}): {d:+.4f} vs 2*std {bar:.4f}, "
         f"{verdict}."
     )
@@ -738,6 +766,10 @@ def section(name: str, result: dict[str, Any], seeds: Sequence[int]) -> str:
     mt_kinds = {"mt", "mt_blend", "ablation", "option", "ablation_blend", "option_blend"}
     st_kinds = {"st", "st_buy", "st_blend", "st_option", "st_option_blend"}
     lines.append(_plain_line(rows, "hr@10", st_kinds, mt_kinds))
+    if any(r["kind"] == "rule_pop" for r in rows.values()):
+        lines.append(
+            _plain_line(rows, "hr@10", {"rule_pop"}, mt_kinds, "no-learning row (blend weight 1)")
+        )
     if name == "retail":
         lines.append(_plain_line(rows, "return_auc", {"st_return"}, mt_kinds))
     secs = ", ".join(f"{k} {s:.0f} s" for k, s in f["seconds"].items())
