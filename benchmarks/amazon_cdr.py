@@ -931,7 +931,8 @@ NEURAL: dict[str, Any] = {
 #: the configs allow: the joint model at lambda 1 (the config's search over lambda is not run
 #: here) and no fine-tune row (the method runs in tests/test_sequence_recipe.py).
 OURS_NEURAL: list[tuple[str, Path, dict[str, Any], tuple[str, ...]]] = [
-    ("Ours, neural base (history encoder, target only)", HISTORY, {}, ("warm",)),
+    ("Ours, neural base (history encoder, target only)", HISTORY, {"train.epochs": 6},
+     ("warm",)),
     ("Ours, neural cross-domain (joint, history of both domains)", HISTORY_JOINT,
      {"recipe.lambda": 1.0, "train.epochs": 1}, ("cold",)),
 ]  # fmt: skip
@@ -1155,7 +1156,9 @@ def neural_markdown(res: dict[str, Any]) -> str:
     ks, epochs = NEURAL["itemknn"]["ks"], NEURAL_TRAIN["train.epochs"]
     joint = load_config(HISTORY_JOINT).recipe.options
     blends, domain_drop = joint.blend, float(joint.model.get("domain_dropout", 0.0))
-    b = load_config(HISTORY).recipe.options
+    base_cfg = load_config(HISTORY)
+    b, base_train = base_cfg.recipe.options, base_cfg.train
+    base_epochs = {**NEURAL_TRAIN, **OURS_NEURAL[0][2]}["train.epochs"]
     m = b.model
     base_how = (
         f"a user is the mean of {b.dim}-d embeddings of up to {b.max_history} of their items "
@@ -1168,10 +1171,17 @@ def neural_markdown(res: dict[str, Any]) -> str:
            "Liang et al. 2018)" if m.get("loss") == "full" else
            "sampled softmax (in-batch + uniform negatives, log-Q corrected)")
         + ("; a separate output item table" if m.get("tied") is False else "")
-        + (f"; item tables started from the SVD of the user x item matrix (V diag(s)^"
-           f"{b.svd_power:g}), the start itself a candidate (epoch 0) on validation"
+        + ("; no residual MLP or per-domain heads (`residual: false`: a user is the plain mean "
+           "of their items' input vectors, scored against the output table; training moves "
+           "the two tables and the item bias only)" if m.get("residual") is False else "")
+        + ("; item tables started from the SVD of the user x item matrix (V "
+           + (f"diag(s^2 / (s^2 + {b.svd_shrink:g}))^0.5" if b.svd_shrink > 0
+              else f"diag(s)^{b.svd_power:g}")
+           + "), the start itself a candidate (epoch 0) on validation"
            if b.init == "svd" else "")
-        + f"; temperature {m.get('temperature', 0.1)}; epochs picked on validation."
+        + f"; temperature {m.get('temperature', 0.1)}; Adam"
+        + f" lr {base_train.get('lr', 1e-3):g}; up to {base_epochs} epochs, the best picked on "
+          "validation."
     )  # fmt: skip
     stopped = res.get("stopped_note", "")
     short = ("valid", "best_epoch", "fit_s", "recipe")
