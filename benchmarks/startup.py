@@ -80,11 +80,12 @@ NOTES = (
     "currence table and the known shoppers' query vectors. An artifact trained before this "
     "change (no saved index) pays the build once, in its first start, which saves it under "
     "`$SHOPREC_CACHE/new_items` (the artifact is not written); the next start reads it. Wit"
-    "h `--workers N` the workers take a lock, so one builds and the others read. The 1-minu"
-    "te load average was 3.6-4.5 on the 2 cores (other engineers' benchmarks): absolute sec"
-    "onds are inflated; the before/after rows ran back to back. Not re-measured at 1M items"
-    " (238 s start-up with 1 worker before, per the issue-11 notes, most of it this index o"
-    "ver ~773k new items): it would take longer than this session's 5-minute limit per run."
+    "h `--workers N` the workers take a lock, so one builds and the others read. The 2 core"
+    "s were shared with other engineers' benchmarks (the load columns: 1-minute load averag"
+    "e): absolute seconds are inflated; the before/after rows ran back to back. Not re-meas"
+    "ured at 1M items (238 s start-up with 1 worker before, per the issue-11 notes, most of"
+    " it this index over ~773k new items): it would take longer than this session's 5-minut"
+    "e limit per run."
 )
 
 
