@@ -936,6 +936,15 @@ OURS_NEURAL: list[tuple[str, Path, dict[str, Any], tuple[str, ...]]] = [
     ("Ours, neural cross-domain (joint, history of both domains)", HISTORY_JOINT,
      {"recipe.lambda": 1.0, "train.epochs": 1}, ("cold",)),
 ]  # fmt: skip
+#: Optional rows (``--extras``, cold start only, appended to a finished run's tables): the
+#: joint model's lambda picked on validation, and pretrain -> freeze -> fine-tune.
+EXTRA_NEURAL: list[tuple[str, Path, dict[str, Any], dict[str, list[Any]] | None]] = [
+    ("Ours, neural cross-domain (joint, lambda picked on validation)", HISTORY_JOINT,
+     {"train.epochs": 1}, {"recipe.lambda": [0.5, 1.0, 2.0]}),
+    ("Ours, neural cross-domain (pretrain -> freeze -> fine-tune)", HISTORY_JOINT,
+     {"train.epochs": 1, "recipe.method": "finetune", "recipe.freeze": ["item_embeddings"]},
+     None),
+]  # fmt: skip
 NEURAL_TRAIN = {"train.epochs": 2}  # the configs allow 8 (early stopping on validation)
 
 
@@ -976,9 +985,10 @@ def select_linear(
 
 def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
                quick: bool, only: str | None = None,
-               scenario: str | None = None) -> dict[str, Any]:  # fmt: skip
+               scenario: str | None = None, extras: bool = False) -> dict[str, Any]:  # fmt: skip
     """Warm (main) and cold-start tables of issue 13: popularity, ALS, EASE, item-kNN, our
-    item neighbours and our HistoryEncoder rows (sequence recipe), each domain the target."""
+    item neighbours and our HistoryEncoder rows (sequence recipe), each domain the target.
+    With ``extras``: only the cold-start rows of ``EXTRA_NEURAL`` (under ``cold_extra``)."""
     from benchmarks._ease import EASE
     from benchmarks._itemknn import ItemKNN
 
@@ -992,7 +1002,7 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
         cfgs = {p: c.with_values({"train.epochs": 1}) for p, c in cfgs.items()}
     reduced, cold = cold_start(data, s["cold_share"], s["cold_seed"])
     reduced_ds = drop_target_history(ds, data, cold)
-    res: dict[str, Any] = {"main": {}, "cold": {}, "facts": {}}
+    res: dict[str, Any] = {"main": {}, "cold": {}, "facts": {}, "cold_extra": {}}
     lin_params: dict[str, Any] = {}
     for k in (0, 1):
         dname = data.index.domains[k]
@@ -1018,6 +1028,20 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
         nb_values = {"recipe.neighbours": n["neighbours"]}
         scenarios = (("cold", reduced_ds, cold_rows, cold_t, reduced, True),
                      ("warm", ds, main_rows, warm_t, data, False))  # fmt: skip
+        if extras:
+            for label, path, values, space in EXTRA_NEURAL:
+                src = [data.index.domains[1 - k]]
+                cfg = cfgs[path].with_values({**NEURAL_TRAIN, **values, "recipe.target": dname,
+                                              "recipe.sources": src})  # fmt: skip
+                slug = f"extra_{_slug(label)}_{values.get('recipe.method', 'joint')}_cold_{dname}"
+                f = fit_ours(cfg, reduced_ds, out / slug, space)
+                add(cold_rows, cold_t, label, ours_fn(f.scorer, reduced, k), _note(f),
+                    f.info.get("fit_s"))  # fmt: skip
+                res["facts"][slug] = _facts(f)
+                res["cold_extra"][dname] = cold_rows
+                partial = out.with_name(f"{out.name}_extras_{only or 'all'}_partial.json")
+                partial.write_text(json.dumps(res, default=_json_default, indent=1))
+            continue
         for scen, dset, rows, t, d, merged in scenarios:
             if scenario is not None and scen != scenario:
                 continue
@@ -1174,10 +1198,8 @@ def neural_markdown(res: dict[str, Any]) -> str:
         + ("; no residual MLP or per-domain heads (`residual: false`: a user is the plain mean "
            "of their items' input vectors, scored against the output table; training moves "
            "the two tables and the item bias only)" if m.get("residual") is False else "")
-        + ("; item tables started from the SVD of the user x item matrix (V "
-           + (f"diag(s^2 / (s^2 + {b.svd_shrink:g}))^0.5" if b.svd_shrink > 0
-              else f"diag(s)^{b.svd_power:g}")
-           + "), the start itself a candidate (epoch 0) on validation"
+        + (f"; item tables started from the SVD of the user x item matrix (V diag(s)^"
+           f"{b.svd_power:g}), the start itself a candidate (epoch 0) on validation"
            if b.init == "svd" else "")
         + f"; temperature {m.get('temperature', 0.1)}; Adam"
         + f" lr {base_train.get('lr', 1e-3):g}; up to {base_epochs} epochs, the best picked on "
@@ -1238,7 +1260,11 @@ Training facts: `{facts}`
 
 
 def main_neural(
-    quick: bool, out: Path | None, only: str | None = None, scenario: str | None = None
+    quick: bool,
+    out: Path | None,
+    only: str | None = None,
+    scenario: str | None = None,
+    extras: bool = False,
 ) -> dict[str, Any]:
     """``--part neural``: run (one target with ``only``), save the JSON, write the section
     from every target's saved JSON."""
@@ -1252,11 +1278,13 @@ def main_neural(
     o = nb.recipe.options
     data = load_data(ds, [o.target, o.sources[0]], int(SETTINGS["valid_seed"]))
     suffix = "_quick" if quick else ""
-    res = run_neural(ds, data, nb, OUT / f"amazon_cdr_neural{suffix}", quick, only, scenario)
+    res = run_neural(ds, data, nb, OUT / f"amazon_cdr_neural{suffix}", quick, only, scenario,
+                     extras)  # fmt: skip
     res["total_s"] = time.perf_counter() - started
     res["stamp"] = stamp()
     res["load_end"] = os.getloadavg()[0]
-    tag = (f"_{scenario}" if scenario else "") + (f"_{only}" if only else "")
+    tag = ("_extras" if extras else "") + (f"_{scenario}" if scenario else "")
+    tag += f"_{only}" if only else ""
     path = OUT / f"amazon_cdr_neural{suffix}{tag}.json"
     path.write_text(json.dumps(res, default=_json_default, indent=1))
     return report_neural(quick, out, nb.data.dataset == OWNED)
@@ -1274,6 +1302,10 @@ def report_neural(quick: bool, out: Path | None, owned: bool = True) -> dict[str
         parts.append(part)
         for key in ("main", "cold", "facts"):
             res[key].update(part[key])
+    for part in parts:  # --extras rows join the cold table of their target
+        for dname, rows in part.get("cold_extra", {}).items():
+            if dname in res["cold"]:
+                res["cold"][dname]["rows"].extend(rows)
     res["total_s"] = sum(p.get("total_s", 0) for p in parts)
     res["stamp"] = parts[-1].get("stamp", "") if parts else ""
     res["load_end"] = max((p.get("load_end", 0) for p in parts), default=float("nan"))
@@ -1426,6 +1458,8 @@ def main() -> None:
     parser.add_argument("--only", help="--part neural: run this target domain alone")
     parser.add_argument("--scenario", choices=["cold", "warm"],
                         help="--part neural: run this scenario alone")  # fmt: skip
+    parser.add_argument("--extras", action="store_true",
+                        help="--part neural: only the cold-start rows of EXTRA_NEURAL")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("shoprec.data").setLevel(logging.WARNING)
@@ -1433,7 +1467,7 @@ def main() -> None:
         if args.report:
             report_neural(args.quick, args.out)
         else:
-            main_neural(args.quick, args.out, args.only, args.scenario)
+            main_neural(args.quick, args.out, args.only, args.scenario, args.extras)
         return
     if not args.report:
         for part in ("main", "cold") if args.part == "all" else (args.part,):

@@ -37,6 +37,13 @@ input). With ``history`` the same bag and a large ``history_dropout`` this is th
 autoencoder of Liang et al. with a pooled encoder; ``tied: false`` gives the output side its
 own item table.
 
+``residual: false`` bypasses every learned layer between the item tables and the scores (the
+mean encoder's residual MLP, the per-domain user and item heads): a user is the plain mean of
+their items' input vectors, scored against the output table, a low-rank item-item model whose
+training moves the tables and item bias only. On sparse bags started from an SVD this is the
+setting that training improves rather than harms (the residual layers learn a popularity offset
+within an epoch; see benchmarks/RESULTS.md, amazon_cdr_neural).
+
 Training regularisers for sparse data: ``history_dropout`` hides items of each training
 history; ``domain_dropout`` hides all history of the row's own domain in a share of rows, so
 the model learns to encode a user from their other domains (a user cold in the target).

@@ -109,10 +109,6 @@ class SequenceOptions(RecipeOptions):
     rows: Literal["pairs", "bags"] = "pairs"  # a row per pair, or per (user, domain) bag
     init: Literal["random", "svd"] = "random"  # item tables; svd: co-occurrence factors
     svd_power: float = Field(0.0, ge=0.0, le=1.0)  # svd: item factors V diag(s)^power
-    # svd: > 0 replaces s^power by the ridge shrinkage sqrt(s^2 / (s^2 + svd_shrink)), so the
-    # start scores x V diag(s^2 / (s^2 + shrink)) V^T: a rank-dim ridge item-item model (EASE's
-    # regression without its zero diagonal)
-    svd_shrink: float = Field(0.0, ge=0.0)
     model: dict[str, Any] = Field(default_factory=dict)  # HistoryEncoderConfig fields
     blend: tuple[float, ...] = (0.0,)  # neighbour shares tried on validation
     neighbours: NeighbourOptions = Field(default_factory=NeighbourOptions)
@@ -437,18 +433,11 @@ class SequenceScorer(Scorer):
 
 
 def svd_init(
-    model: HistoryEncoder,
-    pairs: Pairs,
-    n_users: int,
-    n_items: int,
-    power: float = 0.0,
-    shrink: float = 0.0,
+    model: HistoryEncoder, pairs: Pairs, n_users: int, n_items: int, power: float = 0.0
 ) -> None:
     """Item tables from the top singular vectors of the binary user x item matrix ``X``
     (``V diag(s)^power``, rows scaled to mean norm 1; power 0: PureSVD's ``x V V^T``,
-    Cremonesi et al., RecSys 2010; with ``shrink`` > 0, ``V diag(s^2 / (s^2 + shrink))^0.5``
-    instead, so the start is the rank-``dim`` ridge regression ``X^T X (X^T X + shrink I)^-1``
-    of each item on the others), and the encoder's residual MLP silenced (its last layer
+    Cremonesi et al., RecSys 2010), and the encoder's residual MLP silenced (its last layer
     zero), so that before training a user ranks items by ``<mean of their items' factors,
     item factor>``, a low-rank item-item model; training starts from there."""
     from scipy.sparse.linalg import svds
@@ -462,7 +451,7 @@ def svd_init(
         return
     _, s, vt = svds(x, k=k, random_state=0)
     emb = np.zeros((n_items, dim), dtype=np.float32)
-    emb[:, :k] = vt.T * (np.sqrt(s**2 / (s**2 + shrink)) if shrink > 0 else s**power)
+    emb[:, :k] = vt.T * s**power
     norm = np.linalg.norm(emb, axis=1)
     emb /= max(float(norm[norm > 0].mean()) if (norm > 0).any() else 1.0, 1e-12)
     emb[0] = 0.0
@@ -551,8 +540,7 @@ class SequenceRecipe(Recipe):
         counts = np.bincount(fit_pairs.i, minlength=index.n_items + 1)
         model.set_item_frequency(counts)
         if o.init == "svd":
-            svd_init(model, fit_pairs, index.n_users + 1, index.n_items + 1, o.svd_power,
-                     o.svd_shrink)  # fmt: skip
+            svd_init(model, fit_pairs, index.n_users + 1, index.n_items + 1, o.svd_power)
         settings: dict[str, Any] = {
             "method": o.method, "domains": domains, "by_domain": by_domain,
             "sequential": bool(sequential), "max_history": o.max_history, "dim": o.dim,

@@ -69,9 +69,6 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0
-    # adamw: weight decay decoupled from the gradient (AdamW: Loshchilov & Hutter, ICLR 2019),
-    # so it shrinks every weight by lr * weight_decay per step whatever its gradient's scale
-    optimizer: Literal["adam", "adamw"] = "adam"
     patience: int = 2  # epochs without improvement before stopping
     monitor: str = "mean"  # a key of the validation scores, or "mean" over the tasks' main ones
     min_delta: float = 1e-4  # smaller gains do not count as improvement
@@ -235,8 +232,9 @@ def fit(
     params = [p for g in groups for p in g["params"]]
     # One fused kernel for all parameters instead of a loop of small ops per parameter.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer: torch.optim.Optimizer | _Optimizers = adam(groups, lr=cfg.lr, fused=fused or None)
+    optimizer: torch.optim.Optimizer | _Optimizers = torch.optim.Adam(
+        groups, lr=cfg.lr, fused=fused or None
+    )
     if sparse:
         optimizer = _Optimizers(optimizer, torch.optim.SparseAdam(sparse, lr=cfg.lr))
     generator = torch.Generator().manual_seed(cfg.seed)
