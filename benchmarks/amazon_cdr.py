@@ -1177,7 +1177,7 @@ def neural_markdown(res: dict[str, Any]) -> str:
         f"over the {n_ease:,} most frequent items of the matrix; the other items rank below "
         "them by popularity"
     )  # fmt: skip
-    ks, epochs = NEURAL["itemknn"]["ks"], NEURAL_TRAIN["train.epochs"]
+    ks = NEURAL["itemknn"]["ks"]
     joint = load_config(HISTORY_JOINT).recipe.options
     blends, domain_drop = joint.blend, float(joint.model.get("domain_dropout", 0.0))
     base_cfg = load_config(HISTORY)
@@ -1185,8 +1185,8 @@ def neural_markdown(res: dict[str, Any]) -> str:
     base_epochs = {**NEURAL_TRAIN, **OURS_NEURAL[0][2]}["train.epochs"]
     m = b.model
     base_how = (
-        f"a user is the mean of {b.dim}-d embeddings of up to {b.max_history} of their items "
-        "through a residual MLP; "
+        f"a user is the mean of {b.dim}-d embeddings of up to {b.max_history} of their items"
+        + (" through a residual MLP; " if m.get("residual", True) else "; ")
         + (f"one row per user, the bag of their items, {m.get('history_dropout', 0.2):.0%} of "
            "it hidden from the encoder (denoising), "
            + ("loss on the hidden items only, " if m.get("bag_loss") == "hidden" else "")
@@ -1206,6 +1206,14 @@ def neural_markdown(res: dict[str, Any]) -> str:
           "validation."
     )  # fmt: skip
     stopped = res.get("stopped_note", "")
+    done = res.get("extras", [])
+    missing = [d for d in res["cold"] if d not in done]
+    extras_note = (
+        "" if not missing else
+        f"for target(s) {', '.join(missing)}, the lambda search of "
+        "`amazon_cdr_history_joint.yaml` (lambda 1 there) and the pretrain -> freeze -> "
+        "fine-tune row (`--extras`; the recipe's `method: finetune` runs in the tests); "
+    )  # fmt: skip
     short = ("valid", "best_epoch", "fit_s", "recipe")
     facts = json.dumps({k: {x: v[x] for x in short if x in v} for k, v in res["facts"].items()
                         if isinstance(v, dict) and "valid" in v}, default=str)  # fmt: skip
@@ -1249,11 +1257,9 @@ How the rows work:
   both domains' matrix; the item-neighbour blend share from {blends} picked on validation.
 
 What this run leaves out, for time (one 2-core machine shared by several jobs; the load
-average is in the header): the lambda search of `amazon_cdr_history_joint.yaml` (lambda 1
-here), the pretrain -> freeze -> fine-tune row (the recipe's `method: finetune`; run in the
-tests only), the attention and SASRec encoders (this data has no timestamps, so SASRec does
-not apply), and at most {epochs} epochs per fit (1 for the joint model, whose epoch costs
-twice as much; the SVD start is epoch 0).
+average is in the header): {extras_note}the attention and SASRec encoders (this data has no
+timestamps, so SASRec does not apply), and more epochs: at most {base_epochs} for the neural
+base, 1 for the joint and fine-tune models (the SVD start is epoch 0).
 
 Training facts: `{facts}`
 """
@@ -1302,10 +1308,12 @@ def report_neural(quick: bool, out: Path | None, owned: bool = True) -> dict[str
         parts.append(part)
         for key in ("main", "cold", "facts"):
             res[key].update(part[key])
+    res["extras"] = []
     for part in parts:  # --extras rows join the cold table of their target
         for dname, rows in part.get("cold_extra", {}).items():
             if dname in res["cold"]:
                 res["cold"][dname]["rows"].extend(rows)
+                res["extras"].append(dname)
     res["total_s"] = sum(p.get("total_s", 0) for p in parts)
     res["stamp"] = parts[-1].get("stamp", "") if parts else ""
     res["load_end"] = max((p.get("load_end", 0) for p in parts), default=float("nan"))
