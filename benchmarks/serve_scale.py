@@ -124,8 +124,9 @@ def artifact(quick: bool = False, rebuild: bool = False) -> Path:
 def retrieval_info(path: Path, n_users: int = 1000, k: int = 100) -> dict[str, Any]:
     """What :func:`benchmarks.serve_latency.retrieval_recall` reports (recall@k of the served
     index against exact search for ``n_users`` known shoppers, the artifact's facts), from
-    the retrieval files alone: a :class:`~shoprec.recommend.Recommender` over 1M items
-    builds its new-item index first, minutes that the servers measured here spend anyway."""
+    the retrieval files alone, without building a :class:`~shoprec.recommend.Recommender`
+    (whose first start over an artifact without a saved new-item index builds one: minutes
+    at 1M items; later starts read it)."""
     import polars as pl
     import torch
 
