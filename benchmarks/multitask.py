@@ -643,7 +643,7 @@ def section(name: str, result: dict[str, Any], seeds: Sequence[int]) -> str:
             lines += [
                 "",
                 f"Rows {', '.join(m['variants'])} rerun and merged in (same sizes, seeds and "
-                "sample; their blend rows added):",
+                "sample; with the blend rows where a weight > 0 was picked):",
                 "",
                 m["stamp"].strip(),
             ]
