@@ -11,9 +11,15 @@ Retail (buy / return / quantity), every row of ours is a fit through the front d
 * multi-task: all tasks;
 * leave-one-auxiliary-task-out ablations (which auxiliary task helps);
 * option rows: ``hide_mode: own`` (each auxiliary flag hidden on its own draw, so cart learns
-  "carted given viewed") and the own-carted rule blended in with a weight picked on
-  validation (``rule_blend``; the same fits, scored with and without the blend);
-* the own-carted-items rule and popularity as rows (no learning).
+  "carted given viewed"), ``hide_mode: copies`` (buy learns on every row with its flags
+  shown, the auxiliary tasks on hidden copies), auxiliary loss weights 0.3 / 0.1, item-id
+  embeddings (single- and multi-task), ESMM cart -> buy and view -> buy; on Online Retail
+  uncertainty weighting and ``auxiliary_selection: validation``; every multibehavior fit is
+  scored with and without the own-carted rule blended in (``rule_blend``, the weight picked
+  on validation by the one-standard-error rule), the blend row shown where a weight > 0 was
+  picked;
+* the own-carted-items rule (ties and other items by buys per view; and with the other items
+  by buy count, as the blend ranks at weight 1) and popularity as rows (no learning).
 
 Mean and sample standard deviation over the seeds; the seed changes the model's init, the
 batch order, the drawn negatives and the hidden rows (``train.seed`` and ``recipe.seed``);
@@ -27,6 +33,8 @@ Usage::
         [--tmall-users 3000] [--retail-users 1500] [--quick] [--out FILE]
 
 ``--quick`` is a smoke run (1 seed, 1 epoch, small samples); its numbers are not written.
+``--variants A B`` runs only the rows whose label contains A or B (``baselines``: the
+no-learning rows) and, with ``--save DIR``, merges them into ``DIR/<dataset>.json``.
 """
 
 from __future__ import annotations
