@@ -165,6 +165,8 @@ def ours(
         "rows": run.info["train_rows"],
         "rows_full": run.info.get("retrain_rows", 0),
         "validation_pairs": run.info["validation_pairs"],
+        "rule_weight": run.info.get("rule_weight"),
+        "rule_pick": run.info.get("rule_pick"),
         "history": [
             {k: round(v, 4) for k, v in h.items() if isinstance(v, float)} for h in run.history
         ],
@@ -290,6 +292,13 @@ def run(
             f"{val.get('buy/hr@10', float('nan')):.4f}, NDCG@10 "
             f"{val.get('buy/ndcg@10', float('nan')):.4f})"
         )
+        if info.get("rule_weight") is not None:
+            w = info["rule_weight"]
+            note += (
+                f"; rule blend weight {w:g} picked on validation ({info['rule_pick']}; "
+                + ("the model alone" if w == 0 else "the rule alone" if w == 1 else "a blend")
+                + ")"
+            )
         add(name, metrics, info["train_s"], note)
         facts[name] = info
     total = time.perf_counter() - started
