@@ -983,12 +983,13 @@ def select_linear(
     return max(tried, key=lambda r: r["val_NDCG"])["value"], tried
 
 
-def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
-               quick: bool, only: str | None = None,
-               scenario: str | None = None, extras: bool = False) -> dict[str, Any]:  # fmt: skip
+def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path, quick: bool,
+               only: str | None = None, scenario: str | None = None,
+               extras: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Warm (main) and cold-start tables of issue 13: popularity, ALS, EASE, item-kNN, our
     item neighbours and our HistoryEncoder rows (sequence recipe), each domain the target.
-    With ``extras``: only the cold-start rows of ``EXTRA_NEURAL`` (under ``cold_extra``)."""
+    With ``extras`` (``all``, ``lambda`` or ``finetune``): only those cold-start rows of
+    ``EXTRA_NEURAL`` (under ``cold_extra``)."""
     from benchmarks._ease import EASE
     from benchmarks._itemknn import ItemKNN
 
@@ -1030,6 +1031,8 @@ def run_neural(ds: Dataset, data: Data, nb_cfg: ExperimentConfig, out: Path,
                      ("warm", ds, main_rows, warm_t, data, False))  # fmt: skip
         if extras:
             for label, path, values, space in EXTRA_NEURAL:
+                if extras != "all" and (extras == "lambda") != (space is not None):
+                    continue
                 src = [data.index.domains[1 - k]]
                 cfg = cfgs[path].with_values({**NEURAL_TRAIN, **values, "recipe.target": dname,
                                               "recipe.sources": src})  # fmt: skip
@@ -1206,14 +1209,10 @@ def neural_markdown(res: dict[str, Any]) -> str:
           "validation."
     )  # fmt: skip
     stopped = res.get("stopped_note", "")
-    done = res.get("extras", [])
-    missing = [d for d in res["cold"] if d not in done]
-    extras_note = (
-        "" if not missing else
-        f"for target(s) {', '.join(missing)}, the lambda search of "
-        "`amazon_cdr_history_joint.yaml` (lambda 1 there) and the pretrain -> freeze -> "
-        "fine-tune row (`--extras`; the recipe's `method: finetune` runs in the tests); "
-    )  # fmt: skip
+    missing = [f"{label.split('(')[1].rstrip(')')} (target {d})"
+               for d, t in res["cold"].items() for label, *_ in EXTRA_NEURAL
+               if all(r["name"] != label for r in t["rows"])]  # fmt: skip
+    extras_note = "" if not missing else f"the optional rows {'; '.join(missing)}; "
     short = ("valid", "best_epoch", "fit_s", "recipe")
     facts = json.dumps({k: {x: v[x] for x in short if x in v} for k, v in res["facts"].items()
                         if isinstance(v, dict) and "valid" in v}, default=str)  # fmt: skip
@@ -1270,7 +1269,7 @@ def main_neural(
     out: Path | None,
     only: str | None = None,
     scenario: str | None = None,
-    extras: bool = False,
+    extras: str | None = None,
 ) -> dict[str, Any]:
     """``--part neural``: run (one target with ``only``), save the JSON, write the section
     from every target's saved JSON."""
@@ -1466,7 +1465,7 @@ def main() -> None:
     parser.add_argument("--only", help="--part neural: run this target domain alone")
     parser.add_argument("--scenario", choices=["cold", "warm"],
                         help="--part neural: run this scenario alone")  # fmt: skip
-    parser.add_argument("--extras", action="store_true",
+    parser.add_argument("--extras", nargs="?", const="all", choices=["all", "lambda", "finetune"],
                         help="--part neural: only the cold-start rows of EXTRA_NEURAL")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
