@@ -20,13 +20,20 @@ BENCHMARKS = [
     "new_items",  # Amazon Games cold items from titles vs LightFM, ALS + ridge, kNN (~25 min)
     "retail_new_items",  # Online Retail products first sold in the last month (~15 min)
     "amazon_cdr",  # Amazon Sport <-> Cloth cross-domain transfer vs ALS (~30 min)
+    "amazon_cdr_neural",  # its neural base and neural cross-domain vs EASE, item-kNN (~60 min)
+    "amazon_cdr_neural_extras",  # the joint model's lambda on validation, fine-tune (~30 min)
     "retail_transfer",  # Online Retail: the UK as source market for the others
     "served_path",  # what GET /recommend returns vs the offline ranking (Online Retail, Tmall)
     "serve_latency",  # HTTP /recommend latency and throughput
 ]
+#: Entries run as another script with arguments (the rest: ``python -m benchmarks.<name>``).
+COMMANDS = {
+    "amazon_cdr_neural": ["amazon_cdr", "--part", "neural"],
+    "amazon_cdr_neural_extras": ["amazon_cdr", "--part", "neural", "--extras"],
+}
 #: Benchmarks that have a --quick smoke mode; in quick mode the others are skipped.
 QUICK = {"census", "tmall", "online_retail", "new_items", "retail_new_items", "amazon_cdr",
-         "served_path", "serve_latency", "multitask"}  # fmt: skip
+         "amazon_cdr_neural", "served_path", "serve_latency", "multitask"}  # fmt: skip
 
 
 def main() -> int:
@@ -39,7 +46,9 @@ def main() -> int:
         if args.quick and name not in QUICK:
             print(f"== {name}: no quick mode, skipped", flush=True)
             continue
-        cmd = [sys.executable, "-m", f"benchmarks.{name}", *(["--quick"] if args.quick else [])]
+        module, *extra = COMMANDS.get(name, [name])
+        cmd = [sys.executable, "-m", f"benchmarks.{module}", *extra]
+        cmd += ["--quick"] if args.quick else []
         print(f"== {' '.join(cmd)}", flush=True)
         start = time.perf_counter()
         code = subprocess.call(cmd)
